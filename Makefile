@@ -1,0 +1,24 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create/reuse .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+GLUE ?= $(wildcard ../shared/glue)
+DATA_FLAG := $(if $(GLUE),--data-dir $(GLUE),)
+
+.PHONY: demo test bench clean-demo
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) run_study.py run studies/demo.yaml $(DATA_FLAG)
+	$(PY) run_study.py report --name demo --out reports/demo
+
+test: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
+
+clean-demo:
+	rm -f studies/harness.db studies/harness.db-* && rm -rf reports/demo

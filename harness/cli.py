@@ -1,0 +1,162 @@
+"""Command line: ``python run_study.py {run,report,status} ...``.
+
+Every user error (a :class:`~harness.errors.HarnessError`) is printed as one line,
+``error: <message>``, and the process exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _default_cache() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE", REPO_ROOT / ".cache"))
+
+
+def _storage_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", metavar="URL", default=None,
+                        help="SQLAlchemy URL of the study database (default: sqlite:///studies/harness.db in the "
+                             "repo; postgresql://user:pass@host/db for workers on many machines)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_study.py",
+        description="Optuna sweeps of knowledge-distillation methods (ALP-KD and its baselines) on GLUE.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,report,status}")
+
+    run = commands.add_parser("run", help="run (or continue) the studies of a study file",
+                              description="Fine-tune the teacher once (cached), then run one trial per valid grid "
+                                          "point for every method of the study file. Re-running the same command "
+                                          "continues where it stopped: finished trials are kept.")
+    run.add_argument("study_file", type=Path, help="YAML study file, e.g. studies/demo.yaml")
+    _storage_arg(run)
+    run.add_argument("--data-dir", default=None,
+                     help="folder with GLUE in the official layout (<DIR>/<TASK>/train.tsv); default: $GLUE_DIR, "
+                          "then the study file's data_dir, then the Hugging Face hub")
+    run.add_argument("--n-trials", type=int, default=None, help="run at most N trials per method in this call")
+    run.add_argument("--cache-dir", type=Path, default=None,
+                     help="where fine-tuned teachers, teacher outputs and epoch checkpoints live "
+                          "(default: $HARNESS_CACHE or .cache in the repo)")
+    run.add_argument("--max-attempts", type=int, default=3, help="attempts per grid point before giving up on it")
+
+    report = commands.add_parser("report", help="write the markdown report of a database",
+                                 description="Write README.md (tables) and trials.csv built from the database alone.")
+    _storage_arg(report)
+    report.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "latest", help="output folder")
+    report.add_argument("--name", default=None, help="only the studies of this study file (its 'name')")
+
+    status = commands.add_parser("status", help="list the studies of a database and their trial counts",
+                                 description="List every study with its grid size and trial counts.")
+    _storage_arg(status)
+    return parser
+
+
+def _open_storage(url: str | None):
+    from harness.storage import Storage, default_storage
+
+    if url is None:
+        (REPO_ROOT / "studies").mkdir(exist_ok=True)
+        url = default_storage(REPO_ROOT)
+    return Storage(url)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.config import load_study
+    from harness.experiment import Experiment
+    from harness.glue import resolve_data_dir
+    from harness.study import Runner, RunOptions, describe_grids
+
+    if args.n_trials is not None and args.n_trials < 1:
+        raise HarnessError(f"--n-trials must be at least 1, got {args.n_trials}")
+    if args.max_attempts < 1:
+        raise HarnessError(f"--max-attempts must be at least 1, got {args.max_attempts}")
+    config = load_study(args.study_file)
+    study_dir = None
+    if config.data_dir is not None:
+        study_dir = str((args.study_file.parent / config.data_dir).resolve())
+    data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), study_dir)
+    storage = _open_storage(args.storage)
+    print(f"study file {args.study_file}: task {config.task}, teacher {config.teacher}, "
+          f"{config.student_layers}-layer student, sampler {config.search.sampler}")
+    print("\n".join(describe_grids(config)))
+    print(f"storage {storage.masked}; data {data_dir or 'Hugging Face hub (nyu-mll/glue)'}")
+    cache_dir = args.cache_dir or _default_cache()
+    experiment = Experiment(config, data_dir, cache_dir)
+    Runner(config, storage, experiment, RunOptions(cache_dir=cache_dir, max_attempts=args.max_attempts,
+                                                   n_trials=args.n_trials)).run()
+    print(f"done. Report: python run_study.py report --name {config.name}"
+          + ("" if args.storage is None else f" --storage '{storage.masked}'"))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import write_report
+
+    storage = _open_storage(args.storage)
+    command = "python run_study.py report" + (f" --name {args.name}" if args.name else "") + (
+        f" --storage {shlex.quote(storage.masked)}" if args.storage else "")
+    path = write_report(storage, args.out, args.name, command)
+    print(f"report written to {path}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from harness.report import best_per_study, trials_frame
+    from harness.storage import grid_points_table  # noqa: F401 - the claim table lives beside Optuna's
+
+    storage = _open_storage(args.storage)
+    frame = trials_frame(storage)
+    if frame.empty:
+        print(f"no studies in {storage.masked}")
+        return 0
+    best = best_per_study(frame)
+    print(f"storage {storage.masked}")
+    for row in best.itertuples():
+        points = storage.points(row.study)
+        grid = f"{sum(p['state'] == 'done' for p in points)}/{len(points)} grid points done" if points else "tpe"
+        value = "" if pd_isna(getattr(row, "value", None)) else f", best {row.value:.4f}"
+        print(f"{row.study}: {grid}; {row.complete} complete, {row.failed} failed, {row.pruned} pruned{value}")
+    return 0
+
+
+def pd_isna(value) -> bool:
+    import pandas as pd
+
+    return value is None or bool(pd.isna(value))
+
+
+def _quiet_libraries() -> None:
+    """Keep the console to our own progress bars and lines."""
+    import warnings
+
+    import optuna
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _quiet_libraries()
+        return {"run": cmd_run, "report": cmd_report, "status": cmd_status}[args.command](args)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to continue", file=sys.stderr)
+        return 130

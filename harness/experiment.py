@@ -1,0 +1,241 @@
+"""Everything the trials of one study file share: task data, tokenizer, fine-tuned teacher, teacher outputs.
+
+:class:`Experiment` is built once per worker process and then runs any number of trials.
+
+Teacher outputs (logits and the [CLS] vector of every teacher layer) for the student's training set
+are computed once per (teacher checkpoint, encoded training set) and cached on disk as ``.npy``
+files, memory-mapped when read. A manifest with each file's sha256 is written last and the folder
+is published by an atomic rename, so a killed writer leaves nothing that is ever read; a cache
+whose files do not match their manifest is rebuilt. The teacher runs in eval mode, so cached and
+live outputs agree. Methods that need every token (``alp_tokens: all``) use the live teacher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+from transformers import AutoModelForSequenceClassification
+
+from harness.config import StudyConfig
+from harness.errors import HarnessError
+from harness.glue import EncodedSplit, GlueSplit, encode_split, get_task, load_split, subsample
+from harness.methods import InterLayerLoss, get_method
+from harness.models import (
+    atomic_dir,
+    build_student,
+    fingerprint,
+    load_config,
+    load_tokenizer,
+    publish_dir,
+    resolve_pretrained,
+)
+from harness.train import History, Hyper, TeacherSignal, eval_batches, evaluate, fit, layer_cls, pick_device, \
+    primary_value, to_batch, token_lengths
+
+TEACHER_INFO = "harness_teacher.json"
+
+
+@dataclass(frozen=True)
+class PreparedTeacher:
+    key: str
+    path: Path
+    dev_metrics: dict
+    value: float
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def encoding_hash(data: EncodedSplit) -> str:
+    digest = hashlib.sha256()
+    for feature in data.features:
+        digest.update(np.asarray(feature["input_ids"], dtype=np.int32).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:16]
+
+
+class Experiment:
+    """The shared state of one study file in one worker process."""
+
+    def __init__(self, config: StudyConfig, data_dir: Path | None, cache_dir: Path, quiet: bool = False):
+        self.config = config
+        self.cache_dir = cache_dir
+        self.quiet = quiet
+        self.task = get_task(config.task)
+        self.device = pick_device()
+        self.pretrained = resolve_pretrained(config.teacher)
+        self.tokenizer = load_tokenizer(self.pretrained)
+        self.pad_token_id = self.tokenizer.pad_token_id or 0
+        fixed = config.fixed
+        train = load_split(self.task, "train", data_dir)
+        self.data_hashes = {"train": train.sha256}
+        self.evals: dict[str, EncodedSplit] = {}
+        for split in self.task.eval_splits:
+            loaded = load_split(self.task, split, data_dir)
+            self.data_hashes[split] = loaded.sha256
+            self.evals[split] = encode_split(loaded, self.tokenizer, fixed.max_seq_length)
+        self.train = encode_split(subsample(train, fixed.max_train_samples, fixed.seed), self.tokenizer,
+                                  fixed.max_seq_length)
+        self._full_train: GlueSplit = train
+        self.teacher: PreparedTeacher | None = None
+        self._signal: TeacherSignal | None = None
+
+    # ------------------------------------------------------------------ teacher
+    def teacher_key(self) -> str:
+        fixed = self.config.fixed
+        return fingerprint({
+            "source": self.config.teacher, "task": self.task.name, "recipe": fixed.teacher.model_dump(),
+            "data": self.data_hashes, "max_seq_length": fixed.max_seq_length, "seed": fixed.seed,
+        })
+
+    def prepare_teacher(self) -> PreparedTeacher:
+        """Fine-tune the teacher on the task, or load it from the cache."""
+        if self.teacher is not None:
+            return self.teacher
+        key = self.teacher_key()
+        final = self.cache_dir / "teachers" / key
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(final) + ".lock"):
+            if not (final / TEACHER_INFO).is_file():
+                self._fine_tune_teacher(final)
+        info = json.loads((final / TEACHER_INFO).read_text())
+        self.teacher = PreparedTeacher(key=key, path=final, dev_metrics=info["dev_metrics"], value=info["value"])
+        return self.teacher
+
+    def _fine_tune_teacher(self, final: Path) -> None:
+        recipe, fixed = self.config.fixed.teacher, self.config.fixed
+        torch.manual_seed(fixed.seed)
+        model = AutoModelForSequenceClassification.from_pretrained(self.pretrained, num_labels=self.task.num_labels)
+        train = encode_split(subsample(self._full_train, recipe.max_train_samples, fixed.seed), self.tokenizer,
+                             fixed.max_seq_length)
+        hyper = Hyper(lr=recipe.lr, epochs=recipe.epochs, batch_size=recipe.batch_size,
+                      eval_batch_size=fixed.eval_batch_size, seed=fixed.seed, warmup_ratio=recipe.warmup_ratio,
+                      weight_decay=recipe.weight_decay, max_grad_norm=fixed.max_grad_norm)
+        checkpoint = final.with_name(final.name + ".ckpt")
+        history = fit(model, self.task, hyper, train, self.evals, self.pad_token_id, checkpoint=checkpoint,
+                      desc=f"teacher {self.config.teacher}", device=self.device)
+        # The teacher used for distillation is the model after its last epoch (not the best epoch).
+        last = history.epochs[-1]
+        tmp = atomic_dir(final)
+        model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        (tmp / TEACHER_INFO).write_text(json.dumps({
+            "source": self.config.teacher, "task": self.task.name, "recipe": recipe.model_dump(),
+            "dev_metrics": last["metrics"], "value": last["value"], "history": history.epochs,
+            "data": self.data_hashes,
+        }, indent=2))
+        publish_dir(tmp, final)
+        checkpoint.unlink(missing_ok=True)
+
+    def load_teacher_model(self):
+        teacher = self.prepare_teacher()
+        model = AutoModelForSequenceClassification.from_pretrained(teacher.path)
+        return model.to(self.device).eval()
+
+    # ------------------------------------------------------------------ teacher outputs
+    def teacher_signal(self, live: bool) -> TeacherSignal:
+        """Teacher outputs for the student's training set: cached arrays, or the live teacher."""
+        if live:
+            return TeacherSignal(live=self.load_teacher_model())
+        if self._signal is None:
+            self._signal = self._cached_outputs()
+        return self._signal
+
+    def outputs_dir(self) -> Path:
+        teacher = self.prepare_teacher()
+        return self.cache_dir / "teacher_outputs" / f"{teacher.key}-{encoding_hash(self.train)}"
+
+    def _cached_outputs(self) -> TeacherSignal:
+        final = self.outputs_dir()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(final) + ".lock"):
+            signal = read_outputs(final, len(self.train))
+            if signal is None:
+                shutil.rmtree(final, ignore_errors=True)
+                self._write_outputs(final)
+                signal = read_outputs(final, len(self.train))
+        if signal is None:
+            raise HarnessError(f"teacher output cache {str(final)!r} could not be written and read back")
+        return signal
+
+    @torch.no_grad()
+    def _write_outputs(self, final: Path) -> None:
+        model = self.load_teacher_model()
+        n = len(self.train)
+        logits = np.zeros((n, model.config.num_labels), dtype=np.float32)
+        cls = np.zeros((n, model.config.num_hidden_layers, model.config.hidden_size), dtype=np.float32)
+        for index in eval_batches(token_lengths(self.train), self.config.fixed.eval_batch_size):
+            batch = to_batch(self.train, index, self.pad_token_id, self.device)
+            batch.pop("labels")
+            out = model(**batch, output_hidden_states=True)
+            logits[index] = out.logits.float().cpu().numpy()
+            cls[index] = layer_cls(out.hidden_states).float().cpu().numpy()
+        tmp = atomic_dir(final)
+        manifest = {}
+        for name, array in (("logits", logits), ("cls", cls)):
+            np.save(tmp / f"{name}.npy", array)
+            manifest[name] = {"shape": list(array.shape), "sha256": sha256_file(tmp / f"{name}.npy")}
+        (tmp / "manifest.json").write_text(json.dumps(manifest))
+        publish_dir(tmp, final)
+
+    # ------------------------------------------------------------------ trials
+    def run_trial(self, method: str, point: dict[str, float], seed: int | None = None, checkpoint: Path | None = None,
+                  on_epoch=None, desc: str | None = None) -> History:
+        """Distil the teacher into a fresh student with one grid point's values."""
+        fixed = self.config.fixed
+        spec = get_method(method)
+        seed = fixed.seed if seed is None else seed
+        teacher = self.prepare_teacher()
+        teacher_config = load_config(str(teacher.path))
+        student = build_student(self.pretrained, self.config.student_layers, self.task.num_labels,
+                                fixed.student_init, seed)
+        inter = None
+        signal = None
+        if spec.searches_eta:
+            if spec.inter is not None:
+                inter = InterLayerLoss(spec, teacher_config.num_hidden_layers, self.config.student_layers,
+                                       student.config.hidden_size, teacher_config.hidden_size,
+                                       alp_scale=fixed.alp_scale, alp_tokens=fixed.alp_tokens)
+            signal = self.teacher_signal(live=inter is not None and inter.needs_tokens)
+        hyper = Hyper(lr=point["lr"], eta=point["eta"], lam=point["lambda"], epochs=fixed.epochs,
+                      batch_size=fixed.batch_size, eval_batch_size=fixed.eval_batch_size, seed=seed,
+                      temperature=fixed.temperature, warmup_ratio=fixed.warmup_ratio,
+                      weight_decay=fixed.weight_decay, max_grad_norm=fixed.max_grad_norm)
+        return fit(student, self.task, hyper, self.train, self.evals, self.pad_token_id, inter=inter,
+                   teacher=signal, checkpoint=checkpoint, on_epoch=on_epoch, desc=desc or method,
+                   device=self.device)
+
+    def teacher_eval(self) -> tuple[dict, float]:
+        model = self.load_teacher_model()
+        metrics = evaluate(model, self.task, self.evals, self.config.fixed.eval_batch_size, self.pad_token_id,
+                           self.device)
+        return metrics, primary_value(self.task, metrics)
+
+
+def read_outputs(folder: Path, n: int) -> TeacherSignal | None:
+    """Memory-map a teacher-output cache, or ``None`` if it is missing, partial or corrupt."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        arrays = {}
+        for name in ("logits", "cls"):
+            path = folder / f"{name}.npy"
+            if sha256_file(path) != manifest[name]["sha256"]:
+                return None
+            arrays[name] = np.load(path, mmap_mode="r")
+            if list(arrays[name].shape) != manifest[name]["shape"] or arrays[name].shape[0] != n:
+                return None
+    except (OSError, ValueError, KeyError):
+        return None
+    return TeacherSignal(logits=arrays["logits"], cls=arrays["cls"])

@@ -1,0 +1,231 @@
+"""Storage: the Optuna RDB storage plus the harness's own grid-claim table, in one database.
+
+Any SQLAlchemy URL works; SQLite is the default and PostgreSQL is what workers on many machines
+share. SQLite databases are switched to WAL journaling (readers never block the writer) and every
+connection waits up to 60 s for a lock instead of failing with "database is locked".
+
+Grid points are claimed through ``harness_grid_points`` (one row per study × grid point). A claim
+is a single conditional ``UPDATE … WHERE state = 'free' OR <claim is stale>``; the database runs
+it atomically (SQLite has one writer at a time; PostgreSQL re-checks the ``WHERE`` on the locked
+row), so two workers can never both win the same point. A claim is stale when its worker is on
+this host and its process is gone, or when its heartbeat is older than the grace period (workers
+on other machines).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
+
+from harness.errors import HarnessError
+
+HEARTBEAT_SECONDS = 10
+GRACE_SECONDS = 120
+
+_metadata = sa.MetaData()
+grid_points_table = sa.Table(
+    "harness_grid_points",
+    _metadata,
+    sa.Column("study_name", sa.String(512), primary_key=True),
+    sa.Column("point_key", sa.String(256), primary_key=True),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, default="free"),  # free | claimed | done | failed
+    sa.Column("worker", sa.String(256)),
+    sa.Column("trial_id", sa.Integer),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("heartbeat_at", sa.Float),
+    sa.Column("last_error", sa.Text),
+)
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (never print a password)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<malformed storage URL>"
+
+
+def default_storage(root: Path) -> str:
+    return f"sqlite:///{root / 'studies' / 'harness.db'}"
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _prepare_sqlite(url: sa.URL) -> None:
+    if url.database in (None, "", ":memory:"):
+        return
+    path = Path(url.database)
+    if not path.parent.is_dir():
+        raise HarnessError(f"storage folder {str(path.parent)!r} does not exist")
+    with sqlite3.connect(path, timeout=60) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+
+
+def _engine_kwargs(url: sa.URL) -> dict:
+    if url.get_backend_name() == "sqlite":
+        return {"connect_args": {"timeout": 60}}
+    return {"pool_pre_ping": True}
+
+
+class Storage:
+    """One database: Optuna's tables and the grid-claim table."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.masked = mask_url(url)
+        try:
+            parsed = make_url(url)
+            if parsed.get_backend_name() == "sqlite":
+                _prepare_sqlite(parsed)
+            self.engine = sa.create_engine(url, **_engine_kwargs(parsed))
+            _metadata.create_all(self.engine)
+            self.optuna = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(parsed))
+        except NoSuchModuleError:
+            raise HarnessError(f"unsupported storage URL {self.masked!r} (allowed: any SQLAlchemy URL whose "
+                               "driver is installed: sqlite, postgresql, mysql)") from None
+        except ArgumentError:
+            raise HarnessError(f"malformed storage URL {self.masked!r} (expected e.g. sqlite:///path.db or "
+                               "postgresql://user:pass@host/db)") from None
+        except (OperationalError, sqlite3.Error) as error:
+            reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
+            raise HarnessError(f"cannot connect to storage {self.masked!r}: {reason}") from None
+
+    # ------------------------------------------------------------------ grid claims
+    def ensure_points(self, study_name: str, points: dict[str, dict]) -> None:
+        """Insert the grid points that are not there yet (idempotent, safe under concurrency)."""
+        with self.engine.begin() as connection:
+            known = set(connection.execute(
+                sa.select(grid_points_table.c.point_key).where(grid_points_table.c.study_name == study_name)
+            ).scalars())
+        for key, params in points.items():
+            if key in known:
+                continue
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(grid_points_table.insert().values(
+                        study_name=study_name, point_key=key, params=json.dumps(params), state="free", attempts=0))
+            except IntegrityError:
+                pass  # another worker inserted it first
+
+    def points(self, study_name: str) -> list[dict]:
+        with self.engine.begin() as connection:
+            rows = connection.execute(
+                sa.select(grid_points_table).where(grid_points_table.c.study_name == study_name)
+                .order_by(grid_points_table.c.point_key)
+            ).mappings().all()
+        return [dict(row) for row in rows]
+
+    @staticmethod
+    def _is_stale(row: dict, now: float) -> bool:
+        worker = row["worker"] or ""
+        if worker.rpartition(":")[0] == socket.gethostname():
+            return worker_is_dead(worker)
+        return (row["heartbeat_at"] or 0.0) < now - GRACE_SECONDS
+
+    def claim_next(self, study_name: str, me: str, max_attempts: int) -> Claim | None:
+        """Atomically claim a free (or stale) point; ``None`` when nothing is left to claim."""
+        while True:
+            now = time.time()
+            candidates = [
+                row for row in self.points(study_name)
+                if row["attempts"] < max_attempts
+                and (row["state"] == "free" or (row["state"] == "claimed" and self._is_stale(row, now)))
+            ]
+            if not candidates:
+                return None
+            row = candidates[0]
+            table = grid_points_table.c
+            with self.engine.begin() as connection:
+                won = connection.execute(
+                    grid_points_table.update()
+                    .where(table.study_name == study_name, table.point_key == row["point_key"],
+                           table.state == row["state"], table.attempts == row["attempts"],
+                           (table.worker == row["worker"]) if row["worker"] else table.worker.is_(None))
+                    .values(state="claimed", worker=me, heartbeat_at=now, attempts=table.attempts + 1)
+                ).rowcount == 1
+            if won:
+                return Claim(self, study_name, row["point_key"], json.loads(row["params"]), me,
+                             stale_trial_id=row["trial_id"] if row["state"] == "claimed" else None)
+
+    def _update(self, study_name: str, key: str, me: str, **values) -> None:
+        table = grid_points_table.c
+        with self.engine.begin() as connection:
+            connection.execute(grid_points_table.update().where(
+                table.study_name == study_name, table.point_key == key, table.worker == me).values(**values))
+
+
+def worker_is_dead(worker: str) -> bool:
+    """True when ``worker`` (``host:pid``) ran on this host and its process is gone."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass
+class Claim:
+    """A grid point this worker owns until it marks it done or releases it."""
+
+    storage: Storage
+    study_name: str
+    key: str
+    params: dict
+    worker: str
+    stale_trial_id: int | None = None
+
+    def attach(self, trial_id: int) -> None:
+        self.storage._update(self.study_name, self.key, self.worker, trial_id=trial_id, heartbeat_at=time.time())
+
+    def heartbeat(self) -> None:
+        self.storage._update(self.study_name, self.key, self.worker, heartbeat_at=time.time())
+
+    def done(self) -> None:
+        self.storage._update(self.study_name, self.key, self.worker, state="done")
+
+    def release(self, error: str, final: bool) -> None:
+        self.storage._update(self.study_name, self.key, self.worker, state="failed" if final else "free",
+                             last_error=error[:2000])
+
+
+class Heartbeat:
+    """Context manager: refresh a claim's heartbeat from a background thread."""
+
+    def __init__(self, claim: Claim, every: float = HEARTBEAT_SECONDS):
+        self.claim, self.every = claim, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.claim.heartbeat()
+            except Exception:  # noqa: BLE001 - a missed heartbeat is retried at the next tick
+                pass
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()

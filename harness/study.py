@@ -1,0 +1,258 @@
+"""The sweep driver: one Optuna study per (study file, task, method), one trial per grid point.
+
+Grid sampling does not use Optuna's ``GridSampler`` (which counts failed trials as visited and can
+hand one point to two workers): the points of a study are rows of ``harness_grid_points`` and a
+worker claims one atomically (:mod:`harness.storage`), then creates an Optuna trial whose values
+are fixed to that point (``PartialFixedSampler``). So a study ends with exactly one finished trial
+per grid point, whatever is killed when. A trial that raised is recorded FAIL with its reason and
+its point is retried, up to ``max_attempts`` attempts in all. A killed trial is marked FAIL
+("worker died") when its point is reclaimed, and the new trial resumes from the epoch checkpoint.
+
+TPE sampling (``search.sampler: tpe``) samples ``lr`` and the (η, λ) pair from the same valid grid
+points, ``search.n_trials`` finished trials per method.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from harness.config import StudyConfig, grid_points, point_key
+from harness.errors import HarnessError
+from harness.experiment import Experiment
+from harness.methods import get_method
+from harness.models import fingerprint
+from harness.storage import Heartbeat, Storage, worker_id, worker_is_dead
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    cache_dir: Path
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    n_trials: int | None = None
+
+
+def open_study(storage: Storage, config: StudyConfig, method: str) -> optuna.Study:
+    """Create or load the method's study; refuse a name reused with a different set-up."""
+    name = config.study_name(method)
+    study = optuna.create_study(study_name=name, storage=storage.optuna, direction="maximize",
+                                load_if_exists=True, pruner=_pruner(config))
+    want = config.fingerprint(method)
+    have = study.user_attrs.get("fingerprint")
+    if have is None:
+        points = grid_points(config, method)
+        study.set_user_attr("fingerprint", want)
+        study.set_user_attr("config", config.model_dump(mode="json", by_alias=True))
+        study.set_user_attr("method", method)
+        study.set_user_attr("task", config.task)
+        study.set_user_attr("sampler", config.search.sampler)
+        study.set_user_attr("grid_size", len(points))
+    elif have != want:
+        raise HarnessError(
+            f"study '{name}' already exists in {storage.masked} with a different set-up "
+            f"(fingerprint {have} vs {want}); use another 'name' in the study file or another --storage")
+    return study
+
+
+def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    return optuna.pruners.NopPruner()
+
+
+def _trial_attrs(trial: optuna.Trial, config: StudyConfig, method: str, point: dict, seed: int) -> None:
+    trial.set_user_attr("method", method)
+    trial.set_user_attr("point", point_key(point))
+    trial.set_user_attr("lr", point["lr"])
+    trial.set_user_attr("eta", point["eta"])
+    trial.set_user_attr("lambda", point["lambda"])
+    trial.set_user_attr("seed", seed)
+    trial.set_user_attr("worker", worker_id())
+    trial.set_user_attr("device", _device_name())
+    trial.set_user_attr("versions", {"torch": torch.__version__, "optuna": optuna.__version__,
+                                     "python": platform.python_version()})
+
+
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(0)}"
+    return f"cpu:{torch.get_num_threads()}threads"
+
+
+def _epoch_reporter(trial: optuna.Trial):
+    records: list[dict] = []
+
+    def on_epoch(record: dict) -> None:
+        records.append(record)
+        trial.set_user_attr("epochs", records)
+        trial.report(record["value"], record["epoch"])
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+
+    return on_epoch
+
+
+class Runner:
+    """Runs the methods of one study file against one storage, in this process."""
+
+    def __init__(self, config: StudyConfig, storage: Storage, experiment: Experiment, options: RunOptions,
+                 log=print):
+        self.config, self.storage, self.experiment, self.options, self.log = config, storage, experiment, options, log
+        self.me = worker_id()
+
+    def checkpoint_path(self, study_name: str, key: str) -> Path:
+        folder = fingerprint({"storage": self.storage.url, "study": study_name})
+        return self.options.cache_dir / "checkpoints" / folder / f"{key}.pt"
+
+    def run(self) -> None:
+        teacher = self.experiment.prepare_teacher()
+        self.log(f"teacher {self.config.teacher} on {self.config.task}: dev {teacher.value:.4f} (cached as {teacher.key})")
+        for method in self.config.methods:
+            study = open_study(self.storage, self.config, method)
+            study.set_user_attr("teacher", {"key": teacher.key, "value": teacher.value,
+                                            "metrics": teacher.dev_metrics})
+            if self.config.search.sampler == "grid":
+                self._run_grid(study, method)
+            else:
+                self._run_tpe(study, method)
+
+    # ------------------------------------------------------------------ grid
+    def _run_grid(self, study: optuna.Study, method: str) -> None:
+        points = {point_key(p): p for p in grid_points(self.config, method)}
+        self.storage.ensure_points(study.study_name, points)
+        finished = sum(row["state"] == "done" for row in self.storage.points(study.study_name))
+        self.log(f"{study.study_name}: {len(points)} valid grid points, {finished} finished, "
+                 f"{len(points) - finished} to run")
+        budget = self.options.n_trials or self.config.search.n_trials
+        ran = 0
+        while budget is None or ran < budget:
+            claim = self.storage.claim_next(study.study_name, self.me, self.options.max_attempts)
+            if claim is None:
+                break
+            if claim.stale_trial_id is not None:
+                _fail_if_running(self.storage, claim.stale_trial_id, "worker died (claim reclaimed)")
+            study.sampler = optuna.samplers.PartialFixedSampler(
+                {"lr": claim.params["lr"], "eta": claim.params["eta"], "lambda": claim.params["lambda"]},
+                optuna.samplers.RandomSampler())
+            trial = study.ask()
+            point = {
+                "lr": trial.suggest_categorical("lr", self.config.search.lr),
+                "eta": trial.suggest_categorical("eta", _choices(self.config.search.eta, claim.params["eta"])),
+                "lambda": trial.suggest_categorical("lambda",
+                                                    _choices(self.config.search.lambda_, claim.params["lambda"])),
+            }
+            claim.attach(trial._trial_id)
+            with Heartbeat(claim):
+                state = self._run_one(study, trial, method, point, self.checkpoint_path(study.study_name, claim.key))
+            if state == TrialState.FAIL:
+                claim.release(trial_reason(study, trial), final=False)
+            else:
+                claim.done()
+            ran += 1
+        self._mark_exhausted(study)
+
+    def _mark_exhausted(self, study: optuna.Study) -> None:
+        for row in self.storage.points(study.study_name):
+            if row["state"] == "free" and row["attempts"] >= self.options.max_attempts:
+                self.log(f"{study.study_name}: {row['point_key']} failed {row['attempts']} times; giving up on it")
+
+    # ------------------------------------------------------------------ tpe
+    def _run_tpe(self, study: optuna.Study, method: str) -> None:
+        points = grid_points(self.config, method)
+        pairs = sorted({f"{p['eta']:g},{p['lambda']:g}" for p in points})
+        budget = self.options.n_trials or self.config.search.n_trials or len(points)
+        _fail_dead_trials(study)
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+        self.log(f"{study.study_name}: TPE over {len(points)} valid grid points, {done}/{budget} trials finished")
+        study.sampler = optuna.samplers.TPESampler(seed=self.config.fixed.seed + done)
+        while done < budget:
+            trial = study.ask()
+            lr = trial.suggest_categorical("lr", self.config.search.lr)
+            eta, lam = (float(v) for v in trial.suggest_categorical("eta_lambda", pairs).split(","))
+            state = self._run_one(study, trial, method, {"lr": lr, "eta": eta, "lambda": lam}, None)
+            done += state != TrialState.FAIL
+
+    # ------------------------------------------------------------------ one trial
+    def _run_one(self, study: optuna.Study, trial: optuna.Trial, method: str, point: dict,
+                 checkpoint: Path | None) -> TrialState:
+        seed = self.config.fixed.seed
+        _trial_attrs(trial, self.config, method, point, seed)
+        trial.set_user_attr("teacher_key", self.experiment.teacher.key)
+        trial.set_user_attr("data_sha256", self.experiment.data_hashes)
+        started = time.perf_counter()
+        desc = f"{method} {point_key(point)}"
+        try:
+            history = self.experiment.run_trial(method, point, seed=seed, checkpoint=checkpoint,
+                                                on_epoch=_epoch_reporter(trial), desc=desc)
+        except optuna.TrialPruned:
+            trial.set_user_attr("seconds", time.perf_counter() - started)
+            study.tell(trial, state=TrialState.PRUNED)
+            self.log(f"  trial {trial.number} {desc}: pruned")
+            _drop(checkpoint)
+            return TrialState.PRUNED
+        except HarnessError:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as error:  # noqa: BLE001 - recorded as the trial's failure reason
+            reason = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+            trial.set_user_attr("fail_reason", reason)
+            study.tell(trial, state=TrialState.FAIL)
+            self.log(f"  trial {trial.number} {desc}: FAILED ({reason})")
+            _drop(checkpoint)
+            return TrialState.FAIL
+        seconds = time.perf_counter() - started
+        trial.set_user_attr("seconds", seconds)
+        trial.set_user_attr("best_epoch", history.best_epoch)
+        study.tell(trial, history.best_value)
+        _drop(checkpoint)
+        self.log(f"  trial {trial.number} {desc}: {self.experiment.task.primary_metric} "
+                 f"{history.best_value:.4f} (epoch {history.best_epoch}, {seconds:.0f} s)")
+        return TrialState.COMPLETE
+
+
+def _choices(grid: tuple[float, ...], value: float) -> tuple[float, ...]:
+    """A fixed weight (0 for NKD/KD) may lie outside the study's η/λ grid; add it to the choices."""
+    return grid if value in grid else tuple(sorted((*grid, value)))
+
+
+def _drop(checkpoint: Path | None) -> None:
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
+
+
+def trial_reason(study: optuna.Study, trial: optuna.Trial) -> str:
+    frozen = study._storage.get_trial(trial._trial_id)
+    return str(frozen.user_attrs.get("fail_reason", "failed"))
+
+
+def _fail_if_running(storage: Storage, trial_id: int, reason: str) -> None:
+    frozen = storage.optuna.get_trial(trial_id)
+    if frozen.state == TrialState.RUNNING:
+        storage.optuna.set_trial_user_attr(trial_id, "fail_reason", reason)
+        storage.optuna.set_trial_state_values(trial_id, TrialState.FAIL)
+
+
+def _fail_dead_trials(study: optuna.Study) -> None:
+    """TPE studies: mark RUNNING trials whose worker process on this host is gone as FAIL."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if worker_is_dead(str(trial.user_attrs.get("worker", ""))):
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker died")
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+
+def describe_grids(config: StudyConfig) -> list[str]:
+    """One line per method: how many valid grid points it has."""
+    lines = []
+    for method in config.methods:
+        spec = get_method(method)
+        searched = "lr × η × λ with β = 1 − η − λ ≥ 0" if spec.searches_lambda else "lr × η" if spec.searches_eta \
+            else "lr only, η = λ = 0"
+        lines.append(f"  {method}: {len(grid_points(config, method))} grid points ({searched})")
+    return lines
+

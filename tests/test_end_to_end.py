@@ -1,0 +1,140 @@
+"""run_study.py end to end on a tiny model and real SST-2 files: run, resume, report, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from harness.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_study(path: Path, teacher: Path, **overrides) -> Path:
+    study = {
+        "name": "tiny",
+        "task": "SST-2",
+        "teacher": str(teacher),
+        "student_layers": 2,
+        "methods": ["nkd", "kd", "alp"],
+        "fixed": {"epochs": 2, "max_seq_length": 32, "max_train_samples": 64, "eval_batch_size": 256,
+                  "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64}},
+        "search": {"lr": [1e-4, 5e-5], "eta": [0.5], "lambda": [0.2, 0.7]},
+    }
+    study.update(overrides)
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "run_study.py"), *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+
+
+def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
+    study_file = write_study(tmp_path / "tiny.yaml", tiny_bert)
+    storage = f"sqlite:///{tmp_path / 'sweep.db'}"
+    common = ["--storage", storage, "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
+
+    # An interrupted sweep: one trial per method only.
+    first = run_cli("run", str(study_file), *common, "--n-trials", "1")
+    assert first.returncode == 0, first.stderr
+    assert "nkd: 2 grid points" in first.stdout
+    assert "kd: 2 grid points" in first.stdout
+    assert "alp: 2 grid points" in first.stdout  # η=0.5 with λ=0.7 is invalid (β < 0)
+    kept = {s.study_name: s.get_trials()[0] for s in
+            (optuna.load_study(study_name=f"tiny/SST-2/{m}", storage=storage) for m in ("nkd", "kd", "alp"))}
+
+    # Running the same command again continues: finished trials are kept, nothing runs twice.
+    second = run_cli("run", str(study_file), *common)
+    assert second.returncode == 0, second.stderr
+    assert "1 finished, 1 to run" in second.stdout
+    for name, first_trial in kept.items():
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+        assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+        assert trials[0].value == first_trial.value and trials[0].params == first_trial.params
+        assert len({(t.params["lr"], t.params["eta"], t.params["lambda"]) for t in trials}) == 2
+        for trial in trials:
+            assert 0.0 <= trial.value <= 1.0
+            assert [e["epoch"] for e in trial.user_attrs["epochs"]] == [1, 2]
+            assert trial.value == max(e["value"] for e in trial.user_attrs["epochs"])
+            assert trial.user_attrs["epochs"][0]["metrics"]["dev"]["accuracy"] >= 0
+
+    # A third run has nothing left to do.
+    third = run_cli("run", str(study_file), *common)
+    assert third.returncode == 0 and "2 finished, 0 to run" in third.stdout
+
+    out = tmp_path / "report"
+    report = run_cli("report", "--storage", storage, "--out", str(out), "--name", "tiny")
+    assert report.returncode == 0, report.stderr
+    text = (out / "README.md").read_text()
+    frame = pd.read_csv(out / "trials.csv")
+    assert len(frame) == 6
+    for method in ("nkd", "kd", "alp"):
+        study = optuna.load_study(study_name=f"tiny/SST-2/{method}", storage=storage)
+        best = study.best_trial
+        row = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == f"{100 * best.value:.2f}"
+        assert float(cells[2]) == best.params["lr"]
+        assert float(cells[3]) == best.params["eta"] and float(cells[4]) == best.params["lambda"]
+    assert "| teacher |" in text
+    again = tmp_path / "again"
+    run_cli("report", "--storage", storage, "--out", str(again), "--name", "tiny")
+    assert (again / "README.md").read_text() == text
+
+    status = run_cli("status", "--storage", storage)
+    assert "tiny/SST-2/alp: 2/2 grid points done; 2 complete, 0 failed" in status.stdout
+
+
+BAD_INPUTS = [
+    ({"task": "sst3"}, "task: unknown task 'sst3'"),
+    ({"methods": ["nkd", "alp-x"]}, "unknown method 'alp-x'"),
+    ({"search": {"eta": [0.7], "lambda": [0.5]}}, "method 'alp' has no valid grid point"),
+    ({"student_layers": "two"}, "student_layers"),
+    ({"colour": "blue"}, "colour: unknown key"),
+    ({"fixed": {"epochs": 1, "batchsize": 8}}, "fixed.batchsize: unknown key"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_INPUTS)
+def test_bad_study_file_is_one_line(tmp_path, tiny_bert, capsys, change, message):
+    study_file = write_study(tmp_path / "bad.yaml", tiny_bert, **change)
+    code = main(["run", str(study_file), "--storage", f"sqlite:///{tmp_path / 'x.db'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_missing_inputs_are_one_line(tmp_path, tiny_bert, capsys):
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "cannot read study file" in capsys.readouterr().err
+    (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
+    assert main(["run", str(tmp_path / "broken.yaml")]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+    study_file = write_study(tmp_path / "ok.yaml", tiny_bert)
+    assert main(["run", str(study_file), "--data-dir", str(tmp_path / "no-glue")]) == 2
+    assert "no-glue" in capsys.readouterr().err
+    empty = tmp_path / "empty-glue"
+    empty.mkdir()
+    code = main(["run", str(study_file), "--data-dir", str(empty), "--storage", f"sqlite:///{tmp_path / 'y.db'}",
+                 "--cache-dir", str(tmp_path / "cache")])
+    assert code == 2 and "SST-2" in capsys.readouterr().err
+
+
+def test_bad_storage_url_is_one_line_without_traceback(tmp_path, tiny_bert):
+    study_file = write_study(tmp_path / "ok.yaml", tiny_bert)
+    for url, expected in [("nosuchdb://x", "unsupported storage URL"), ("not a url", "malformed storage URL"),
+                          (f"sqlite:///{tmp_path}/missing/dir/x.db", "does not exist")]:
+        result = run_cli("run", str(study_file), "--storage", url)
+        assert result.returncode == 2
+        assert expected in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1

@@ -87,6 +87,7 @@ class Search(_Strict):
     """The sampler and the grids. Defaults are the paper's grids."""
 
     sampler: Literal["grid", "tpe"] = "grid"
+    pruner: Literal["none", "median", "halving"] = "none"
     n_trials: int | None = Field(None, ge=1)
     lr: tuple[float, ...] = PAPER_LR_GRID
     eta: tuple[float, ...] = PAPER_WEIGHT_GRID

@@ -100,6 +100,9 @@ class Storage:
         except ArgumentError:
             raise HarnessError(f"malformed storage URL {self.masked!r} (expected e.g. sqlite:///path.db or "
                                "postgresql://user:pass@host/db)") from None
+        except ModuleNotFoundError as error:
+            raise HarnessError(f"storage URL {self.masked!r} needs the Python package {error.name!r}, "
+                               "which is not installed") from None
         except (OperationalError, sqlite3.Error) as error:
             reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
             raise HarnessError(f"cannot connect to storage {self.masked!r}: {reason}") from None

@@ -63,6 +63,16 @@ def open_study(storage: Storage, config: StudyConfig, method: str) -> optuna.Stu
 
 
 def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    """Epoch-level pruning, applied identically to every method of the study file.
+
+    ``median``: stop a trial whose epoch score is below the median of earlier trials at the same
+    epoch (after 2 finished trials, from epoch 1 on). ``halving``: asynchronous successive halving
+    with one epoch as the minimum resource.
+    """
+    if config.search.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if config.search.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
     return optuna.pruners.NopPruner()
 
 

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_study.py",
         description="Optuna sweeps of knowledge-distillation methods (ALP-KD and its baselines) on GLUE.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,report,status}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,report,status,reproduce}")
 
     run = commands.add_parser("run", help="run (or continue) the studies of a study file",
                               description="Fine-tune the teacher once (cached), then run one trial per valid grid "
@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where fine-tuned teachers, teacher outputs and epoch checkpoints live "
                           "(default: $HARNESS_CACHE or .cache in the repo)")
     run.add_argument("--max-attempts", type=int, default=3, help="attempts per grid point before giving up on it")
+    run.add_argument("--workers", type=int, default=1,
+                     help="worker processes on this machine (pin each to a GPU with CUDA_VISIBLE_DEVICES by "
+                          "running one command per GPU); the same command on other machines with the same "
+                          "--storage joins the sweep")
 
     report = commands.add_parser("report", help="write the markdown report of a database",
                                  description="Write README.md (tables) and trials.csv built from the database alone.")
@@ -57,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="list the studies of a database and their trial counts",
                                  description="List every study with its grid size and trial counts.")
     _storage_arg(status)
+
+    again = commands.add_parser("reproduce", help="re-run one stored trial from its stored config alone",
+                                description="Re-run one trial (by Optuna trial_id, as shown by status) from the "
+                                            "config, grid point and seed stored in the database, and compare.")
+    again.add_argument("trial_id", type=int)
+    _storage_arg(again)
+    again.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, then the hub)")
+    again.add_argument("--cache-dir", type=Path, default=None)
     return parser
 
 
@@ -73,10 +85,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.config import load_study
     from harness.experiment import Experiment
     from harness.glue import resolve_data_dir
-    from harness.study import Runner, RunOptions, describe_grids
+    from harness.study import Runner, RunOptions, describe_grids, run_workers
 
     if args.n_trials is not None and args.n_trials < 1:
         raise HarnessError(f"--n-trials must be at least 1, got {args.n_trials}")
+    if args.workers < 1:
+        raise HarnessError(f"--workers must be at least 1, got {args.workers}")
     if args.max_attempts < 1:
         raise HarnessError(f"--max-attempts must be at least 1, got {args.max_attempts}")
     config = load_study(args.study_file)
@@ -90,9 +104,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("\n".join(describe_grids(config)))
     print(f"storage {storage.masked}; data {data_dir or 'Hugging Face hub (nyu-mll/glue)'}")
     cache_dir = args.cache_dir or _default_cache()
+    options = RunOptions(cache_dir=cache_dir, max_attempts=args.max_attempts, n_trials=args.n_trials)
     experiment = Experiment(config, data_dir, cache_dir)
-    Runner(config, storage, experiment, RunOptions(cache_dir=cache_dir, max_attempts=args.max_attempts,
-                                                   n_trials=args.n_trials)).run()
+    if args.workers == 1:
+        Runner(config, storage, experiment, options).run()
+    else:
+        experiment.prepare_shared()  # fine-tune the teacher and cache its outputs once, before the workers start
+        code = run_workers(args.workers, config, storage.url, data_dir, options)
+        if code != 0:
+            return code
     print(f"done. Report: python run_study.py report --name {config.name}"
           + ("" if args.storage is None else f" --storage '{storage.masked}'"))
     return 0
@@ -110,31 +130,27 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from harness.report import best_per_study, trials_frame
-    from harness.storage import grid_points_table  # noqa: F401 - the claim table lives beside Optuna's
+    from harness.study import study_status
 
     storage = _open_storage(args.storage)
-    frame = trials_frame(storage)
-    if frame.empty:
-        print(f"no studies in {storage.masked}")
-        return 0
-    best = best_per_study(frame)
+    lines = study_status(storage)
     print(f"storage {storage.masked}")
-    for row in best.itertuples():
-        points = storage.points(row.study)
-        grid = f"{sum(p['state'] == 'done' for p in points)}/{len(points)} grid points done" if points else "tpe"
-        value = "" if pd_isna(getattr(row, "value", None)) else f", best {row.value:.4f}"
-        print(f"{row.study}: {grid}; {row.complete} complete, {row.failed} failed, {row.pruned} pruned{value}")
+    print("\n".join(lines) if lines else "no studies yet")
     return 0
 
 
-def pd_isna(value) -> bool:
-    import pandas as pd
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from harness.study import reproduce
 
-    return value is None or bool(pd.isna(value))
+    storage = _open_storage(args.storage)
+    data_dir = None if args.data_dir is None else Path(args.data_dir)
+    stored, value = reproduce(storage, args.trial_id, data_dir, args.cache_dir or _default_cache())
+    print(f"trial {args.trial_id}: stored {stored}, reproduced {value:.6f}"
+          + ("" if stored is None else f" (difference {value - stored:+.2e})"))
+    return 0
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep the console to our own progress bars and lines."""
     import warnings
 
@@ -152,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        _quiet_libraries()
-        return {"run": cmd_run, "report": cmd_report, "status": cmd_status}[args.command](args)
+        quiet_libraries()
+        return {"run": cmd_run, "report": cmd_report, "status": cmd_status,
+                "reproduce": cmd_reproduce}[args.command](args)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -36,8 +36,8 @@ from harness.models import (
     publish_dir,
     resolve_pretrained,
 )
-from harness.train import History, Hyper, TeacherSignal, eval_batches, evaluate, fit, layer_cls, pick_device, \
-    primary_value, to_batch, token_lengths
+from harness.train import History, Hyper, TeacherSignal, eval_batches, fit, layer_cls, pick_device, to_batch, \
+    token_lengths
 
 TEACHER_INFO = "harness_teacher.json"
 
@@ -69,10 +69,10 @@ def encoding_hash(data: EncodedSplit) -> str:
 class Experiment:
     """The shared state of one study file in one worker process."""
 
-    def __init__(self, config: StudyConfig, data_dir: Path | None, cache_dir: Path, quiet: bool = False):
+    def __init__(self, config: StudyConfig, data_dir: Path | None, cache_dir: Path, progress: bool = True):
         self.config = config
         self.cache_dir = cache_dir
-        self.quiet = quiet
+        self.progress = progress
         self.task = get_task(config.task)
         self.device = pick_device()
         self.pretrained = resolve_pretrained(config.teacher)
@@ -125,7 +125,7 @@ class Experiment:
                       weight_decay=recipe.weight_decay, max_grad_norm=fixed.max_grad_norm)
         checkpoint = final.with_name(final.name + ".ckpt")
         history = fit(model, self.task, hyper, train, self.evals, self.pad_token_id, checkpoint=checkpoint,
-                      desc=f"teacher {self.config.teacher}", device=self.device)
+                      desc=f"teacher {self.config.teacher}", device=self.device, progress=self.progress)
         # The teacher used for distillation is the model after its last epoch (not the best epoch).
         last = history.epochs[-1]
         tmp = atomic_dir(final)
@@ -215,13 +215,13 @@ class Experiment:
                       weight_decay=fixed.weight_decay, max_grad_norm=fixed.max_grad_norm)
         return fit(student, self.task, hyper, self.train, self.evals, self.pad_token_id, inter=inter,
                    teacher=signal, checkpoint=checkpoint, on_epoch=on_epoch, desc=desc or method,
-                   device=self.device)
+                   device=self.device, progress=self.progress)
 
-    def teacher_eval(self) -> tuple[dict, float]:
-        model = self.load_teacher_model()
-        metrics = evaluate(model, self.task, self.evals, self.config.fixed.eval_batch_size, self.pad_token_id,
-                           self.device)
-        return metrics, primary_value(self.task, metrics)
+    def prepare_shared(self) -> None:
+        """Everything trials share: the fine-tuned teacher and, if a method needs them, its cached outputs."""
+        self.prepare_teacher()
+        if any(get_method(m).searches_eta for m in self.config.methods):
+            self.teacher_signal(live=False)
 
 
 def read_outputs(folder: Path, n: int) -> TeacherSignal | None:

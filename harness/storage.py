@@ -48,6 +48,28 @@ grid_points_table = sa.Table(
     sa.Column("last_error", sa.Text),
 )
 
+results_table = sa.Table(
+    "harness_results",
+    _metadata,
+    sa.Column("trial_id", sa.Integer, primary_key=True),  # Optuna's trial_id
+    sa.Column("study_name", sa.String(512), nullable=False, index=True),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("method", sa.String(64), nullable=False),
+    sa.Column("point_key", sa.String(256), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("value", sa.Float),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("config", sa.JSON, nullable=False),  # the resolved study config, searched values included
+    sa.Column("epochs", sa.JSON),  # per epoch: metrics per split, unweighted loss terms, seconds
+    sa.Column("seconds", sa.Float),
+    sa.Column("device", sa.String(256)),
+    sa.Column("versions", sa.JSON),
+    sa.Column("teacher_key", sa.String(64)),
+    sa.Column("data_sha256", sa.JSON),
+    sa.Column("worker", sa.String(256)),
+    sa.Column("updated_at", sa.Float),
+)
+
 
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ``***`` (never print a password)."""
@@ -106,6 +128,22 @@ class Storage:
         except (OperationalError, sqlite3.Error) as error:
             reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
             raise HarnessError(f"cannot connect to storage {self.masked!r}: {reason}") from None
+
+    # ------------------------------------------------------------------ results
+    def record_result(self, trial_id: int, **fields) -> None:
+        """Insert or update the harness's own row for one trial."""
+        fields["updated_at"] = time.time()
+        with self.engine.begin() as connection:
+            updated = connection.execute(
+                results_table.update().where(results_table.c.trial_id == trial_id).values(**fields)).rowcount
+            if not updated:
+                connection.execute(results_table.insert().values(trial_id=trial_id, **fields))
+
+    def result(self, trial_id: int) -> dict | None:
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                sa.select(results_table).where(results_table.c.trial_id == trial_id)).mappings().first()
+        return dict(row) if row is not None else None
 
     # ------------------------------------------------------------------ grid claims
     def ensure_points(self, study_name: str, points: dict[str, dict]) -> None:

@@ -28,7 +28,7 @@ from harness.errors import HarnessError
 from harness.experiment import Experiment
 from harness.methods import get_method
 from harness.models import fingerprint
-from harness.storage import Heartbeat, Storage, worker_id, worker_is_dead
+from harness.storage import GRACE_SECONDS, Heartbeat, Storage, worker_id, worker_is_dead
 
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -76,17 +76,16 @@ def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def _trial_attrs(trial: optuna.Trial, config: StudyConfig, method: str, point: dict, seed: int) -> None:
-    trial.set_user_attr("method", method)
-    trial.set_user_attr("point", point_key(point))
-    trial.set_user_attr("lr", point["lr"])
-    trial.set_user_attr("eta", point["eta"])
-    trial.set_user_attr("lambda", point["lambda"])
-    trial.set_user_attr("seed", seed)
-    trial.set_user_attr("worker", worker_id())
-    trial.set_user_attr("device", _device_name())
-    trial.set_user_attr("versions", {"torch": torch.__version__, "optuna": optuna.__version__,
-                                     "python": platform.python_version()})
+def _trial_record(config: StudyConfig, method: str, point: dict, seed: int) -> dict:
+    """What is stored with every trial: enough to reproduce it from the database alone."""
+    resolved = config.model_dump(mode="json", by_alias=True)
+    resolved["methods"] = [method]
+    return {
+        "method": method, "point": point_key(point), "lr": point["lr"], "eta": point["eta"],
+        "lambda": point["lambda"], "seed": seed, "worker": worker_id(), "device": _device_name(),
+        "versions": {"torch": torch.__version__, "optuna": optuna.__version__, "python": platform.python_version()},
+        "config": resolved,
+    }
 
 
 def _device_name() -> str:
@@ -95,12 +94,13 @@ def _device_name() -> str:
     return f"cpu:{torch.get_num_threads()}threads"
 
 
-def _epoch_reporter(trial: optuna.Trial):
+def _epoch_reporter(trial: optuna.Trial, storage: Storage):
     records: list[dict] = []
 
     def on_epoch(record: dict) -> None:
         records.append(record)
         trial.set_user_attr("epochs", records)
+        storage.record_result(trial._trial_id, epochs=records)
         trial.report(record["value"], record["epoch"])
         if trial.should_prune():
             raise optuna.TrialPruned()
@@ -136,6 +136,7 @@ class Runner:
     def _run_grid(self, study: optuna.Study, method: str) -> None:
         points = {point_key(p): p for p in grid_points(self.config, method)}
         self.storage.ensure_points(study.study_name, points)
+        _fail_orphans(study, self.storage)
         finished = sum(row["state"] == "done" for row in self.storage.points(study.study_name))
         self.log(f"{study.study_name}: {len(points)} valid grid points, {finished} finished, "
                  f"{len(points) - finished} to run")
@@ -145,8 +146,9 @@ class Runner:
             claim = self.storage.claim_next(study.study_name, self.me, self.options.max_attempts)
             if claim is None:
                 break
-            if claim.stale_trial_id is not None:
-                _fail_if_running(self.storage, claim.stale_trial_id, "worker died (claim reclaimed)")
+            if claim.stale_trial_id is not None and _settle_stale(self.storage, claim.stale_trial_id):
+                claim.done()  # the dead worker had finished the trial, only the claim was left open
+                continue
             study.sampler = optuna.samplers.PartialFixedSampler(
                 {"lr": claim.params["lr"], "eta": claim.params["eta"], "lambda": claim.params["lambda"]},
                 optuna.samplers.RandomSampler())
@@ -177,7 +179,7 @@ class Runner:
         points = grid_points(self.config, method)
         pairs = sorted({f"{p['eta']:g},{p['lambda']:g}" for p in points})
         budget = self.options.n_trials or self.config.search.n_trials or len(points)
-        _fail_dead_trials(study)
+        _fail_orphans(study, self.storage)
         done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
         self.log(f"{study.study_name}: TPE over {len(points)} valid grid points, {done}/{budget} trials finished")
         study.sampler = optuna.samplers.TPESampler(seed=self.config.fixed.seed + done)
@@ -192,38 +194,51 @@ class Runner:
     def _run_one(self, study: optuna.Study, trial: optuna.Trial, method: str, point: dict,
                  checkpoint: Path | None) -> TrialState:
         seed = self.config.fixed.seed
-        _trial_attrs(trial, self.config, method, point, seed)
-        trial.set_user_attr("teacher_key", self.experiment.teacher.key)
-        trial.set_user_attr("data_sha256", self.experiment.data_hashes)
+        record = _trial_record(self.config, method, point, seed)
+        record.update(teacher_key=self.experiment.teacher.key, data_sha256=self.experiment.data_hashes)
+        for key, value in record.items():
+            if key != "config":
+                trial.set_user_attr(key, value)
+        self.storage.record_result(
+            trial._trial_id, study_name=study.study_name, number=trial.number, method=method,
+            point_key=record["point"], state="RUNNING", seed=seed, config=record["config"], device=record["device"],
+            versions=record["versions"], teacher_key=record["teacher_key"], data_sha256=record["data_sha256"],
+            worker=record["worker"])
         started = time.perf_counter()
         desc = f"{method} {point_key(point)}"
         try:
             history = self.experiment.run_trial(method, point, seed=seed, checkpoint=checkpoint,
-                                                on_epoch=_epoch_reporter(trial), desc=desc)
+                                                on_epoch=_epoch_reporter(trial, self.storage), desc=desc)
         except optuna.TrialPruned:
-            trial.set_user_attr("seconds", time.perf_counter() - started)
-            study.tell(trial, state=TrialState.PRUNED)
+            self._finish(study, trial, TrialState.PRUNED, None, time.perf_counter() - started)
             self.log(f"  trial {trial.number} {desc}: pruned")
             _drop(checkpoint)
             return TrialState.PRUNED
         except HarnessError:
-            study.tell(trial, state=TrialState.FAIL)
+            self._finish(study, trial, TrialState.FAIL, None, time.perf_counter() - started)
             raise
         except Exception as error:  # noqa: BLE001 - recorded as the trial's failure reason
             reason = f"{type(error).__name__}: {error}".splitlines()[0][:500]
             trial.set_user_attr("fail_reason", reason)
-            study.tell(trial, state=TrialState.FAIL)
+            self._finish(study, trial, TrialState.FAIL, None, time.perf_counter() - started)
             self.log(f"  trial {trial.number} {desc}: FAILED ({reason})")
             _drop(checkpoint)
             return TrialState.FAIL
         seconds = time.perf_counter() - started
-        trial.set_user_attr("seconds", seconds)
         trial.set_user_attr("best_epoch", history.best_epoch)
-        study.tell(trial, history.best_value)
+        self._finish(study, trial, TrialState.COMPLETE, history.best_value, seconds)
         _drop(checkpoint)
         self.log(f"  trial {trial.number} {desc}: {self.experiment.task.primary_metric} "
                  f"{history.best_value:.4f} (epoch {history.best_epoch}, {seconds:.0f} s)")
         return TrialState.COMPLETE
+
+
+    def _finish(self, study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None,
+                seconds: float) -> None:
+        """Our row first, then Optuna's: a kill in between leaves a RUNNING trial, which is re-run."""
+        trial.set_user_attr("seconds", seconds)
+        self.storage.record_result(trial._trial_id, state=state.name, value=value, seconds=seconds)
+        study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
 
 
 def _choices(grid: tuple[float, ...], value: float) -> tuple[float, ...]:
@@ -241,19 +256,37 @@ def trial_reason(study: optuna.Study, trial: optuna.Trial) -> str:
     return str(frozen.user_attrs.get("fail_reason", "failed"))
 
 
-def _fail_if_running(storage: Storage, trial_id: int, reason: str) -> None:
+def _settle_stale(storage: Storage, trial_id: int) -> bool:
+    """Mark a dead worker's trial FAIL; True if it had in fact finished (COMPLETE or PRUNED)."""
     frozen = storage.optuna.get_trial(trial_id)
     if frozen.state == TrialState.RUNNING:
+        _fail(storage, trial_id, "worker died (claim reclaimed)")
+        return False
+    return frozen.state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _fail(storage: Storage, trial_id: int, reason: str) -> None:
+    try:
         storage.optuna.set_trial_user_attr(trial_id, "fail_reason", reason)
         storage.optuna.set_trial_state_values(trial_id, TrialState.FAIL)
+    except RuntimeError:
+        return  # finished meanwhile (optuna raises UpdateFinishedTrialError, a RuntimeError)
+    if storage.result(trial_id) is not None:
+        storage.record_result(trial_id, state="FAIL")
 
 
-def _fail_dead_trials(study: optuna.Study) -> None:
-    """TPE studies: mark RUNNING trials whose worker process on this host is gone as FAIL."""
+def _fail_orphans(study: optuna.Study, storage: Storage) -> None:
+    """Mark RUNNING trials that no live worker owns as FAIL.
+
+    A trial is an orphan when its worker (``host:pid``) ran on this host and is gone, or when it
+    never got as far as naming its worker and started more than ``GRACE_SECONDS`` ago.
+    """
+    now = time.time()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if worker_is_dead(str(trial.user_attrs.get("worker", ""))):
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker died")
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        worker = trial.user_attrs.get("worker")
+        started = trial.datetime_start.timestamp() if trial.datetime_start else now
+        if (worker is not None and worker_is_dead(worker)) or (worker is None and started < now - GRACE_SECONDS):
+            _fail(storage, trial._trial_id, "worker died")
 
 
 def describe_grids(config: StudyConfig) -> list[str]:
@@ -266,3 +299,73 @@ def describe_grids(config: StudyConfig) -> list[str]:
         lines.append(f"  {method}: {len(grid_points(config, method))} grid points ({searched})")
     return lines
 
+
+
+def _worker_main(index: int, config: StudyConfig, url: str, data_dir: Path | None, options: RunOptions,
+                 threads: int) -> None:
+    """Entry point of one worker process (spawned; everything it needs is passed in)."""
+    import sys
+
+    from harness.cli import quiet_libraries
+
+    quiet_libraries()
+    torch.set_num_threads(threads)
+    try:
+        experiment = Experiment(config, data_dir, options.cache_dir, progress=False)
+        Runner(config, Storage(url), experiment, options, log=lambda line: print(f"[worker {index}] {line}",
+                                                                                 flush=True)).run()
+    except HarnessError as error:
+        print(f"error: [worker {index}] {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def run_workers(count: int, config: StudyConfig, url: str, data_dir: Path | None, options: RunOptions) -> int:
+    """Run ``count`` worker processes on this machine and wait for them; returns the worst exit code."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, torch.get_num_threads() // count)
+    processes = [context.Process(target=_worker_main, args=(i, config, url, data_dir, options, threads))
+                 for i in range(count)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    return max(abs(process.exitcode or 0) for process in processes)
+
+
+def study_status(storage: Storage) -> list[str]:
+    """One block per study: grid size, complete, running (worker and age), failed, pruned, left."""
+    now = time.time()
+    lines = []
+    for summary in sorted(optuna.get_all_study_summaries(storage.optuna, include_best_trial=False),
+                          key=lambda s: s.study_name):
+        trials = storage.optuna.get_all_trials(summary._study_id, deepcopy=False)
+        count = {state: sum(t.state == state for t in trials) for state in TrialState}
+        points = storage.points(summary.study_name)
+        grid = summary.user_attrs.get("grid_size", len(points))
+        finished = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
+        left = sum(p["state"] != "done" for p in points) if points else max(0, grid - finished)
+        lines.append(f"{summary.study_name}: grid {grid}, complete {count[TrialState.COMPLETE]}, "
+                     f"running {count[TrialState.RUNNING]}, failed {count[TrialState.FAIL]}, "
+                     f"pruned {count[TrialState.PRUNED]}, left {left}")
+        for trial in trials:
+            if trial.state == TrialState.RUNNING:
+                age = now - trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+                lines.append(f"    running: trial_id {trial._trial_id} {trial.user_attrs.get('point', '?')} on "
+                             f"{trial.user_attrs.get('worker', '?')}, {age:.0f} s")
+    return lines
+
+
+def reproduce(storage: Storage, trial_id: int, data_dir: Path | None, cache_dir: Path) -> tuple[float | None, float]:
+    """Re-run one stored trial from its stored config, grid point and seed; returns (stored, new) values."""
+    from harness.config import parse_study
+
+    row = storage.result(trial_id)
+    if row is None:
+        raise HarnessError(f"no trial with trial_id {trial_id} in {storage.masked} (see: run_study.py status)")
+    config = parse_study(row["config"], source=f"trial {trial_id}")
+    point = {key: float(value) for key, value in (part.split("=") for part in row["point_key"].split(","))}
+    experiment = Experiment(config, data_dir, cache_dir)
+    history = experiment.run_trial(row["method"], point, seed=row["seed"], desc=f"reproduce {trial_id}")
+    return row["value"], history.best_value

@@ -232,6 +232,7 @@ def fit(
     on_epoch: Callable[[dict], None] | None = None,
     desc: str = "train",
     device: torch.device | None = None,
+    progress: bool = True,
 ) -> History:
     """Train ``model`` (and the inter-layer loss's projections) and score it after every epoch.
 
@@ -279,7 +280,8 @@ def fit(
         model.train()
         sums: dict[str, float] = {}
         batches = train_batches(lengths, hyper.batch_size, hyper.seed, epoch)
-        bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{hyper.epochs}", leave=False, dynamic_ncols=True)
+        bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{hyper.epochs}", leave=False, dynamic_ncols=True,
+                   disable=not progress)
         for index in bar:
             batch = to_batch(train, index, pad_token_id, device)
             with amp:

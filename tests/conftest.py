@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "glue"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +40,24 @@ def tiny_bert(tmp_path_factory) -> Path:
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def write_study(path: Path, teacher: Path, **overrides) -> Path:
+    study = {
+        "name": "tiny",
+        "task": "SST-2",
+        "teacher": str(teacher),
+        "student_layers": 2,
+        "methods": ["nkd", "kd", "alp"],
+        "fixed": {"epochs": 2, "max_seq_length": 32, "max_train_samples": 64, "eval_batch_size": 256,
+                  "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64}},
+        "search": {"lr": [1e-4, 5e-5], "eta": [0.5], "lambda": [0.2, 0.7]},
+    }
+    study.update(overrides)
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "run_study.py"), *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)

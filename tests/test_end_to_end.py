@@ -2,39 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import optuna
 import pandas as pd
 import pytest
-import yaml
 
+from conftest import run_cli, write_study
 from harness.cli import main
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def write_study(path: Path, teacher: Path, **overrides) -> Path:
-    study = {
-        "name": "tiny",
-        "task": "SST-2",
-        "teacher": str(teacher),
-        "student_layers": 2,
-        "methods": ["nkd", "kd", "alp"],
-        "fixed": {"epochs": 2, "max_seq_length": 32, "max_train_samples": 64, "eval_batch_size": 256,
-                  "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64}},
-        "search": {"lr": [1e-4, 5e-5], "eta": [0.5], "lambda": [0.2, 0.7]},
-    }
-    study.update(overrides)
-    path.write_text(yaml.safe_dump(study))
-    return path
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "run_study.py"), *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=600)
 
 
 def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
@@ -90,7 +63,7 @@ def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
     assert (again / "README.md").read_text() == text
 
     status = run_cli("status", "--storage", storage)
-    assert "tiny/SST-2/alp: 2/2 grid points done; 2 complete, 0 failed" in status.stdout
+    assert "tiny/SST-2/alp: grid 2, complete 2, running 0, failed 0, pruned 0, left 0" in status.stdout
 
 
 BAD_INPUTS = [

@@ -1,0 +1,128 @@
+"""Smoke tests of harness.bench's pieces on a tiny model; no timing is asserted anywhere."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from harness.bench import (
+    PeakMemory,
+    Settings,
+    SweepResult,
+    TrialCost,
+    bench,
+    cost_to_reach,
+    format_ratio,
+    parse_args,
+    reference_trainer_class,
+    study_config,
+)
+from harness.errors import HarnessError
+from harness.experiment import Experiment
+from harness.methods import InterLayerLoss, get_method
+from harness.models import build_student
+from harness.train import Hyper, LossTerms, TeacherSignal, to_batch
+
+RATIO_LINES = (r"ratio alp_trial/reference = (\d+\.\d{3}|inf|nan)", r"ratio alp_step/nkd_step = (\d+\.\d{3}|inf|nan)",
+               r"ratio sweep_cost_to_best = (\d+\.\d{3}|inf|nan)")
+
+
+def tiny_settings(teacher, glue_dir, cache_dir, **overrides) -> Settings:
+    values = dict(teacher=str(teacher), train_samples=32, epochs=1, max_seq_length=32, batch_size=16,
+                  teacher_train_samples=32, sweep_samples=16, sweep_epochs=2, sweep_lr=(1e-4,), sweep_eta=(0.5,),
+                  sweep_lambda=(0.2, 0.5), data_dir=glue_dir, cache_dir=cache_dir)
+    values.update(overrides)
+    return Settings(**values)
+
+
+def test_cost_to_reach_counts_every_trial_up_to_the_first_that_reaches():
+    trials = [TrialCost(10.0, 2, 0.80, "a"), TrialCost(4.0, 1, None, "pruned"), TrialCost(10.0, 2, 0.851, "b"),
+              TrialCost(10.0, 2, 0.90, "c")]
+    assert cost_to_reach(trials, 0.85) == (3, 24.0, 5)
+    assert cost_to_reach(trials, 0.95) == (None, 34.0, 7)
+    assert cost_to_reach([], 0.5) == (None, 0.0, 0)
+
+
+def test_sweep_ratio_is_search_cost_over_grid_cost_and_inf_when_never_reached():
+    grid = [TrialCost(10.0, 2, 0.80, "a"), TrialCost(10.0, 2, 0.85, "b")]
+    reached = SweepResult(grid, [TrialCost(5.0, 1, None, "p"), TrialCost(10.0, 2, 0.848, "b")], tolerance=0.003)
+    assert reached.best == 0.85
+    assert reached.ratio == pytest.approx(15.0 / 20.0)
+    assert reached.epoch_ratio == pytest.approx(3 / 4)
+    missed = SweepResult(grid, [TrialCost(10.0, 2, 0.846, "a")], tolerance=0.003)
+    assert math.isinf(missed.ratio) and format_ratio(missed.ratio) == "inf"
+
+
+def test_format_ratio():
+    assert format_ratio(0.41234) == "0.412"
+    assert format_ratio(math.nan) == "nan"
+
+
+def test_parse_args_defaults_and_bad_values(glue_dir):
+    settings = parse_args(["--data-dir", str(glue_dir), "--skip-sweep", "--sweep-lr", "1e-5", "2e-5"])
+    assert settings.skip_sweep and not settings.profile
+    assert settings.sweep_lr == (1e-5, 2e-5) and settings.train_samples == Settings().train_samples
+    assert settings.data_dir == glue_dir
+    with pytest.raises(HarnessError, match="--epochs must be at least 1, got 0"):
+        parse_args(["--data-dir", str(glue_dir), "--epochs", "0"])
+
+
+def test_points_and_study_config(tmp_path):
+    settings = Settings(cache_dir=tmp_path)
+    assert settings.point("nkd") == {"lr": settings.lr, "eta": 0.0, "lambda": 0.0}
+    assert settings.point("kd") == {"lr": settings.lr, "eta": settings.eta, "lambda": 0.0}
+    assert settings.point("alp") == {"lr": settings.lr, "eta": settings.eta, "lambda": settings.lam}
+    config = study_config(settings, "bench-tpe", 500, 2, sampler="tpe", pruner="median", lr=[1e-4], eta=[0.5],
+                          **{"lambda": [0.2]})
+    assert (config.search.sampler, config.search.pruner, config.fixed.max_train_samples) == ("tpe", "median", 500)
+    assert config.fixed.teacher.max_train_samples == settings.teacher_train_samples
+
+
+def test_peak_memory_sees_a_cpu_allocation():
+    with PeakMemory(torch.device("cpu")) as memory:
+        block = torch.ones(16 * 2**20)  # 64 MiB, touched
+        assert block.sum() > 0
+    assert memory.mib > 32
+
+
+def test_reference_loss_is_our_alp_loss_with_a_live_teacher(tmp_path, tiny_bert, glue_dir):
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (see requirements.txt)")
+    from transformers import TrainingArguments
+
+    settings = tiny_settings(tiny_bert, glue_dir, tmp_path)
+    experiment = Experiment(study_config(settings, "bench", 32, 1), glue_dir, tmp_path, progress=False)
+    teacher = experiment.load_teacher_model()
+    student = build_student(experiment.pretrained, 2, 2, "bottom", 42)
+    for module in student.modules():  # no dropout, so the two losses see the same forward pass
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    inter = InterLayerLoss(get_method("alp"), 4, 2, 32, 32)
+    hyper = Hyper(lr=1e-4, eta=0.5, lam=0.2)
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), report_to="none", use_cpu=True)
+    trainer = reference_trainer_class()(model=student, args=args, teacher=teacher, inter=inter, hyper=hyper,
+                                        task=experiment.task)
+    index = torch.arange(8).numpy()
+    batch = to_batch(experiment.train, index, experiment.pad_token_id, torch.device("cpu"))
+    student.train()
+    reference = trainer.compute_loss(student, dict(batch))
+    ours = LossTerms(experiment.task, hyper, inter, TeacherSignal(live=teacher), torch.device("cpu"))
+    assert reference.item() == pytest.approx(ours.total(ours(student, dict(batch), index)).item(), rel=1e-5)
+
+
+def test_bench_end_to_end_on_a_tiny_model(tmp_path, tiny_bert, glue_dir):
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (see requirements.txt)")
+    lines: list[str] = []
+    summary = bench(tiny_settings(tiny_bert, glue_dir, tmp_path, profile=True), log=lines.append)
+    for line, pattern in zip(summary[-3:], RATIO_LINES):
+        assert re.fullmatch(pattern, line), line
+    assert summary[-2] != "ratio alp_step/nkd_step = nan" and summary[-1] != "ratio sweep_cost_to_best = nan"
+    text = "\n".join(summary)
+    for run in ("reference KD+ALP", "nkd trial", "kd trial", "alp trial"):
+        assert run in text
+    assert "Self CPU time total" in text and "optimizer.step" in text
+    assert any("grid best" in line for line in lines)
+    assert (tmp_path / "teachers").is_dir()  # the teacher lands in the given cache; the rest was temporary
+    assert not (tmp_path / "teacher_outputs").exists()

@@ -1,0 +1,198 @@
+"""Sweeps that survive: SIGKILL at any moment, parallel workers on SQLite and PostgreSQL, bad set-ups."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from conftest import REPO, run_cli, write_study
+from harness.cli import main
+
+KILL_STUDY = {
+    "methods": ["nkd", "alp"],
+    "fixed": {"epochs": 2, "max_seq_length": 32, "max_train_samples": 64, "eval_batch_size": 256,
+              "teacher": {"epochs": 3, "lr": 1e-4, "max_train_samples": 256}},
+    "search": {"lr": [1e-4, 5e-5], "eta": [0.5], "lambda": [0.2]},
+}
+
+
+def best_values(storage: str) -> dict[str, float]:
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage).best_value
+            for s in optuna.get_all_study_summaries(storage)}
+
+
+def check_one_complete_per_point(storage: str, expected_points: int) -> None:
+    for summary in optuna.get_all_study_summaries(storage):
+        trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+        states = Counter(t.state for t in trials)
+        assert states[TrialState.RUNNING] == 0, summary.study_name
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        points = [(t.params["lr"], t.params["eta"], t.params["lambda"]) for t in complete]
+        assert len(points) == len(set(points)) == expected_points, (summary.study_name, points)
+
+
+def _wait_then_kill(process: subprocess.Popen, ready, limit: float) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and process.poll() is None:
+        if ready():
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return True
+        time.sleep(0.05)
+    process.wait()
+    return False
+
+
+def test_sigkill_at_random_moments_then_resume(tmp_path, tiny_bert, glue_dir):
+    study_file = write_study(tmp_path / "kill.yaml", tiny_bert, **KILL_STUDY)
+    storage = f"sqlite:///{tmp_path / 'killed.db'}"
+    cache = tmp_path / "cache"
+    command = [sys.executable, str(REPO / "run_study.py"), "run", str(study_file), "--storage", storage,
+               "--data-dir", str(glue_dir), "--cache-dir", str(cache)]
+
+    def start():
+        return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+
+    rng = random.Random(7)
+    started = time.monotonic()
+    kills = {
+        "inside teacher fine-tuning": lambda: any(cache.glob("teachers/*.ckpt")),
+        "mid-trial (after an epoch checkpoint)": lambda: any(cache.glob("checkpoints/*/*.pt")),
+        "at a random moment": lambda: time.monotonic() - started > rng.uniform(1.0, 4.0),
+        "at another random moment": lambda: time.monotonic() - started > rng.uniform(1.0, 4.0),
+    }
+    killed = []
+    for moment, ready in kills.items():
+        started = time.monotonic()
+        if _wait_then_kill(start(), ready, limit=240):
+            killed.append(moment)
+    assert killed[:2] == ["inside teacher fine-tuning", "mid-trial (after an epoch checkpoint)"], killed
+
+    final = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr
+    check_one_complete_per_point(storage, expected_points=2)
+
+    reference = f"sqlite:///{tmp_path / 'clean.db'}"
+    clean = run_cli("run", str(study_file), "--storage", reference, "--data-dir", str(glue_dir),
+                    "--cache-dir", str(tmp_path / "clean-cache"))
+    assert clean.returncode == 0, clean.stderr
+    assert best_values(storage) == best_values(reference)
+
+
+def _duplicate_free_sweep(storage: str, workers: int, tmp_path: Path, tiny_bert: Path, glue_dir: Path) -> None:
+    lrs = [1e-4, 9e-5, 8e-5, 7e-5, 6e-5, 5e-5]
+    study_file = write_study(tmp_path / "par.yaml", tiny_bert, methods=["nkd", "kd"],
+                             fixed={"epochs": 1, "max_seq_length": 32, "max_train_samples": 32,
+                                    "eval_batch_size": 512, "teacher": {"epochs": 1, "max_train_samples": 32}},
+                             search={"lr": lrs, "eta": [0.5]})
+    result = run_cli("run", str(study_file), "--storage", storage, "--data-dir", str(glue_dir),
+                     "--cache-dir", str(tmp_path / "cache"), "--workers", str(workers))
+    assert result.returncode == 0, result.stderr
+    assert "locked" not in result.stderr + result.stdout
+    check_one_complete_per_point(storage, expected_points=len(lrs))
+    for summary in optuna.get_all_study_summaries(storage):
+        trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+        assert all(t.state == TrialState.COMPLETE for t in trials)  # nothing failed, nothing ran twice
+        assert len({t.user_attrs["worker"] for t in trials}) > 1  # the work was really shared
+
+
+def test_four_workers_on_sqlite_run_every_point_once(tmp_path, tiny_bert, glue_dir):
+    _duplicate_free_sweep(f"sqlite:///{tmp_path / 'par.db'}", 4, tmp_path, tiny_bert, glue_dir)
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL cluster on 127.0.0.1 in a temp dir (as the postgres user when run as root)."""
+    if shutil.which("initdb") is None:
+        pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="harness-pg-"))
+    if as_user:
+        shutil.chown(folder, "postgres", "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = folder / "data"
+    subprocess.run([*as_user, "initdb", "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
+                   capture_output=True)
+    subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
+                    f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200", "start"],
+                   check=True, capture_output=True)
+    try:
+        admin = sa.create_engine(f"postgresql://postgres@127.0.0.1:{port}/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(sa.text("CREATE DATABASE sweeps"))
+        admin.dispose()
+        yield f"postgresql://postgres:not-shown@127.0.0.1:{port}/sweeps"
+    finally:
+        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_eight_workers_on_postgresql_run_every_point_once(tmp_path, tiny_bert, glue_dir, postgres_url):
+    _duplicate_free_sweep(postgres_url, 8, tmp_path, tiny_bert, glue_dir)
+    status = run_cli("status", "--storage", postgres_url)
+    assert status.returncode == 0
+    assert "not-shown" not in status.stdout + status.stderr
+    assert "postgres:***@127.0.0.1" in status.stdout
+
+
+def test_reused_name_with_other_setup_and_corrupt_checkpoint_are_one_line(tmp_path, tiny_bert, glue_dir, capsys):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    common = ["--storage", storage, "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
+    fixed = {"epochs": 1, "max_seq_length": 32, "max_train_samples": 32, "eval_batch_size": 512,
+             "teacher": {"epochs": 1, "max_train_samples": 32}}
+    first = write_study(tmp_path / "a.yaml", tiny_bert, methods=["nkd"], fixed=fixed, search={"lr": [1e-4]})
+    assert main(["run", str(first), *common]) == 0
+    capsys.readouterr()
+
+    changed = write_study(tmp_path / "b.yaml", tiny_bert, methods=["nkd"], fixed={**fixed, "epochs": 2},
+                          search={"lr": [1e-4]})
+    assert main(["run", str(changed), *common]) == 2
+    err = capsys.readouterr().err
+    assert "study 'tiny/SST-2/nkd' already exists" in err and err.count("\n") == 1
+
+    more = write_study(tmp_path / "c.yaml", tiny_bert, name="other", methods=["nkd"], fixed=fixed,
+                       search={"lr": [1e-4, 5e-5]})
+    # Plant a corrupt epoch checkpoint where the next trial will look for it.
+    from harness.models import fingerprint
+
+    folder = tmp_path / "cache" / "checkpoints" / fingerprint({"storage": storage, "study": "other/SST-2/nkd"})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "lr=0.0001,eta=0,lambda=0.pt").write_bytes(b"not a checkpoint")
+    assert main(["run", str(more), *common]) == 2
+    err = capsys.readouterr().err
+    assert "is corrupt" in err and "lr=0.0001" in err and err.count("\n") == 1
+
+
+def test_reproduce_a_stored_trial(tmp_path, tiny_bert, glue_dir):
+    storage = f"sqlite:///{tmp_path / 'r.db'}"
+    study_file = write_study(tmp_path / "r.yaml", tiny_bert, methods=["alp"],
+                             fixed={"epochs": 1, "max_seq_length": 32, "max_train_samples": 32,
+                                    "eval_batch_size": 512, "teacher": {"epochs": 1, "max_train_samples": 32}},
+                             search={"lr": [1e-4], "eta": [0.5], "lambda": [0.2]})
+    assert run_cli("run", str(study_file), "--storage", storage, "--data-dir", str(glue_dir),
+                   "--cache-dir", str(tmp_path / "cache")).returncode == 0
+    trial = optuna.load_study(study_name="tiny/SST-2/alp", storage=storage).best_trial
+    result = subprocess.run([sys.executable, str(REPO / "run_study.py"), "reproduce", str(trial._trial_id),
+                             "--storage", storage, "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "other")],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert f"stored {trial.value}, reproduced {trial.value:.6f} (difference +0.00e+00)" in result.stdout
+    missing = run_cli("reproduce", "999", "--storage", storage)
+    assert missing.returncode == 2 and "no trial with trial_id 999" in missing.stderr

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_study.py",
         description="Optuna sweeps of knowledge-distillation methods (ALP-KD and its baselines) on GLUE.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,report,status,reproduce}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,report,status,confirm,reproduce}")
 
     run = commands.add_parser("run", help="run (or continue) the studies of a study file",
                               description="Fine-tune the teacher once (cached), then run one trial per valid grid "
@@ -61,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="list the studies of a database and their trial counts",
                                  description="List every study with its grid size and trial counts.")
     _storage_arg(status)
+
+    confirm = commands.add_parser("confirm", help="re-run the best configurations with fresh seeds",
+                                  description="For every study in the database (or those of --name), re-run the "
+                                              "K best grid configurations with S fresh seeds each, stored as "
+                                              "confirmation trials; the report then shows mean ± std over seeds "
+                                              "and a test of ALP against each baseline.")
+    confirm.add_argument("--top", type=int, default=1, metavar="K")
+    confirm.add_argument("--seeds", type=int, default=3, metavar="S")
+    confirm.add_argument("--name", default=None, help="only the studies of this study file (its 'name')")
+    _storage_arg(confirm)
+    confirm.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, then the hub)")
+    confirm.add_argument("--cache-dir", type=Path, default=None)
 
     again = commands.add_parser("reproduce", help="re-run one stored trial from its stored config alone",
                                 description="Re-run one trial (by Optuna trial_id, as shown by status) from the "
@@ -139,6 +151,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from harness.glue import resolve_data_dir
+    from harness.study import RunOptions, confirm_studies
+
+    if args.top < 1 or args.seeds < 1:
+        raise HarnessError(f"--top and --seeds must be at least 1, got {args.top} and {args.seeds}")
+    storage = _open_storage(args.storage)
+    data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), None)
+    options = RunOptions(cache_dir=args.cache_dir or _default_cache())
+    confirm_studies(storage, args.name, args.top, args.seeds, data_dir, options)
+    print("done. Report: python run_study.py report" + (f" --name {args.name}" if args.name else ""))
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from harness.study import reproduce
 
@@ -170,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         quiet_libraries()
         return {"run": cmd_run, "report": cmd_report, "status": cmd_status,
-                "reproduce": cmd_reproduce}[args.command](args)
+                "reproduce": cmd_reproduce, "confirm": cmd_confirm}[args.command](args)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -75,6 +75,9 @@ class Fixed(_Strict):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
+    teacher_outputs: Literal["cache", "live"] = "cache"
+    save_students: bool = False
+    teacher_cache_dtype: Literal["float32", "float16"] = "float32"
     teacher: TeacherRecipe = TeacherRecipe()
 
     @field_validator("alp_scale", mode="before")

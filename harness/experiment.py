@@ -7,7 +7,9 @@ are computed once per (teacher checkpoint, encoded training set) and cached on d
 files, memory-mapped when read. A manifest with each file's sha256 is written last and the folder
 is published by an atomic rename, so a killed writer leaves nothing that is ever read; a cache
 whose files do not match their manifest is rebuilt. The teacher runs in eval mode, so cached and
-live outputs agree. Methods that need every token (``alp_tokens: all``) use the live teacher.
+live outputs agree. Methods that need every token (``alp_tokens: all``) use the live teacher, and so does every
+method with ``fixed.teacher_outputs: live``. ``fixed.teacher_cache_dtype`` stores the [CLS]
+vectors as float32 (default) or float16 (half the disk and page cache; logits stay float32).
 """
 
 from __future__ import annotations
@@ -155,7 +157,8 @@ class Experiment:
 
     def outputs_dir(self) -> Path:
         teacher = self.prepare_teacher()
-        return self.cache_dir / "teacher_outputs" / f"{teacher.key}-{encoding_hash(self.train)}"
+        dtype = self.config.fixed.teacher_cache_dtype
+        return self.cache_dir / "teacher_outputs" / f"{teacher.key}-{encoding_hash(self.train)}-{dtype}"
 
     def _cached_outputs(self) -> TeacherSignal:
         final = self.outputs_dir()
@@ -175,7 +178,8 @@ class Experiment:
         model = self.load_teacher_model()
         n = len(self.train)
         logits = np.zeros((n, model.config.num_labels), dtype=np.float32)
-        cls = np.zeros((n, model.config.num_hidden_layers, model.config.hidden_size), dtype=np.float32)
+        cls = np.zeros((n, model.config.num_hidden_layers, model.config.hidden_size),
+                       dtype=np.dtype(self.config.fixed.teacher_cache_dtype))
         for index in eval_batches(token_lengths(self.train), self.config.fixed.eval_batch_size):
             batch = to_batch(self.train, index, self.pad_token_id, self.device)
             batch.pop("labels")
@@ -192,8 +196,13 @@ class Experiment:
 
     # ------------------------------------------------------------------ trials
     def run_trial(self, method: str, point: dict[str, float], seed: int | None = None, checkpoint: Path | None = None,
-                  on_epoch=None, desc: str | None = None) -> History:
-        """Distil the teacher into a fresh student with one grid point's values."""
+                  on_epoch=None, desc: str | None = None, save_to: Path | None = None) -> History:
+        """Distil the teacher into a fresh student with one grid point's values.
+
+        With ``save_to``, the trained student (``save_pretrained``) and the trained parameters of the
+        inter-layer loss (CKD's projections, a student-side projection) as ``inter_layer_loss.pt``
+        are published there atomically after the last epoch.
+        """
         fixed = self.config.fixed
         spec = get_method(method)
         seed = fixed.seed if seed is None else seed
@@ -208,14 +217,23 @@ class Experiment:
                 inter = InterLayerLoss(spec, teacher_config.num_hidden_layers, self.config.student_layers,
                                        student.config.hidden_size, teacher_config.hidden_size,
                                        alp_scale=fixed.alp_scale, alp_tokens=fixed.alp_tokens)
-            signal = self.teacher_signal(live=inter is not None and inter.needs_tokens)
+            live = fixed.teacher_outputs == "live" or (inter is not None and inter.needs_tokens)
+            signal = self.teacher_signal(live=live)
         hyper = Hyper(lr=point["lr"], eta=point["eta"], lam=point["lambda"], epochs=fixed.epochs,
                       batch_size=fixed.batch_size, eval_batch_size=fixed.eval_batch_size, seed=seed,
                       temperature=fixed.temperature, warmup_ratio=fixed.warmup_ratio,
                       weight_decay=fixed.weight_decay, max_grad_norm=fixed.max_grad_norm)
-        return fit(student, self.task, hyper, self.train, self.evals, self.pad_token_id, inter=inter,
-                   teacher=signal, checkpoint=checkpoint, on_epoch=on_epoch, desc=desc or method,
-                   device=self.device, progress=self.progress)
+        history = fit(student, self.task, hyper, self.train, self.evals, self.pad_token_id, inter=inter,
+                      teacher=signal, checkpoint=checkpoint, on_epoch=on_epoch, desc=desc or method,
+                      device=self.device, progress=self.progress)
+        if save_to is not None:
+            tmp = atomic_dir(save_to)
+            student.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            torch.save(inter.state_dict() if inter is not None else {}, tmp / "inter_layer_loss.pt")
+            shutil.rmtree(save_to, ignore_errors=True)
+            publish_dir(tmp, save_to)
+        return history
 
     def prepare_shared(self) -> None:
         """Everything trials share: the fine-tuned teacher and, if a method needs them, its cached outputs."""

@@ -177,13 +177,13 @@ class Storage:
             return worker_is_dead(worker)
         return (row["heartbeat_at"] or 0.0) < now - GRACE_SECONDS
 
-    def claim_next(self, study_name: str, me: str, max_attempts: int) -> Claim | None:
-        """Atomically claim a free (or stale) point; ``None`` when nothing is left to claim."""
+    def claim_next(self, study_name: str, me: str, max_attempts: int, keys: set[str] | None = None) -> Claim | None:
+        """Atomically claim a free (or stale) point, of ``keys`` if given; ``None`` when none is left."""
         while True:
             now = time.time()
             candidates = [
                 row for row in self.points(study_name)
-                if row["attempts"] < max_attempts
+                if (keys is None or row["point_key"] in keys) and row["attempts"] < max_attempts
                 and (row["state"] == "free" or (row["state"] == "claimed" and self._is_stale(row, now)))
             ]
             if not candidates:

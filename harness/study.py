@@ -94,7 +94,7 @@ def _device_name() -> str:
     return f"cpu:{torch.get_num_threads()}threads"
 
 
-def _epoch_reporter(trial: optuna.Trial, storage: Storage):
+def _epoch_reporter(trial: optuna.Trial, storage: Storage, prune: bool = True):
     records: list[dict] = []
 
     def on_epoch(record: dict) -> None:
@@ -102,7 +102,7 @@ def _epoch_reporter(trial: optuna.Trial, storage: Storage):
         trial.set_user_attr("epochs", records)
         storage.record_result(trial._trial_id, epochs=records)
         trial.report(record["value"], record["epoch"])
-        if trial.should_prune():
+        if prune and trial.should_prune():
             raise optuna.TrialPruned()
 
     return on_epoch
@@ -137,31 +137,60 @@ class Runner:
         points = {point_key(p): p for p in grid_points(self.config, method)}
         self.storage.ensure_points(study.study_name, points)
         _fail_orphans(study, self.storage)
-        finished = sum(row["state"] == "done" for row in self.storage.points(study.study_name))
+        finished = sum(row["state"] == "done" for row in self.storage.points(study.study_name) if row["point_key"]
+                       in points)
         self.log(f"{study.study_name}: {len(points)} valid grid points, {finished} finished, "
                  f"{len(points) - finished} to run")
-        budget = self.options.n_trials or self.config.search.n_trials
+        self._run_points(study, method, set(points), self.options.n_trials or self.config.search.n_trials)
+
+    def confirm(self, method: str, top: int, seeds: int) -> None:
+        """Re-run the ``top`` best grid configurations of a method with ``seeds`` fresh seeds each.
+
+        Confirmation trials live in the method's study, flagged ``confirmation=True``; their seeds
+        are ``fixed.seed + 1 … fixed.seed + seeds``. They are claimed like grid points, so this is
+        resumable and safe with several workers. They are never pruned.
+        """
+        study = open_study(self.storage, self.config, method)
+        grid = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if not t.user_attrs.get("confirmation")]
+        best = sorted(grid, key=lambda t: (-t.value, t.number))[:top]
+        if not best:
+            raise HarnessError(f"study '{study.study_name}' has no complete trial to confirm; run it first")
+        points = {}
+        for trial in best:
+            for offset in range(1, seeds + 1):
+                seed = self.config.fixed.seed + offset
+                params = {"lr": trial.user_attrs["lr"], "eta": trial.user_attrs["eta"],
+                          "lambda": trial.user_attrs["lambda"], "seed": seed}
+                points[f"{trial.user_attrs['point']},seed={seed}"] = params
+        self.storage.ensure_points(study.study_name, points)
+        _fail_orphans(study, self.storage)
+        self.log(f"{study.study_name}: confirming the top {len(best)} configuration(s) with {seeds} seed(s) each")
+        self._run_points(study, method, set(points), None)
+
+    def _run_points(self, study: optuna.Study, method: str, keys: set[str], budget: int | None) -> None:
+        """Claim and run points of ``keys`` until none is left (or ``budget`` trials ran)."""
         ran = 0
         while budget is None or ran < budget:
-            claim = self.storage.claim_next(study.study_name, self.me, self.options.max_attempts)
+            claim = self.storage.claim_next(study.study_name, self.me, self.options.max_attempts, keys)
             if claim is None:
                 break
             if claim.stale_trial_id is not None and _settle_stale(self.storage, claim.stale_trial_id):
                 claim.done()  # the dead worker had finished the trial, only the claim was left open
                 continue
+            params = claim.params
             study.sampler = optuna.samplers.PartialFixedSampler(
-                {"lr": claim.params["lr"], "eta": claim.params["eta"], "lambda": claim.params["lambda"]},
-                optuna.samplers.RandomSampler())
+                {"lr": params["lr"], "eta": params["eta"], "lambda": params["lambda"]}, optuna.samplers.RandomSampler())
             trial = study.ask()
             point = {
-                "lr": trial.suggest_categorical("lr", self.config.search.lr),
-                "eta": trial.suggest_categorical("eta", _choices(self.config.search.eta, claim.params["eta"])),
-                "lambda": trial.suggest_categorical("lambda",
-                                                    _choices(self.config.search.lambda_, claim.params["lambda"])),
+                "lr": trial.suggest_categorical("lr", _choices(self.config.search.lr, params["lr"])),
+                "eta": trial.suggest_categorical("eta", _choices(self.config.search.eta, params["eta"])),
+                "lambda": trial.suggest_categorical("lambda", _choices(self.config.search.lambda_, params["lambda"])),
             }
             claim.attach(trial._trial_id)
             with Heartbeat(claim):
-                state = self._run_one(study, trial, method, point, self.checkpoint_path(study.study_name, claim.key))
+                state = self._run_one(study, trial, method, point, self.checkpoint_path(study.study_name, claim.key),
+                                      seed=params.get("seed"))
             if state == TrialState.FAIL:
                 claim.release(trial_reason(study, trial), final=False)
             else:
@@ -192,9 +221,12 @@ class Runner:
 
     # ------------------------------------------------------------------ one trial
     def _run_one(self, study: optuna.Study, trial: optuna.Trial, method: str, point: dict,
-                 checkpoint: Path | None) -> TrialState:
-        seed = self.config.fixed.seed
+                 checkpoint: Path | None, seed: int | None = None) -> TrialState:
+        """Run one trial; ``seed`` other than ``None`` makes it a confirmation of ``point``."""
+        confirmation = seed is not None
+        seed = self.config.fixed.seed if seed is None else seed
         record = _trial_record(self.config, method, point, seed)
+        record["confirmation"] = confirmation
         record.update(teacher_key=self.experiment.teacher.key, data_sha256=self.experiment.data_hashes)
         for key, value in record.items():
             if key != "config":
@@ -205,10 +237,16 @@ class Runner:
             versions=record["versions"], teacher_key=record["teacher_key"], data_sha256=record["data_sha256"],
             worker=record["worker"])
         started = time.perf_counter()
-        desc = f"{method} {point_key(point)}"
+        desc = f"{method} {point_key(point)}" + (f" seed {seed}" if confirmation else "")
+        save_to = None
+        if self.config.fixed.save_students:
+            folder = fingerprint({"storage": self.storage.url, "study": study.study_name})
+            save_to = self.options.cache_dir / "students" / folder / f"{point_key(point)},seed={seed}"
+            trial.set_user_attr("student_path", str(save_to))
         try:
-            history = self.experiment.run_trial(method, point, seed=seed, checkpoint=checkpoint,
-                                                on_epoch=_epoch_reporter(trial, self.storage), desc=desc)
+            history = self.experiment.run_trial(method, point, seed=seed, checkpoint=checkpoint, save_to=save_to,
+                                                on_epoch=_epoch_reporter(trial, self.storage, prune=not confirmation),
+                                                desc=desc)
         except optuna.TrialPruned:
             self._finish(study, trial, TrialState.PRUNED, None, time.perf_counter() - started)
             self.log(f"  trial {trial.number} {desc}: pruned")
@@ -369,3 +407,27 @@ def reproduce(storage: Storage, trial_id: int, data_dir: Path | None, cache_dir:
     experiment = Experiment(config, data_dir, cache_dir)
     history = experiment.run_trial(row["method"], point, seed=row["seed"], desc=f"reproduce {trial_id}")
     return row["value"], history.best_value
+
+
+def confirm_studies(storage: Storage, name: str | None, top: int, seeds: int, data_dir: Path | None,
+                    options: RunOptions, log=print) -> None:
+    """Seed confirmations for every study in the database (optionally of one study file), from the DB alone."""
+    from harness.config import parse_study
+
+    groups: dict[str, tuple[StudyConfig, list[str]]] = {}
+    for summary in sorted(optuna.get_all_study_summaries(storage.optuna, include_best_trial=False),
+                          key=lambda s: s.study_name):
+        attrs = summary.user_attrs
+        if "config" not in attrs or (name is not None and summary.study_name.split("/")[0] != name):
+            continue
+        config = parse_study(attrs["config"], source=f"study {summary.study_name}")
+        key = fingerprint({**config.model_dump(mode="json", by_alias=True), "methods": None})
+        groups.setdefault(key, (config, []))[1].append(attrs["method"])
+    if not groups:
+        raise HarnessError(f"no studies{f' named {name!r}' if name else ''} in {storage.masked}")
+    for config, methods in groups.values():
+        experiment = Experiment(config, data_dir, options.cache_dir)
+        runner = Runner(config, storage, experiment, options, log=log)
+        experiment.prepare_teacher()
+        for method in methods:
+            runner.confirm(method, top, seeds)

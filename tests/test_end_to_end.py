@@ -62,8 +62,22 @@ def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
     run_cli("report", "--storage", storage, "--out", str(again), "--name", "tiny")
     assert (again / "README.md").read_text() == text
 
+    # Seed confirmations of the best configuration: stored as flagged trials, resumable, never duplicated.
+    for _ in range(2):
+        confirm = run_cli("confirm", "--top", "1", "--seeds", "2", "--storage", storage, "--name", "tiny",
+                          "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache"))
+        assert confirm.returncode == 0, confirm.stderr
+    for method in ("nkd", "kd", "alp"):
+        trials = optuna.load_study(study_name=f"tiny/SST-2/{method}", storage=storage).get_trials()
+        grid = [t for t in trials if not t.user_attrs["confirmation"]]
+        extra = [t for t in trials if t.user_attrs["confirmation"]]
+        best = max(grid, key=lambda t: t.value)
+        assert sorted(t.user_attrs["seed"] for t in extra) == [43, 44]
+        assert {t.user_attrs["point"] for t in extra} == {best.user_attrs["point"]}
+        assert all(t.state.name == "COMPLETE" for t in extra)
+
     status = run_cli("status", "--storage", storage)
-    assert "tiny/SST-2/alp: grid 2, complete 2, running 0, failed 0, pruned 0, left 0" in status.stdout
+    assert "tiny/SST-2/alp: grid 2, complete 4, running 0, failed 0, pruned 0, left 0" in status.stdout
 
 
 BAD_INPUTS = [

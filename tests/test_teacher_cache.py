@@ -1,0 +1,105 @@
+"""Teacher outputs cached on disk: equal to live outputs, same trial result, corruption detected and rebuilt."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from harness.config import parse_study
+from harness.experiment import Experiment, read_outputs
+from harness.methods import InterLayerLoss, get_method
+from harness.train import Hyper, LossTerms, to_batch
+
+
+def make_experiment(tiny_bert, glue_dir, cache, **fixed) -> Experiment:
+    config = parse_study({
+        "name": "cache", "task": "SST-2", "teacher": str(tiny_bert), "student_layers": 2, "methods": ["alp"],
+        "fixed": {"epochs": 2, "max_seq_length": 32, "max_train_samples": 96, "eval_batch_size": 512,
+                  "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64}, **fixed},
+        "search": {"lr": [1e-4], "eta": [0.5], "lambda": [0.3]},
+    })
+    return Experiment(config, glue_dir, cache, progress=False)
+
+
+@pytest.fixture(scope="module")
+def experiment(tiny_bert, glue_dir, tmp_path_factory):
+    return make_experiment(tiny_bert, glue_dir, tmp_path_factory.mktemp("cache"))
+
+
+def test_cached_outputs_equal_live_outputs(experiment):
+    cached = experiment.teacher_signal(live=False)
+    live = experiment.teacher_signal(live=True)
+    teacher_cfg = live.live.config
+    inter = InterLayerLoss(get_method("alp"), teacher_cfg.num_hidden_layers, 2, 32, 32)
+    device = torch.device("cpu")
+    index = np.array([5, 0, 17, 3, 60, 41])  # unsorted on purpose: rows must come back in batch order
+    batch = to_batch(experiment.train, index, experiment.pad_token_id, device)
+    batch.pop("labels")
+    from_cache = LossTerms(experiment.task, Hyper(lr=1e-4), inter, cached, device)._teacher_outputs(batch, index)
+    from_live = LossTerms(experiment.task, Hyper(lr=1e-4), inter, live, device)._teacher_outputs(batch, index)
+    # Tolerance: the cache was computed in length-sorted batches, so padding differs; 1e-5 absolute.
+    torch.testing.assert_close(from_cache[0], from_live[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(from_cache[1], from_live[1], atol=1e-5, rtol=0)
+
+
+def test_trial_with_cache_matches_trial_with_live_teacher(tiny_bert, glue_dir, tmp_path, experiment):
+    point = {"lr": 1e-4, "eta": 0.5, "lambda": 0.3}
+    cached = experiment.run_trial("alp", point)
+    live = make_experiment(tiny_bert, glue_dir, experiment.cache_dir, teacher_outputs="live").run_trial("alp", point)
+    # Stated tolerance: per-epoch mean losses agree to 1e-4 relative; dev accuracy to one example in 872.
+    for a, b in zip(cached.epochs, live.epochs):
+        for term in ("ce", "kd", "inter", "total"):
+            assert a["losses"][term] == pytest.approx(b["losses"][term], rel=1e-4)
+    assert abs(cached.best_value - live.best_value) <= 1 / 872 + 1e-12
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "drop the manifest", "wrong row count"])
+def test_corrupt_or_partial_cache_is_detected_and_rebuilt(tiny_bert, glue_dir, tmp_path, damage):
+    first = make_experiment(tiny_bert, glue_dir, tmp_path)
+    good = first.teacher_signal(live=False)
+    reference = np.array(good.cls)
+    folder = first.outputs_dir()
+    cls_file = folder / "cls.npy"
+    if damage == "flip a byte":
+        data = bytearray(cls_file.read_bytes())
+        data[-7] ^= 0xFF
+        cls_file.write_bytes(bytes(data))
+    elif damage == "truncate":
+        cls_file.write_bytes(cls_file.read_bytes()[:1000])
+    elif damage == "drop the manifest":
+        (folder / "manifest.json").unlink()
+    else:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["cls"]["shape"][0] += 1
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert read_outputs(folder, len(first.train)) is None  # never used as it is
+    rebuilt = make_experiment(tiny_bert, glue_dir, tmp_path).teacher_signal(live=False)
+    np.testing.assert_array_equal(np.array(rebuilt.cls), reference)
+    assert read_outputs(folder, len(first.train)) is not None
+
+
+def test_float16_cache_halves_the_file_and_stays_close(tiny_bert, glue_dir, tmp_path, experiment):
+    half = make_experiment(tiny_bert, glue_dir, experiment.cache_dir, teacher_cache_dtype="float16")
+    small = half.teacher_signal(live=False)
+    full = experiment.teacher_signal(live=False)
+    assert small.cls.dtype == np.float16 and full.cls.dtype == np.float32
+    assert (half.outputs_dir() / "cls.npy").stat().st_size < 0.6 * (experiment.outputs_dir() / "cls.npy").stat().st_size
+    np.testing.assert_allclose(np.asarray(small.cls, dtype=np.float32), full.cls, rtol=2e-3, atol=2e-3)
+
+
+def test_ckd_projections_are_saved_with_the_student(tiny_bert, glue_dir, experiment, tmp_path):
+    from harness.models import build_student
+
+    target = tmp_path / "student"
+    experiment.run_trial("ckd", {"lr": 1e-3, "eta": 0.2, "lambda": 0.5}, seed=5, save_to=target)
+    saved = torch.load(target / "inter_layer_loss.pt")
+    assert saved and all("ckd_proj" in key for key in saved)
+    # The same construction as in run_trial gives the untrained projections: the saved ones moved.
+    student = build_student(str(tiny_bert), 2, 2, "bottom", seed=5)
+    fresh = InterLayerLoss(get_method("ckd"), 4, 2, student.config.hidden_size, 32).state_dict()
+    assert fresh.keys() == saved.keys()
+    assert all(not torch.equal(fresh[k], saved[k]) for k in saved)
+    assert (target / "config.json").is_file() and (target / "model.safetensors").is_file()

@@ -196,3 +196,40 @@ def test_reproduce_a_stored_trial(tmp_path, tiny_bert, glue_dir):
     assert f"stored {trial.value}, reproduced {trial.value:.6f} (difference +0.00e+00)" in result.stdout
     missing = run_cli("reproduce", "999", "--storage", storage)
     assert missing.returncode == 2 and "no trial with trial_id 999" in missing.stderr
+
+
+def test_optuna_dashboard_opens_the_same_database(tmp_path):
+    """Our tables sit beside Optuna's without changing them: optuna-dashboard lists the studies and trials."""
+    import io
+    import json
+
+    import optuna_dashboard
+
+    from harness.config import parse_study
+    from harness.storage import Storage
+    from harness.study import open_study
+
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    storage = Storage(url)
+    config = parse_study({"name": "dash", "task": "RTE", "teacher": "minilm-l6", "student_layers": 2,
+                          "methods": ["alp"]})
+    study = open_study(storage, config, "alp")
+    storage.ensure_points(study.study_name, {"p": {"lr": 1e-5, "eta": 0.0, "lambda": 0.0}})
+    study.add_trial(optuna.trial.create_trial(value=0.61, params={"lr": 1e-5},
+                                              distributions={"lr": optuna.distributions.CategoricalDistribution(
+                                                  [1e-5, 2e-5])}))
+    app = optuna_dashboard.wsgi(url)
+
+    def get(path: str) -> dict:
+        status = []
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "localhost",
+                   "SERVER_PORT": "80", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(),
+                   "wsgi.errors": io.StringIO(), "SERVER_PROTOCOL": "HTTP/1.1"}
+        body = b"".join(app(environ, lambda code, headers, *rest: status.append(code)))
+        assert status[0].startswith("200"), (path, status)
+        return json.loads(body)
+
+    summaries = get("/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in summaries] == ["dash/RTE/alp"]
+    detail = get(f"/api/studies/{summaries[0]['study_id']}")
+    assert [t["values"] for t in detail["trials"]] == [[0.61]]

@@ -53,10 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "--storage joins the sweep")
 
     report = commands.add_parser("report", help="write the markdown report of a database",
-                                 description="Write README.md (tables) and trials.csv built from the database alone.")
+                                 description="Write README.md (tables), figures/*.png and trials.csv built from the "
+                                             "database alone.")
     _storage_arg(report)
     report.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "latest", help="output folder")
     report.add_argument("--name", default=None, help="only the studies of this study file (its 'name')")
+    report.add_argument("--reference", type=Path, default=None, metavar="FILE",
+                        help="YAML list of published scores {method, task, metric, value (percent), source}; "
+                             "shown as extra '(published)' rows")
 
     status = commands.add_parser("status", help="list the studies of a database and their trial counts",
                                  description="List every study with its grid size and trial counts.")
@@ -135,8 +139,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     storage = _open_storage(args.storage)
     command = "python run_study.py report" + (f" --name {args.name}" if args.name else "") + (
-        f" --storage {shlex.quote(storage.masked)}" if args.storage else "")
-    path = write_report(storage, args.out, args.name, command)
+        f" --storage {shlex.quote(storage.masked)}" if args.storage else "") + (
+        f" --reference {shlex.quote(str(args.reference))}" if args.reference else "")
+    path = write_report(storage, args.out, args.name, command, reference=args.reference)
     print(f"report written to {path}")
     return 0
 

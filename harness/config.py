@@ -77,6 +77,7 @@ class Fixed(_Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     teacher_outputs: Literal["cache", "live"] = "cache"
     save_students: bool = False
+    compile: bool = False
     teacher_cache_dtype: Literal["float32", "float16"] = "float32"
     teacher: TeacherRecipe = TeacherRecipe()
 

@@ -225,7 +225,7 @@ class Experiment:
                       weight_decay=fixed.weight_decay, max_grad_norm=fixed.max_grad_norm)
         history = fit(student, self.task, hyper, self.train, self.evals, self.pad_token_id, inter=inter,
                       teacher=signal, checkpoint=checkpoint, on_epoch=on_epoch, desc=desc or method,
-                      device=self.device, progress=self.progress)
+                      device=self.device, progress=self.progress, compile_model=fixed.compile)
         if save_to is not None:
             tmp = atomic_dir(save_to)
             student.save_pretrained(tmp)

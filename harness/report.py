@@ -1,116 +1,542 @@
 """Reports: a pure function of the database.
 
-:func:`trials_frame` flattens every trial of the selected studies into one pandas DataFrame;
-the markdown tables are built from that frame alone, so re-running the report on the same
-database gives identical files.
+:func:`load` reads every study's trials once and flattens them into one pandas DataFrame (one row
+per trial, the best epoch's per-split metrics as ``<split>.<metric>`` columns); every table and
+figure is built from that frame and the studies' user attributes alone, so re-running the report
+on the same database gives identical files. A database still being written is fine: RUNNING
+trials are counted, never scored.
+
+Scores. A trial's value is its best epoch's primary metric. A (method, task) cell of the
+comparison is the best *grid* trial (confirmation re-runs are left out), shown with every metric
+GLUE reports for the task at that trial's best epoch (MNLI matched/mismatched, MRPC and QQP
+F1/accuracy, STS-B Pearson/Spearman). A task's score is the mean of those metrics (the GLUE
+leaderboard's convention for multi-metric tasks) and the Average is the mean of the task scores.
+
+Seeds. Confirmation trials (``confirmation=True``) give mean ± std, a t-interval and Welch's t-test
+of ALP against each baseline. Reference numbers (:func:`load_reference`) add "(published)" rows.
+The figures are drawn by :mod:`harness.plots`.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
-from optuna.trial import TrialState
+import yaml
+from scipy import stats
 
-from harness.glue import get_task
+from harness import plots
+from harness.errors import HarnessError
+from harness.glue import TASKS, TaskSpec, get_task
+from harness.methods import METHODS
 from harness.storage import Storage
 
-COLUMNS = ["study", "study_file", "task", "method", "number", "state", "value", "lr", "eta", "lambda",
-           "seconds", "best_epoch", "fail_reason"]
+COLUMNS = ["study", "study_file", "task", "method", "number", "state", "value", "point", "lr", "eta", "lambda",
+           "seed", "confirmation", "device", "worker", "seconds", "best_epoch", "n_epochs", "fail_reason",
+           "datetime_start", "datetime_complete"]
+_SHORT = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman",
+          "dev_matched": "m", "dev_mismatched": "mm"}
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the report knows: study user attributes by study name, and one row per trial."""
+
+    studies: dict[str, dict]
+    frame: pd.DataFrame
+
+
+# --------------------------------------------------------------------------- loading
+def load(storage: Storage, name: str | None = None) -> Snapshot:
+    """Read the harness studies (``<file>/<TASK>/<method>``; optionally only study file ``name``)."""
+    studies, rows = {}, []
+    for frozen in sorted(storage.optuna.get_all_studies(), key=lambda s: s.study_name):
+        parts = frozen.study_name.split("/")
+        if len(parts) != 3 or (name is not None and parts[0] != name):
+            continue
+        attrs = dict(frozen.user_attrs)
+        attrs.setdefault("task", parts[1])
+        attrs.setdefault("method", parts[2])
+        if attrs["task"] not in TASKS or attrs["method"] not in METHODS:
+            continue  # not a harness study
+        attrs["study_file"] = parts[0]
+        studies[frozen.study_name] = attrs
+        for trial in storage.optuna.get_all_trials(frozen._study_id, deepcopy=False):
+            rows.append(_trial_row(frozen.study_name, attrs, trial))
+    frame = pd.DataFrame(rows)
+    extra = sorted(set(frame.columns) - set(COLUMNS) - {"epochs"})
+    frame = frame.reindex(columns=[*COLUMNS, *extra, "epochs"])
+    frame = frame.sort_values(["study", "number"], kind="stable").reset_index(drop=True)
+    frame["confirmation"] = frame["confirmation"].astype(bool)
+    for column in ("value", "lr", "eta", "lambda", "seconds"):
+        frame[column] = pd.to_numeric(frame[column]).astype(float)
+    for column in ("number", "seed", "best_epoch", "n_epochs"):
+        frame[column] = frame[column].astype("Int64")
+    return Snapshot(studies, frame)
+
+
+def _trial_row(study: str, attrs: dict, trial: optuna.trial.FrozenTrial) -> dict:
+    user = trial.user_attrs
+    epochs = list(user.get("epochs") or [])
+    best = _best_epoch(epochs, user.get("best_epoch"))
+    seconds = user.get("seconds")
+    if seconds is None and epochs:  # failed or still running: the epochs it finished
+        seconds = sum(float(e.get("seconds") or 0.0) for e in epochs)
+    row = {
+        "study": study, "study_file": attrs["study_file"], "task": attrs["task"], "method": attrs["method"],
+        "number": trial.number, "state": trial.state.name, "value": trial.value, "point": user.get("point"),
+        "lr": user.get("lr"), "eta": user.get("eta"), "lambda": user.get("lambda"), "seed": user.get("seed"),
+        "confirmation": bool(user.get("confirmation", False)), "device": user.get("device"),
+        "worker": user.get("worker"), "seconds": seconds, "best_epoch": best.get("epoch"), "n_epochs": len(epochs),
+        "fail_reason": user.get("fail_reason"),
+        "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
+        "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
+        "epochs": epochs,
+    }
+    for split, metrics in (best.get("metrics") or {}).items():
+        for metric, value in metrics.items():
+            row[f"{split}.{metric}"] = value
+    for term, value in (best.get("losses") or {}).items():
+        row[f"loss.{term}"] = value
+    return row
+
+
+def _best_epoch(epochs: list[dict], number: int | None) -> dict:
+    """The recorded best epoch; for a trial without one (pruned, running) its best so far."""
+    if number is not None:
+        return next((e for e in epochs if e.get("epoch") == number), {})
+    scored = [e for e in epochs if e.get("value") is not None]
+    return max(scored, key=lambda e: e["value"]) if scored else {}
 
 
 def trials_frame(storage: Storage, name: str | None = None) -> pd.DataFrame:
-    """One row per trial of every study (optionally only those of study file ``name``)."""
-    rows = []
-    for summary in optuna.get_all_study_summaries(storage.optuna, include_best_trial=False):
-        study_file = summary.study_name.split("/")[0]
-        if name is not None and study_file != name:
-            continue
-        attrs = summary.user_attrs
-        for trial in storage.optuna.get_all_trials(summary._study_id, deepcopy=False):
-            rows.append({
-                "study": summary.study_name,
-                "study_file": study_file,
-                "task": attrs.get("task"),
-                "method": attrs.get("method"),
-                "number": trial.number,
-                "state": trial.state.name,
-                "value": trial.value,
-                "lr": trial.user_attrs.get("lr"),
-                "eta": trial.user_attrs.get("eta"),
-                "lambda": trial.user_attrs.get("lambda"),
-                "seconds": trial.user_attrs.get("seconds"),
-                "best_epoch": trial.user_attrs.get("best_epoch"),
-                "fail_reason": trial.user_attrs.get("fail_reason"),
-            })
-    frame = pd.DataFrame(rows, columns=COLUMNS)
-    return frame.sort_values(["study", "number"], kind="stable").reset_index(drop=True)
+    """One row per trial of every harness study (optionally only those of study file ``name``)."""
+    return load(storage, name).frame
 
 
-def teachers(storage: Storage, name: str | None = None) -> dict[str, dict]:
-    """The teacher's dev result per study (as recorded by the workers)."""
-    out = {}
-    for summary in optuna.get_all_study_summaries(storage.optuna, include_best_trial=False):
-        if name is not None and summary.study_name.split("/")[0] != name:
-            continue
-        if "teacher" in summary.user_attrs:
-            out[summary.study_name] = summary.user_attrs["teacher"]
-    return out
+# --------------------------------------------------------------------------- per study
+def _done(frame: pd.DataFrame) -> pd.DataFrame:
+    """COMPLETE grid trials (confirmation re-runs left out)."""
+    return frame[(frame["state"] == "COMPLETE") & ~frame["confirmation"]]
+
+
+def best_trials(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """The best COMPLETE grid trial per group of ``by`` (ties: the first study, then the earliest trial),
+    indexed by ``by``."""
+    ranked = _done(frame).sort_values(["value", "study", "number"], ascending=[False, True, True], kind="stable")
+    return ranked.drop_duplicates(by).set_index(by, drop=False).sort_index()
 
 
 def best_per_study(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per study: the best COMPLETE trial (ties: the earliest), trial counts and total time."""
-    rows = []
-    for study, group in frame.groupby("study", sort=True):
-        complete = group[group["state"] == TrialState.COMPLETE.name]
-        best = complete.sort_values(["value", "number"], ascending=[False, True]).head(1)
-        row = {
-            "study": study, "task": group["task"].iloc[0], "method": group["method"].iloc[0],
-            "complete": len(complete), "failed": int((group["state"] == "FAIL").sum()),
-            "pruned": int((group["state"] == "PRUNED").sum()),
-            "hours": group["seconds"].fillna(0).sum() / 3600,
-        }
-        if len(best):
-            best = best.iloc[0]
-            row.update(value=best["value"], lr=best["lr"], eta=best["eta"], lam=best["lambda"], number=best["number"])
-        rows.append(row)
-    return pd.DataFrame(rows)
+    """Per study: the best grid trial, trial counts, CPU/GPU hours and time to best.
+
+    Counts are of grid trials (``seeds``: COMPLETE confirmation trials). Hours come from each trial's
+    wall time (``seconds``, or its finished epochs while it runs) on a ``cuda:`` device (GPU) or any
+    other (CPU). Time to best: the seconds of every trial numbered up to the best one.
+    """
+    state, grid = frame["state"], ~frame["confirmation"]
+    seconds = frame["seconds"].fillna(0.0).astype(float)
+    gpu = frame["device"].fillna("").astype(str).str.startswith("cuda")
+    flags = pd.DataFrame({
+        "study": frame["study"], "complete": grid & (state == "COMPLETE"), "failed": grid & (state == "FAIL"),
+        "pruned": grid & (state == "PRUNED"), "running": grid & state.isin(["RUNNING", "WAITING"]),
+        "seeds": ~grid & (state == "COMPLETE"), "cpu_hours": seconds.where(~gpu, 0.0) / 3600,
+        "gpu_hours": seconds.where(gpu, 0.0) / 3600, "hours": seconds / 3600})
+    summary = flags.groupby("study", sort=True).sum()
+    counts = ["complete", "failed", "pruned", "running", "seeds"]
+    summary[counts] = summary[counts].astype(int)
+    best = best_trials(frame, ["study"]).set_index("study")
+    limit = frame["study"].map(best["number"])
+    summary["time_to_best"] = seconds.where(frame["number"] <= limit, 0.0).groupby(frame["study"]).sum()
+    summary.loc[~summary.index.isin(best.index), "time_to_best"] = math.nan
+    first = frame.groupby("study", sort=True)[["study_file", "task", "method"]].first()
+    picked = best[["value", "lr", "eta", "lambda", "number"]].rename(columns={"lambda": "lam"})
+    return first.join(summary).join(picked).reset_index()
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "–" if value is None or pd.isna(value) else f"{100 * value:.{digits}f}"
+# --------------------------------------------------------------------------- task metrics
+def components(spec: TaskSpec) -> list[tuple[str, str]]:
+    """The (split, metric) pairs GLUE reports for a task, in GLUE's order (MNLI: m then mm)."""
+    return [(split, metric) for split in spec.eval_splits for metric in spec.metrics]
 
 
-def markdown_report(frame: pd.DataFrame, teacher_rows: dict[str, dict], command: str) -> str:
-    best = best_per_study(frame)
+def component_keys(spec: TaskSpec) -> list[str]:
+    """Names of :func:`components` in reference files: the metric, or ``split.metric`` for MNLI."""
+    single = len(spec.eval_splits) == 1
+    return [metric if single else f"{split}.{metric}" for split, metric in components(spec)]
+
+
+def task_header(spec: TaskSpec) -> str:
+    parts = [_SHORT.get(s, s) if len(spec.eval_splits) > 1 else _SHORT.get(m, m) for s, m in components(spec)]
+    metric = f" {_SHORT.get(spec.metrics[0], spec.metrics[0])}" if len(spec.eval_splits) > 1 else ""
+    return f"{spec.name} ({'/'.join(parts)}{metric})"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One task's score of one row: GLUE's metrics as fractions (``None`` where unknown)."""
+
+    values: tuple[float | None, ...]
+    mark: str = ""
+
+    @property
+    def score(self) -> float | None:
+        """Mean of the task's metrics; ``None`` unless all are known."""
+        if not self.values or any(v is None for v in self.values):
+            return None
+        return float(np.mean(self.values))
+
+    def text(self) -> str:
+        return "/".join("–" if v is None else f"{100 * v:.2f}" for v in self.values) + self.mark
+
+
+def _known(value) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def trial_cell(spec: TaskSpec, row: pd.Series) -> Cell:
+    values = [_known(row.get(f"{split}.{metric}")) for split, metric in components(spec)]
+    if values[0] is None:  # no epoch record: the trial value is the primary metric
+        values[0] = _known(row["value"])
+    return Cell(tuple(values))
+
+
+def teacher_cell(spec: TaskSpec, teacher: dict) -> Cell:
+    metrics = teacher.get("metrics") or {}
+    values = [_known((metrics.get(split) or {}).get(metric)) for split, metric in components(spec)]
+    if values[0] is None:
+        values[0] = _known(teacher.get("value"))
+    return Cell(tuple(values))
+
+
+# --------------------------------------------------------------------------- reference numbers
+REFERENCE_KEYS = ("method", "task", "metric", "value", "source")
+
+
+def load_reference(path: Path) -> list[dict]:
+    """Read and validate a YAML list of published scores; every problem is a one-line HarnessError."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise HarnessError(f"cannot read reference file {str(path)!r}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise HarnessError(f"reference file {str(path)!r} is not valid YAML{where}") from None
+    if not isinstance(data, list) or not data:
+        raise HarnessError(f"reference file {str(path)!r}: expected a non-empty list of entries with keys "
+                           f"{', '.join(REFERENCE_KEYS)}")
+    entries, seen = [], set()
+    for index, entry in enumerate(data, 1):
+        where = f"reference file {str(path)!r}, entry {index}"
+        if not isinstance(entry, dict):
+            raise HarnessError(f"{where}: expected a mapping with keys {', '.join(REFERENCE_KEYS)}")
+        if set(entry) != set(REFERENCE_KEYS):
+            missing, unknown = sorted(set(REFERENCE_KEYS) - set(entry)), sorted(set(entry) - set(REFERENCE_KEYS))
+            raise HarnessError(f"{where}: " + "; ".join(
+                ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown key {', '.join(unknown)}"]
+                                                                          if unknown else [])))
+        method, task, metric, value, source = (entry[k] for k in REFERENCE_KEYS)
+        if method not in METHODS and method != "teacher":
+            raise HarnessError(f"{where}: unknown method {method!r} (allowed: teacher, {', '.join(METHODS)})")
+        try:
+            spec = get_task(str(task))
+        except HarnessError as error:
+            raise HarnessError(f"{where}: {error}") from None
+        if metric not in component_keys(spec):
+            raise HarnessError(f"{where}: {spec.name} has no metric {metric!r} "
+                               f"(allowed: {', '.join(component_keys(spec))})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not 1 < abs(value) <= 100:
+            raise HarnessError(f"{where}: value must be a percentage in (1, 100] (e.g. 91.3), got {value!r}")
+        if not isinstance(source, str) or not source.strip():
+            raise HarnessError(f"{where}: source must be a non-empty text naming the paper and table")
+        key = (method, spec.name, metric, source.strip())
+        if key in seen:
+            raise HarnessError(f"{where}: {method} {spec.name} {metric} from {source!r} is listed twice")
+        seen.add(key)
+        entries.append({"method": method, "task": spec.name, "metric": metric, "value": float(value),
+                        "source": source.strip()})
+    return entries
+
+
+# --------------------------------------------------------------------------- comparison table
+@dataclass
+class Row:
+    label: str
+    cells: dict[str, Cell]
+    student: bool
+
+
+def comparison_rows(snapshot: Snapshot, tasks: list[str], reference: list[dict]) -> tuple[list[Row], list[str]]:
+    """Teacher, then each method (registry order), then published rows; plus footnotes."""
+    frame, notes = snapshot.frame, []
+    teacher = Row("teacher", {}, student=False)
+    for task in tasks:
+        found = {name: attrs["teacher"] for name, attrs in snapshot.studies.items()
+                 if attrs["task"] == task and "teacher" in attrs}
+        if found:
+            teacher.cells[task] = teacher_cell(TASKS[task], found[min(found)])
+            if len({str(t.get("key")) for t in found.values()}) > 1:
+                notes.append(f"‡ {task}: the studies used different teachers; the teacher of {min(found)} is shown.")
+    rows = [teacher] if teacher.cells else []
+    best = best_trials(frame, ["task", "method"])
+    files = _done(frame).groupby(["task", "method"])["study_file"].unique()
+    for method in METHODS:
+        row = Row(method, {}, student=True)
+        for task in tasks:
+            if (task, method) in best.index:
+                several = len(files[(task, method)]) > 1
+                row.cells[task] = replace(trial_cell(TASKS[task], best.loc[(task, method)]), mark="‡" * several)
+                if several:
+                    names = ", ".join(sorted(files[(task, method)]))
+                    notes.append(f"‡ {method} on {task}: best over the study files {names} "
+                                 "(pass --name to compare one study file).")
+        if row.cells:
+            rows.append(row)
+    sources = sorted({e["source"] for e in reference})
+    for method in ["teacher", *METHODS]:
+        for number, source in enumerate(sources, 1):
+            mine = [e for e in reference if e["method"] == method and e["source"] == source]
+            if not mine:
+                continue
+            row = Row(f"{method} (published) [{number}]", {}, student=False)
+            for task in tasks:
+                given = {e["metric"]: e["value"] / 100 for e in mine if e["task"] == task}
+                if given:
+                    row.cells[task] = Cell(tuple(given.get(k) for k in component_keys(TASKS[task])))
+            rows.append(row)
+    notes += [f"[{number}] {source}" for number, source in enumerate(sources, 1)]
+    outside = sorted({e["task"] for e in reference} - set(tasks))
+    if outside:
+        notes.append(f"Published scores for tasks without studies here are not shown: {', '.join(outside)}.")
+    return rows, notes
+
+
+def _average(row: Row, tasks: list[str]) -> tuple[float | None, int]:
+    scores = [row.cells[t].score for t in tasks if t in row.cells and row.cells[t].score is not None]
+    return (float(np.mean(scores)) if scores else None), len(scores)
+
+
+def comparison_table(snapshot: Snapshot, reference: list[dict]) -> list[str]:
+    tasks = [t for t in TASKS if (snapshot.frame["task"] == t).any()]
+    rows, notes = comparison_rows(snapshot, tasks, reference)
+    best = {t: max((r.cells[t].score for r in rows if r.student and t in r.cells
+                    and r.cells[t].score is not None), default=None) for t in tasks}
+    full = [_average(r, tasks)[0] for r in rows if r.student and _average(r, tasks)[1] == len(tasks)]
+    best_avg = max(full, default=None)
+    lines = ["| method | " + " | ".join(task_header(TASKS[t]) for t in tasks) + " | Average |",
+             "|---|" + "---:|" * (len(tasks) + 1)]
+    partial = []
+    for row in rows:
+        cells = []
+        for task in tasks:
+            cell = row.cells.get(task)
+            text = "–" if cell is None else cell.text()
+            bold = row.student and cell is not None and cell.score is not None and cell.score == best[task]
+            cells.append(f"**{text}**" if bold else text)
+        average, count = _average(row, tasks)
+        if average is None:
+            cells.append("–")
+        elif count == len(tasks):
+            cells.append(f"**{100 * average:.2f}**" if row.student and average == best_avg else f"{100 * average:.2f}")
+        else:
+            cells.append(f"{100 * average:.2f} (avg over {count}/{len(tasks)} tasks)†")
+            missing = [t for t in tasks if t not in row.cells or row.cells[t].score is None]
+            partial.append(f"{row.label}: {', '.join(missing)}")
+        lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if partial:
+        lines += [f"† Average over the tasks this row has, not comparable with complete rows; missing: "
+                  f"{'; '.join(partial)}.", ""]
+    return lines + [note + "  " for note in notes] + ([""] if notes else [])
+
+
+# --------------------------------------------------------------------------- seeds
+@dataclass(frozen=True)
+class Seeds:
+    """The confirmation runs of one method's confirmed configuration on one task."""
+
+    study: str
+    point: str
+    seeds: tuple[int, ...]
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.values, ddof=1)) if self.n > 1 else math.nan
+
+    def interval(self) -> tuple[float, float]:
+        """95 % t-interval of the mean."""
+        if self.n < 2:
+            return math.nan, math.nan
+        half = stats.t.ppf(1 - ALPHA / 2, self.n - 1) * self.std / math.sqrt(self.n)
+        return self.mean - half, self.mean + half
+
+
+def confirmations(frame: pd.DataFrame) -> dict[tuple[str, str], list[Seeds]]:
+    """(task, method) → the seeds of every confirmed configuration, the one the tests use first.
+
+    Only confirmation trials count: the grid trial that picked a configuration is the maximum of
+    the grid, so it is biased upwards. One value per seed (the last COMPLETE trial with that seed).
+    The tests use the best grid trial's configuration when it was confirmed, else the one with the
+    most seeds.
+    """
+    out = {}
+    confirmed = frame[frame["confirmation"] & (frame["state"] == "COMPLETE")]
+    bests = best_trials(frame, ["task", "method"])
+    for (task, method), group in confirmed.groupby(["task", "method"], sort=True):
+        best = bests.loc[(task, method)] if (task, method) in bests.index else None
+        found = []
+        for (study, point), rows in group.groupby(["study", "point"], sort=True):
+            runs = rows.sort_values("number").groupby("seed", sort=True).last()
+            found.append(Seeds(study, point, tuple(int(s) for s in runs.index), tuple(float(v) for v in runs["value"])))
+        chosen = (best["study"], best["point"]) if best is not None else None
+        out[(task, method)] = sorted(found, key=lambda g: ((g.study, g.point) != chosen, -g.n, g.study, g.point))
+    return out
+
+
+def seed_groups(frame: pd.DataFrame) -> dict[tuple[str, str], Seeds]:
+    """(task, method) → the seeds of the configuration the tests use (see :func:`confirmations`)."""
+    return {key: found[0] for key, found in confirmations(frame).items()}
+
+
+def is_alp(method: str) -> bool:
+    return method == "alp" or method.startswith("alp-")
+
+
+def welch(alp: Seeds, base: Seeds) -> tuple[float, float]:
+    """Welch's t-test (unequal variances) of ALP's seeds against a baseline's: (t, two-sided p)."""
+    result = stats.ttest_ind(alp.values, base.values, equal_var=False)
+    return float(result.statistic), float(result.pvalue)
+
+
+def seeds_tables(found: dict[tuple[str, str], list[Seeds]], command: str) -> list[str]:
+    lines = ["## Seeds of the best configurations", "",
+             "Confirmation re-runs (different seeds) of the confirmed configurations; the grid trial that "
+             "selected a configuration is left out (as the best of its grid it is biased upwards). Primary dev "
+             "metric × 100; std with ddof = 1; 95 % interval of the mean from the t-distribution. "
+             "✓: the configuration the tests below use (the best of the grid).", "",
+             "| task | method | configuration | seeds | mean ± std | 95 % CI | tested |",
+             "|---|---|---|---:|---:|---:|:---:|"]
+    for (task, method), groups in sorted(found.items(), key=lambda kv: (list(TASKS).index(kv[0][0]),
+                                                                         list(METHODS).index(kv[0][1]))):
+        for index, group in enumerate(groups):
+            low, high = group.interval()
+            spread = "–" if group.n < 2 else f"{100 * group.mean:.2f} ± {100 * group.std:.2f}"
+            interval = "–" if group.n < 2 else f"[{100 * low:.2f}, {100 * high:.2f}]"
+            lines.append(f"| {task} | {method} | {group.point} | {group.n} | {spread} | {interval} | "
+                         f"{'✓' if index == 0 else ''} |")
+    groups = {key: groups[0] for key, groups in found.items()}
+    lines += ["", f"Reproduce: `{command}`", "",
+              f"ALP vs each baseline, **Welch's t-test** (two-sided, unequal variances) over seeds; "
+              f"p ≥ {ALPHA} means the difference is not distinguishable from seed noise. "
+              "No correction for multiple comparisons.", "",
+              "| task | ALP method | baseline | Δ mean (ALP − baseline) | Welch t | p | verdict |",
+              "|---|---|---|---:|---:|---:|---|"]
+    for task in TASKS:
+        for alp in (m for m in METHODS if is_alp(m) and (task, m) in groups):
+            for base in (m for m in METHODS if not is_alp(m) and (task, m) in groups):
+                a, b = groups[(task, alp)], groups[(task, base)]
+                delta = f"{100 * (a.mean - b.mean):+.2f}"
+                if a.n < 2 or b.n < 2:
+                    lines.append(f"| {task} | {alp} | {base} | {delta} | – | – | too few seeds (need ≥ 2 each) |")
+                    continue
+                t, p = welch(a, b)
+                if math.isnan(p):
+                    verdict = "undefined (no variance over seeds)"
+                elif p >= ALPHA:
+                    verdict = "not distinguishable from seed noise"
+                else:
+                    verdict = f"{alp if a.mean > b.mean else base} higher (p < {ALPHA})"
+                lines.append(f"| {task} | {alp} | {base} | {delta} | {t:.3f} | {p:.3g} | {verdict} |")
+    return lines + ["", f"Reproduce: `{command}`", ""]
+
+
+# --------------------------------------------------------------------------- document
+def _num(value, fmt: str, scale: float = 1.0) -> str:
+    return "–" if value is None or pd.isna(value) else format(scale * value, fmt)
+
+
+def study_table(snapshot: Snapshot, section: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    lines = ["| method | best dev | lr | η | λ | trial | complete | failed | pruned | running | seeds | CPU h "
+             "| GPU h | time to best (h) |", "|---|" + "---:|" * 13]
+    teacher = next((snapshot.studies[s]["teacher"] for s in sorted(set(section["study"]))
+                    if "teacher" in snapshot.studies[s]), None)
+    if teacher is not None:
+        lines.append(f"| teacher | {_num(teacher.get('value'), '.2f', 100)} |" + " |" * 12)
+    order = {m: i for i, m in enumerate(METHODS)}
+    for row in sorted(summary.itertuples(), key=lambda r: order[r.method]):
+        lines.append(
+            f"| {row.method} | {_num(row.value, '.2f', 100)} | {_num(row.lr, 'g')} | {_num(row.eta, 'g')} | "
+            f"{_num(row.lam, 'g')} | {_num(row.number, '.0f')} | {row.complete} | {row.failed} | {row.pruned} | "
+            f"{row.running} | {row.seeds} | {row.cpu_hours:.3f} | {row.gpu_hours:.3f} | "
+            f"{_num(row.time_to_best, '.3f', 1 / 3600)} |")
+    return lines
+
+
+def markdown_report(snapshot: Snapshot, command: str, reference: list[dict] | None = None,
+                    figures: dict | None = None) -> str:
+    """The README text; ``reference`` as :func:`load_reference` returns it, ``figures`` as
+    :func:`harness.plots.draw_all` does."""
+    frame, reference, figures = snapshot.frame, reference or [], figures or {}
     lines = ["# Sweep report", ""]
-    if best.empty:
+    if frame.empty:
         return "\n".join(lines + ["No trials in this database yet.", ""])
-    for task, group in best.groupby("task", sort=True):
-        metric = get_task(task).primary_metric
-        lines += [f"## {task} (dev, {metric} × 100)", "",
-                  "| method | best dev | lr | η | λ | trial | complete | failed | pruned | time (h) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        teacher = next((teacher_rows[s] for s in group["study"] if s in teacher_rows), None)
-        if teacher is not None:
-            lines.append(f"| teacher | {_fmt(teacher['value'])} | | | | | | | | |")
-        for row in group.itertuples():
-            has_best = "value" in group.columns and not pd.isna(getattr(row, "value", None))
-            lines.append(
-                f"| {row.method} | {_fmt(row.value) if has_best else '–'} | "
-                f"{f'{row.lr:g}' if has_best else '–'} | {f'{row.eta:g}' if has_best else '–'} | "
-                f"{f'{row.lam:g}' if has_best else '–'} | {int(row.number) if has_best else '–'} | "
-                f"{row.complete} | {row.failed} | {row.pruned} | {row.hours:.3f} |")
+    counts = frame["state"].value_counts()
+    lines += [f"{len(snapshot.studies)} studies, {len(frame)} trials: " + ", ".join(
+        f"{int(counts.get(state, 0))} {word}" for state, word in
+        (("COMPLETE", "complete"), ("FAIL", "failed"), ("PRUNED", "pruned"), ("RUNNING", "running"))) + ".", "",
+        "## Comparison (dev, best of grid)", "",
+        "Each cell: the method's best grid trial on the task (chosen by the primary metric; confirmation re-runs "
+        "left out), every metric GLUE reports for the task at that trial's best epoch, × 100. **Average**: mean "
+        "over tasks of each task's score, a multi-metric task scoring the mean of its metrics (GLUE leaderboard "
+        "convention). **Bold**: best student per column (Average: among students with every task). "
+        "Rows marked (published) are reference numbers, not runs of this harness.", ""]
+    lines += comparison_table(snapshot, reference) + [f"Reproduce: `{command}`", ""]
+    lines += [f"![{title}]({path})" for title, path in figures.get("", [])] + [""]
+    found = confirmations(frame)
+    if found:
+        lines += seeds_tables(found, command)
+    lines += ["## Studies", "", "Per study: the best grid point, trial counts, compute (CPU/GPU hours from each "
+              "trial's wall time and device) and time to best (cumulative trial time, in trial-number order, up "
+              "to and including the best trial).", ""]
+    summary = best_per_study(frame)
+    for (study_file, task), section in _sections(frame):
+        lines += [f"### {study_file} / {task} (dev, {TASKS[task].primary_metric} × 100)", ""]
+        lines += study_table(snapshot, section, summary[summary["study"].isin(set(section["study"]))])
         lines += ["", f"Reproduce: `{command}`", ""]
+        lines += [f"![{title}]({path})" for title, path in figures.get((study_file, task), [])] + [""]
     return "\n".join(lines)
 
 
-def write_report(storage: Storage, out: Path, name: str | None, command: str) -> Path:
-    """Write ``README.md`` and ``trials.csv`` into ``out``; returns the README path."""
-    frame = trials_frame(storage, name)
-    text = markdown_report(frame, teachers(storage, name), command)
+def _sections(frame: pd.DataFrame):
+    order = {t: i for i, t in enumerate(TASKS)}
+    keys = sorted({(f, t) for f, t in zip(frame["study_file"], frame["task"])}, key=lambda k: (k[0], order[k[1]]))
+    return [(key, frame[(frame["study_file"] == key[0]) & (frame["task"] == key[1])]) for key in keys]
+
+
+def write_report(storage: Storage, out: Path, name: str | None, command: str,
+                 reference: Path | None = None) -> Path:
+    """Write ``README.md``, ``trials.csv`` and ``figures/*.png`` into ``out``; returns the README path."""
+    published = load_reference(reference) if reference is not None else []
+    snapshot = load(storage, name)
     out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / "trials.csv", index=False)
-    (out / "README.md").write_text(text)
+    groups = seed_groups(snapshot.frame)
+    figures = plots.draw_all(snapshot, _sections(snapshot.frame), groups, out) if not snapshot.frame.empty else {}
+    snapshot.frame.drop(columns="epochs").to_csv(out / "trials.csv", index=False)
+    (out / "README.md").write_text(markdown_report(snapshot, command, published, figures))
     return out / "README.md"

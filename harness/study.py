@@ -29,6 +29,7 @@ from harness.experiment import Experiment
 from harness.methods import get_method
 from harness.models import fingerprint
 from harness.storage import GRACE_SECONDS, Heartbeat, Storage, worker_id, worker_is_dead
+from harness.train import pick_device, runtime_info
 
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -82,16 +83,11 @@ def _trial_record(config: StudyConfig, method: str, point: dict, seed: int) -> d
     resolved["methods"] = [method]
     return {
         "method": method, "point": point_key(point), "lr": point["lr"], "eta": point["eta"],
-        "lambda": point["lambda"], "seed": seed, "worker": worker_id(), "device": _device_name(),
+        "lambda": point["lambda"], "seed": seed, "worker": worker_id(),
+        **runtime_info(pick_device(), config.fixed.compile),
         "versions": {"torch": torch.__version__, "optuna": optuna.__version__, "python": platform.python_version()},
         "config": resolved,
     }
-
-
-def _device_name() -> str:
-    if torch.cuda.is_available():
-        return f"cuda:{torch.cuda.get_device_name(0)}"
-    return f"cpu:{torch.get_num_threads()}threads"
 
 
 def _epoch_reporter(trial: optuna.Trial, storage: Storage, prune: bool = True):

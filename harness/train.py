@@ -85,6 +85,14 @@ class History:
             self.best_value, self.best_epoch = value, record["epoch"]
 
 
+def runtime_info(device: torch.device, compile_model: bool = False) -> dict:
+    """How a run executes, stored with each trial."""
+    _, dtype = autocast_for(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"device": f"{device.type}:{name}", "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
+            "compiled": compile_model, "threads": torch.get_num_threads()}
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -121,7 +129,14 @@ def token_lengths(data: EncodedSplit) -> np.ndarray:
 
 def to_batch(data: EncodedSplit, index: np.ndarray, pad_token_id: int, device: torch.device) -> dict:
     batch = collate([data.features[i] for i in index], data.labels[index], pad_token_id)
-    return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+    return {name: to_device(tensor, device) for name, tensor in batch.items()}
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host-to-device copy; on CUDA from pinned memory, so that it overlaps with compute."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
 
 
 def layer_cls(hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -205,8 +220,8 @@ class LossTerms:
         states = None
         if self.needs_states:
             states = torch.from_numpy(np.asarray(self.teacher.cls[sorted_index], dtype=np.float32)[inverse])
-            states = states.to(self.device, non_blocking=True)
-        return logits.to(self.device, non_blocking=True), states
+            states = to_device(states, self.device)
+        return to_device(logits, self.device), states
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         hyper = self.hyper
@@ -233,13 +248,16 @@ def fit(
     desc: str = "train",
     device: torch.device | None = None,
     progress: bool = True,
+    compile_model: bool = False,
 ) -> History:
     """Train ``model`` (and the inter-layer loss's projections) and score it after every epoch.
 
     ``on_epoch(record)`` is called after each epoch (the study reports to Optuna there, and may
     raise ``optuna.TrialPruned``). With ``checkpoint`` set, the state after each epoch is saved
     atomically there and a later call with the same path resumes after the last saved epoch.
-    A non-finite loss raises :class:`FloatingPointError`.
+    A non-finite loss raises :class:`FloatingPointError`. ``compile_model`` runs the training
+    forward through ``torch.compile`` (off by default: it costs minutes of compilation per trial
+    on CPU and only pays off for long GPU trials).
     """
     device = device or pick_device()
     model.to(device)
@@ -257,6 +275,7 @@ def fit(
     amp, amp_dtype = autocast_for(device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     losses = LossTerms(task, hyper, inter, teacher, device)
+    forward = torch.compile(model) if compile_model else model
     history = History()
     start_epoch = 0
 
@@ -285,7 +304,7 @@ def fit(
         for index in bar:
             batch = to_batch(train, index, pad_token_id, device)
             with amp:
-                terms = losses(model, batch, index)
+                terms = losses(forward, batch, index)
                 loss = losses.total(terms)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}")

@@ -30,6 +30,12 @@ RATIO_LINES = (r"ratio alp_trial/reference = (\d+\.\d{3}|inf|nan)", r"ratio alp_
                r"ratio sweep_cost_to_best = (\d+\.\d{3}|inf|nan)")
 
 
+@pytest.fixture(scope="module")
+def bench_cache(tmp_path_factory):
+    """One cache folder for the module, so the tiny teacher is fine-tuned once."""
+    return tmp_path_factory.mktemp("bench-cache")
+
+
 def tiny_settings(teacher, glue_dir, cache_dir, **overrides) -> Settings:
     values = dict(teacher=str(teacher), train_samples=32, epochs=1, max_seq_length=32, batch_size=16,
                   teacher_train_samples=32, sweep_samples=16, sweep_epochs=2, sweep_lr=(1e-4,), sweep_eta=(0.5,),
@@ -88,12 +94,12 @@ def test_peak_memory_sees_a_cpu_allocation():
     assert memory.mib > 32
 
 
-def test_reference_loss_is_our_alp_loss_with_a_live_teacher(tmp_path, tiny_bert, glue_dir):
+def test_reference_loss_is_our_alp_loss_with_a_live_teacher(tmp_path, tiny_bert, glue_dir, bench_cache):
     pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (see requirements.txt)")
     from transformers import TrainingArguments
 
-    settings = tiny_settings(tiny_bert, glue_dir, tmp_path)
-    experiment = Experiment(study_config(settings, "bench", 32, 1), glue_dir, tmp_path, progress=False)
+    settings = tiny_settings(tiny_bert, glue_dir, bench_cache)
+    experiment = Experiment(study_config(settings, "bench", 32, 1), glue_dir, bench_cache, progress=False)
     teacher = experiment.load_teacher_model()
     student = build_student(experiment.pretrained, 2, 2, "bottom", 42)
     for module in student.modules():  # no dropout, so the two losses see the same forward pass
@@ -112,10 +118,10 @@ def test_reference_loss_is_our_alp_loss_with_a_live_teacher(tmp_path, tiny_bert,
     assert reference.item() == pytest.approx(ours.total(ours(student, dict(batch), index)).item(), rel=1e-5)
 
 
-def test_bench_end_to_end_on_a_tiny_model(tmp_path, tiny_bert, glue_dir):
+def test_bench_end_to_end_on_a_tiny_model(tiny_bert, glue_dir, bench_cache):
     pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (see requirements.txt)")
     lines: list[str] = []
-    summary = bench(tiny_settings(tiny_bert, glue_dir, tmp_path, profile=True), log=lines.append)
+    summary = bench(tiny_settings(tiny_bert, glue_dir, bench_cache, profile=True), log=lines.append)
     for line, pattern in zip(summary[-3:], RATIO_LINES):
         assert re.fullmatch(pattern, line), line
     assert summary[-2] != "ratio alp_step/nkd_step = nan" and summary[-1] != "ratio sweep_cost_to_best = nan"
@@ -124,5 +130,5 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path, tiny_bert, glue_dir):
         assert run in text
     assert "Self CPU time total" in text and "optimizer.step" in text
     assert any("grid best" in line for line in lines)
-    assert (tmp_path / "teachers").is_dir()  # the teacher lands in the given cache; the rest was temporary
-    assert not (tmp_path / "teacher_outputs").exists()
+    assert len(list((bench_cache / "teachers").glob("*/config.json"))) == 1  # the teacher is cached, and reused
+    assert not (bench_cache / "teacher_outputs").exists()  # teacher outputs and the sweep lived in a temporary folder

@@ -52,7 +52,7 @@ def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
     for method in ("nkd", "kd", "alp"):
         study = optuna.load_study(study_name=f"tiny/SST-2/{method}", storage=storage)
         best = study.best_trial
-        row = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
+        row = next(line for line in text.split("## Studies", 1)[1].splitlines() if line.startswith(f"| {method} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == f"{100 * best.value:.2f}"
         assert float(cells[2]) == best.params["lr"]

@@ -1,0 +1,665 @@
+"""Benchmark: our distillation trials against a reference KD trainer written on HF ``Trainer``.
+
+``python -m harness.bench`` runs, in one process, on the same data and the same student init:
+
+* **reference**: what a user would write: a ``transformers.Trainer`` subclass whose ``compute_loss``
+  runs the frozen teacher under ``no_grad`` on every batch and adds the same KD + ALP loss as our ALP
+  trial (:func:`~harness.methods.kd_loss`, :class:`~harness.methods.InterLayerLoss`). Same lr, batch
+  size, epochs, warm-up steps, weight decay and clipping; otherwise HF's defaults: random sampler,
+  ``DataCollatorWithPadding``, ``adamw_torch_fused``, no decay on biases/LayerNorm. It evaluates every
+  epoch (on the student alone), saves nothing and reports nowhere.
+* **nkd / kd / alp**: our trials (:meth:`Experiment.run_trial`); kd and alp read the memory-mapped
+  teacher-output cache, whose first build is timed on its own and reported with and without.
+
+Teacher fine-tuning is excluded from every timing (it is done once and cached, in the usual cache
+folder); teacher outputs, checkpoints and the sweep's SQLite database live in a temporary folder, so
+every run pays the cache build afresh. Then it measures the **sweep cost to reach the exhaustive
+grid's best score** (within ``--tolerance``): the full grid via :class:`~harness.study.Runner`, then
+TPE with median pruning one trial at a time until a trial reaches it; the cost is the summed trial
+seconds. ``--profile`` profiles one ALP student step. The last three lines are machine-readable::
+
+    ratio alp_trial/reference = X
+    ratio alp_step/nkd_step = Y
+    ratio sweep_cost_to_best = Z
+
+Timings are wall-clock and share the machine with whatever else runs: on a busy CPU they are noisy.
+A bigger setting on a GPU, e.g.::
+
+    python -m harness.bench --train-samples 20000 --epochs 3 --max-seq-length 128 --student-layers 4 \\
+        --teacher-train-samples 0 --teacher-epochs 3 --sweep-samples 5000 --sweep-lr 2e-5 5e-5 1e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import math
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import optuna
+import torch
+import torch.nn.functional as F
+from optuna.trial import TrialState
+
+from harness.cli import quiet_libraries
+from harness.config import StudyConfig, grid_points, parse_study
+from harness.errors import HarnessError
+from harness.experiment import Experiment
+from harness.glue import EncodedSplit, compute_metrics, resolve_data_dir
+from harness.methods import InterLayerLoss, get_method, kd_loss, regression_kd_loss
+from harness.models import build_student, load_config
+from harness.storage import Storage
+from harness.study import Runner, RunOptions
+from harness.train import Hyper, LossTerms, autocast_for, layer_cls, to_batch, token_lengths, train_batches
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEACHER_LR = 5e-5  # the demo's teacher recipe, so the bench reuses the demo's cached teacher
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One benchmark setting; the defaults are the small CPU one."""
+
+    task: str = "SST-2"
+    teacher: str = "minilm-l6"
+    student_layers: int = 2
+    train_samples: int = 2000  # ~126 steps: fewer and a 2-layer MiniLM student stays at the majority class
+    epochs: int = 2
+    max_seq_length: int = 64
+    batch_size: int = 32
+    lr: float = 2e-4
+    eta: float = 0.5
+    lam: float = 0.2
+    seed: int = 42
+    teacher_train_samples: int = 8000  # 0: the whole training set
+    teacher_epochs: int = 1
+    sweep_samples: int = 2000
+    sweep_epochs: int = 2
+    sweep_lr: tuple[float, ...] = (2e-4, 5e-4)  # a reduced grid (4 points): the paper's 39 do not fit in 10 minutes
+    sweep_eta: tuple[float, ...] = (0.5,)
+    sweep_lambda: tuple[float, ...] = (0.2, 0.5)
+    tolerance: float = 0.003
+    data_dir: Path | None = None
+    cache_dir: Path = REPO_ROOT / ".cache"
+    skip_sweep: bool = False
+    profile: bool = False
+
+    def point(self, method: str) -> dict[str, float]:
+        """The grid point a main run uses: NKD trains on labels only, KD has no inter-layer term."""
+        spec = get_method(method)
+        return {"lr": self.lr, "eta": self.eta if spec.searches_eta else 0.0,
+                "lambda": self.lam if spec.searches_lambda else 0.0}
+
+
+def study_config(settings: Settings, name: str, train_samples: int, epochs: int, **search) -> StudyConfig:
+    """A validated study config for this setting; ``search`` overrides the sampler, pruner and grids."""
+    teacher = {"epochs": settings.teacher_epochs, "lr": TEACHER_LR,
+               "max_train_samples": settings.teacher_train_samples or None}
+    return parse_study({
+        "name": name, "task": settings.task, "teacher": settings.teacher, "student_layers": settings.student_layers,
+        "methods": ["alp"],
+        "fixed": {"epochs": epochs, "batch_size": settings.batch_size, "max_seq_length": settings.max_seq_length,
+                  "max_train_samples": train_samples, "seed": settings.seed, "teacher": teacher},
+        "search": {"lr": [settings.lr], "eta": [settings.eta], "lambda": [settings.lam], **search},
+    }, source="harness.bench")
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as stream:
+            return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: the process-wide high-water mark is the best there is
+        scale = 1 if sys.platform == "darwin" else 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _release_freed_memory() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the next phase's baseline is honest
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Peak memory of one phase, in MiB, as ``self.mib`` after the ``with`` block.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` since entry (tensors only, models included). CPU: the
+    resident set size, sampled every 10 ms by a thread and once at exit, minus the RSS at entry.
+    tracemalloc would miss torch's CPU allocations, and ``ru_maxrss`` is a process-wide high-water
+    mark that never falls, so it cannot tell phases run one after another apart.
+    """
+
+    def __init__(self, device: torch.device, every: float = 0.01):
+        self.device, self.every, self.mib = device, every, 0.0
+        self._stop = threading.Event()
+        self._peak = self._start = 0
+
+    def __enter__(self) -> "PeakMemory":
+        _release_freed_memory()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        self._start = self._peak = _rss_bytes()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            self._peak = max(self._peak, _rss_bytes())
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+            return
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, _rss_bytes())
+        self.mib = (self._peak - self._start) / 2**20
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One timed training run. ``seconds`` covers building the student, training and every epoch's
+    evaluation; ``train_seconds`` the training steps alone; ``cache_seconds`` the teacher-output cache
+    build that this run needed first (0 where none)."""
+
+    name: str
+    seconds: float
+    train_seconds: float
+    steps: int
+    samples: int
+    peak_mib: float
+    dev: float
+    cache_seconds: float = 0.0
+
+    @property
+    def step_ms(self) -> float:
+        return 1000 * self.train_seconds / self.steps
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.train_seconds
+
+
+def build_cache(experiment: Experiment) -> tuple[float, float]:
+    """Build the teacher-output cache of the experiment's training set: (seconds, peak MiB)."""
+    with PeakMemory(experiment.device) as memory:
+        started = time.perf_counter()
+        experiment.teacher_signal(live=False)
+        seconds = time.perf_counter() - started
+    return seconds, memory.mib
+
+
+def run_ours(experiment: Experiment, method: str, point: dict[str, float], cache_seconds: float = 0.0) -> RunResult:
+    """One of our trials, exactly as a study runs it (without Optuna around it)."""
+    with PeakMemory(experiment.device) as memory:
+        started = time.perf_counter()
+        history = experiment.run_trial(method, point, desc=method)
+        seconds = time.perf_counter() - started
+    epochs = len(history.epochs)
+    steps = epochs * math.ceil(len(experiment.train) / experiment.config.fixed.batch_size)
+    return RunResult(f"{method} trial", seconds, sum(r["train_seconds"] for r in history.epochs), steps,
+                     epochs * len(experiment.train), memory.mib, history.best_value, cache_seconds)
+
+
+# ---------------------------------------------------------------------------------------------- reference
+
+
+def _records(data: EncodedSplit) -> list[dict]:
+    """The split as a list of feature dicts with ``labels``: a map-style dataset for ``Trainer``."""
+    return [{**feature, "labels": label.item()} for feature, label in zip(data.features, data.labels)]
+
+
+def reference_trainer_class():
+    """``DistillTrainer``, defined on first use so that importing this module does not need accelerate."""
+    from transformers import Trainer
+
+    class DistillTrainer(Trainer):
+        """KD + ALP with a live teacher, written the way a ``Trainer`` user would."""
+
+        def __init__(self, *args, teacher, inter: InterLayerLoss, hyper: Hyper, task, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.teacher = teacher.to(self.args.device).eval()
+            self.inter = inter.to(self.args.device)
+            self.hyper, self.task = hyper, task
+            self.eval_seconds, self.scores = 0.0, []
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not model.training:  # evaluation scores the student alone; no teacher run
+                outputs = model(**inputs)
+                return (outputs.loss, outputs) if return_outputs else outputs.loss
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            outputs = model(**inputs, output_hidden_states=True)
+            with torch.no_grad():
+                teacher = self.teacher(**inputs, output_hidden_states=True)
+            logits, teacher_logits = outputs.logits.float(), teacher.logits.float()
+            if self.task.is_regression:
+                ce = F.mse_loss(logits.squeeze(-1), labels.float())
+                kd = regression_kd_loss(logits, teacher_logits)
+            else:
+                ce = F.cross_entropy(logits, labels)
+                kd = kd_loss(logits, teacher_logits, temperature=self.hyper.temperature)
+            inter = self.inter(layer_cls(outputs.hidden_states).float(), layer_cls(teacher.hidden_states).float())
+            loss = self.hyper.beta * ce + self.hyper.eta * kd + self.hyper.lam * inter
+            return (loss, outputs) if return_outputs else loss
+
+        def evaluate(self, *args, **kwargs):
+            started = time.perf_counter()
+            metrics = super().evaluate(*args, **kwargs)
+            self.eval_seconds += time.perf_counter() - started
+            self.scores.append(metrics[f"eval_{self.task.primary_metric}"])
+            return metrics
+
+    return DistillTrainer
+
+
+def run_reference(experiment: Experiment, point: dict[str, float], out_dir: Path) -> RunResult:
+    """The reference KD + ALP trainer on the experiment's data, student init and hyper-parameters."""
+    try:
+        import accelerate  # noqa: F401 - transformers.Trainer refuses to run without it
+    except ImportError:
+        raise HarnessError("the reference trainer needs the 'accelerate' package (pip install accelerate)") from None
+    from transformers import DataCollatorWithPadding, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    config, fixed, task, device = experiment.config, experiment.config.fixed, experiment.task, experiment.device
+    hyper = Hyper(lr=point["lr"], eta=point["eta"], lam=point["lambda"], epochs=fixed.epochs,
+                  batch_size=fixed.batch_size, seed=fixed.seed, temperature=fixed.temperature,
+                  warmup_ratio=fixed.warmup_ratio, weight_decay=fixed.weight_decay, max_grad_norm=fixed.max_grad_norm)
+    total_steps = fixed.epochs * math.ceil(len(experiment.train) / fixed.batch_size)
+    _, amp_dtype = autocast_for(device)
+    with PeakMemory(device) as memory:
+        started = time.perf_counter()
+        student = build_student(experiment.pretrained, config.student_layers, task.num_labels, fixed.student_init,
+                                fixed.seed)
+        teacher = experiment.load_teacher_model()
+        inter = InterLayerLoss(get_method("alp"), teacher.config.num_hidden_layers, config.student_layers,
+                               student.config.hidden_size, teacher.config.hidden_size, alp_scale=fixed.alp_scale)
+        assert not list(inter.parameters()), "students share the teacher's hidden size, so ALP has no projection"
+        args = TrainingArguments(
+            output_dir=str(out_dir), per_device_train_batch_size=fixed.batch_size,
+            per_device_eval_batch_size=fixed.eval_batch_size, learning_rate=hyper.lr, num_train_epochs=fixed.epochs,
+            warmup_steps=int(fixed.warmup_ratio * total_steps), weight_decay=fixed.weight_decay,
+            max_grad_norm=fixed.max_grad_norm, lr_scheduler_type="linear", eval_strategy="epoch",
+            save_strategy="no", logging_strategy="no", report_to="none", seed=fixed.seed, disable_tqdm=True,
+            use_cpu=device.type == "cpu", bf16=amp_dtype == torch.bfloat16, fp16=amp_dtype == torch.float16)
+        eval_split = experiment.evals[task.eval_splits[0]]
+        trainer = reference_trainer_class()(
+            model=student, args=args, train_dataset=_records(experiment.train), eval_dataset=_records(eval_split),
+            data_collator=DataCollatorWithPadding(experiment.tokenizer),
+            compute_metrics=lambda prediction: compute_metrics(task, prediction.predictions, prediction.label_ids),
+            teacher=teacher, inter=inter, hyper=hyper, task=task)
+        trainer.remove_callback(PrinterCallback)  # keep the console to the bench's own lines
+        train_started = time.perf_counter()
+        trainer.train()
+        train_seconds = time.perf_counter() - train_started - trainer.eval_seconds
+        seconds = time.perf_counter() - started
+    return RunResult("reference KD+ALP", seconds, train_seconds, trainer.state.global_step,
+                     fixed.epochs * len(experiment.train), memory.mib, max(trainer.scores))
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+
+
+@dataclass(frozen=True)
+class TrialCost:
+    seconds: float
+    epochs: int
+    value: float | None  # None unless the trial completed
+    label: str
+
+
+def trial_costs(storage: Storage, study_name: str) -> list[TrialCost]:
+    """The study's trials in the order they ran, with the seconds and epochs each one cost."""
+    study = optuna.load_study(study_name=study_name, storage=storage.optuna)
+    costs = []
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        value = trial.value if trial.state == TrialState.COMPLETE else None
+        label = f"{trial.user_attrs.get('point', '?')} {trial.state.name.lower()}"
+        costs.append(TrialCost(float(trial.user_attrs.get("seconds", 0.0)), len(trial.user_attrs.get("epochs", [])),
+                               value, label))
+    return costs
+
+
+def cost_to_reach(trials: list[TrialCost], target: float) -> tuple[int | None, float, int]:
+    """(1-based number of the first trial whose value ≥ ``target``, seconds and epochs spent up to and
+    including it); ``(None, all seconds, all epochs)`` when no trial reaches it."""
+    seconds, epochs = 0.0, 0
+    for number, trial in enumerate(trials, start=1):
+        seconds += trial.seconds
+        epochs += trial.epochs
+        if trial.value is not None and trial.value >= target - 1e-12:
+            return number, seconds, epochs
+    return None, seconds, epochs
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    grid: list[TrialCost]
+    search: list[TrialCost]
+    tolerance: float
+
+    @property
+    def best(self) -> float:
+        return max(t.value for t in self.grid if t.value is not None)
+
+    def reach(self) -> tuple[int | None, float, int]:
+        return cost_to_reach(self.search, self.best - self.tolerance)
+
+    @property
+    def ratio(self) -> float:
+        reached, seconds, _ = self.reach()
+        return math.inf if reached is None else seconds / sum(t.seconds for t in self.grid)
+
+    @property
+    def epoch_ratio(self) -> float:
+        reached, _, epochs = self.reach()
+        return math.inf if reached is None else epochs / sum(t.epochs for t in self.grid)
+
+
+def run_sweep(settings: Settings, cache_dir: Path, data_dir: Path | None, log=print) -> SweepResult:
+    """The exhaustive grid, then TPE + median pruning (at most as many trials) until it reaches the grid's best."""
+    grids = {"lr": list(settings.sweep_lr), "eta": list(settings.sweep_eta), "lambda": list(settings.sweep_lambda)}
+    grid_config = study_config(settings, "bench-grid", settings.sweep_samples, settings.sweep_epochs,
+                               sampler="grid", pruner="none", **grids)
+    tpe_config = study_config(settings, "bench-tpe", settings.sweep_samples, settings.sweep_epochs,
+                              sampler="tpe", pruner="median", **grids)
+    experiment = Experiment(grid_config, data_dir, cache_dir, progress=False)  # tpe_config's fixed block is the same
+    experiment.teacher_signal(live=False)  # built here, outside both sweeps' cost
+    storage = Storage(f"sqlite:///{cache_dir / 'sweep.db'}")
+
+    def trial_lines(line: str) -> None:  # the Runner's per-trial lines only
+        if line.lstrip().startswith("trial"):
+            log(f"    {line.strip()}")
+
+    budget = len(grid_points(grid_config, "alp"))
+    log(f"  grid: {budget} points (lr {grids['lr']} × η {grids['eta']} × λ {grids['lambda']}, β ≥ 0), "
+        f"{settings.sweep_samples} examples × {settings.sweep_epochs} epochs")
+    Runner(grid_config, storage, experiment, RunOptions(cache_dir=cache_dir), log=trial_lines).run()
+    result = SweepResult(trial_costs(storage, grid_config.study_name("alp")), [], settings.tolerance)
+    log(f"  grid best {result.best:.4f}; TPE + median pruning until a trial reaches {result.best - settings.tolerance:.4f}")
+    for n_trials in range(1, budget + 1):  # one trial per call: the Runner resumes the study each time
+        Runner(tpe_config, storage, experiment, RunOptions(cache_dir=cache_dir, n_trials=n_trials),
+               log=trial_lines).run()
+        result = replace(result, search=trial_costs(storage, tpe_config.study_name("alp")))
+        if result.reach()[0] is not None:
+            break
+    storage.engine.dispose()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- profile
+
+
+class StudentSteps:
+    """Training steps of one of our students exactly as :func:`harness.train.fit` runs them, one at a time."""
+
+    def __init__(self, experiment: Experiment, method: str, point: dict[str, float]):
+        config, fixed, self.device = experiment.config, experiment.config.fixed, experiment.device
+        spec = get_method(method)
+        self.student = build_student(experiment.pretrained, config.student_layers, experiment.task.num_labels,
+                                     fixed.student_init, fixed.seed).to(self.device).train()
+        inter = None
+        if spec.inter is not None:
+            teacher_config = load_config(str(experiment.prepare_teacher().path))
+            inter = InterLayerLoss(spec, teacher_config.num_hidden_layers, config.student_layers,
+                                   self.student.config.hidden_size, teacher_config.hidden_size,
+                                   alp_scale=fixed.alp_scale).to(self.device)
+        self.hyper = Hyper(lr=point["lr"], eta=point["eta"], lam=point["lambda"], batch_size=fixed.batch_size,
+                           seed=fixed.seed)
+        signal = experiment.teacher_signal(live=False) if spec.searches_eta else None
+        self.losses = LossTerms(experiment.task, self.hyper, inter, signal, self.device)
+        self.params = [p for p in self.student.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.hyper.lr, weight_decay=self.hyper.weight_decay)
+        self.batches = train_batches(token_lengths(experiment.train), fixed.batch_size, fixed.seed, 0)
+        self.data, self.pad_token_id, self.done = experiment.train, experiment.pad_token_id, 0
+
+    def run(self, steps: int) -> None:
+        """``steps`` steps; the phases are labelled for torch.profiler."""
+        from torch.profiler import record_function
+
+        for _ in range(steps):
+            index = self.batches[self.done % len(self.batches)]
+            self.done += 1
+            batch = to_batch(self.data, index, self.pad_token_id, self.device)
+            with record_function("phase: forward + losses"):
+                loss = self.losses.total(self.losses(self.student, batch, index))
+            with record_function("phase: backward"):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            with record_function("phase: clip_grad_norm"):
+                torch.nn.utils.clip_grad_norm_(self.params, self.hyper.max_grad_norm)
+            with record_function("phase: optimizer.step"):
+                self.optimizer.step()
+
+
+def profile_step(experiment: Experiment, point: dict[str, float], steps: int = 3) -> str:
+    """Profile ALP student steps on the cached teacher outputs and say where the time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    steps_of = StudentSteps(experiment, "alp", point)
+    steps_of.run(2)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        steps_of.run(steps)
+    events = prof.key_averages()
+    phases = {e.key.removeprefix("phase: "): e.cpu_time_total for e in events if e.key.startswith("phase: ")}
+    total = sum(phases.values())
+    embedding = steps_of.student.get_input_embeddings().weight
+    vocab_shape = list(embedding.shape)
+    ops = [e for e in prof.key_averages(group_by_input_shape=True) if not e.key.startswith("phase: ")]
+    op_total = sum(e.self_cpu_time_total for e in ops)
+    on_vocab = sum(e.self_cpu_time_total for e in ops if vocab_shape in [list(s) for s in e.input_shapes])
+    n_params = sum(p.numel() for p in steps_of.params)
+    tokens = steps_of.hyper.batch_size * float(token_lengths(experiment.train).mean())
+    return "\n".join([
+        f"profile: {steps} ALP student steps ({experiment.config.student_layers} layers, batch "
+        f"{steps_of.hyper.batch_size}, cached teacher outputs) on {experiment.device.type}, "
+        f"{torch.get_num_threads()} threads: {total / steps / 1000:.0f} ms per step",
+        "  phases: " + ", ".join(f"{name} {100 * us / total:.0f}%" for name, us in phases.items()),
+        f"  ops whose input is a {vocab_shape[0]}x{vocab_shape[1]} tensor (the word embedding, its dense gradient, "
+        f"AdamW's moments): {100 * on_vocab / op_total:.0f}% of all op self time; the word embedding is "
+        f"{100 * embedding.numel() / n_params:.0f}% of the {n_params / 1e6:.1f}M trainable parameters, while a "
+        f"batch touches at most ~{tokens:.0f} of its {vocab_shape[0]} rows",
+        events.table(sort_by="self_cpu_time_total", row_limit=12),
+        *_optimizer_variants(steps_of.params, steps_of.hyper),
+        *reading(on_vocab / op_total),
+    ])
+
+
+def reading(vocab_share: float) -> list[str]:
+    """What the profile says, and what could be done without changing the method's mathematics."""
+    if vocab_share >= 0.4:
+        head = ["  reading: the step is dominated not by the transformer layers but by per-step work over the whole",
+                "  30k x H word-embedding matrix:"]
+    else:
+        head = [f"  reading: the transformer layers' matmuls dominate here; work over the 30k x H word-embedding "
+                f"matrix is {100 * vocab_share:.0f}%:"]
+    return head + [
+        "  embedding_dense_backward zero-fills a dense 30k x H gradient (aten::fill_) and scatters the batch's few",
+        "  hundred rows into it, clip_grad_norm reads all of it again, and for-loop AdamW makes ~7 element-wise",
+        "  passes over it and its two moment buffers (lerp_, mul_, addcmul_, sqrt, div, addcdiv_, add_).",
+        "  Same mathematics, less time: AdamW(fused=True) (one pass per tensor; optimizer.step() times above;",
+        "  HF Trainer's default 'adamw_torch_fused' already does this) or a torch.compile'd optimizer step.",
+        "  Not exact, so not proposed: sparse embedding gradients with SparseAdam/lazy Adam (untouched rows",
+        "  would skip their momentum and weight-decay updates), frozen embeddings, or bigger batches.",
+    ]
+
+
+def _optimizer_variants(params: list[torch.nn.Parameter], hyper: Hyper, repeats: int = 5) -> list[str]:
+    """Time ``optimizer.step()`` on the current gradients with AdamW's three implementations (same update)."""
+    lines = ["  optimizer.step() alone, median of 5, same AdamW update, three implementations:"]
+    for label, kwargs in (("for-loop (fit's default on CPU)", {"foreach": False}), ("foreach", {"foreach": True}),
+                          ("fused", {"fused": True})):
+        try:
+            optimizer = torch.optim.AdamW(params, lr=hyper.lr, weight_decay=hyper.weight_decay, **kwargs)
+        except (RuntimeError, ValueError) as error:
+            lines.append(f"    {label}: not available here ({str(error).splitlines()[0]})")
+            continue
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            optimizer.step()
+            times.append(time.perf_counter() - started)
+        lines.append(f"    {label}: {1000 * statistics.median(times):.1f} ms")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def format_ratio(value: float) -> str:
+    return "inf" if math.isinf(value) else "nan" if math.isnan(value) else f"{value:.3f}"
+
+
+def result_table(results: list[RunResult], device: torch.device) -> list[str]:
+    memory = "peak MiB" if device.type == "cuda" else "peak RSS Δ MiB"
+    lines = [f"{'run':<18}{'trial s':>9}{'+cache s':>10}{'train s':>9}{'steps':>7}{'step ms':>9}{'samples/s':>11}"
+             f"{memory:>16}{'dev':>8}"]
+    for r in results:
+        lines.append(f"{r.name:<18}{r.seconds:>9.1f}{r.seconds + r.cache_seconds:>10.1f}{r.train_seconds:>9.1f}"
+                     f"{r.steps:>7}{r.step_ms:>9.0f}{r.samples_per_s:>11.1f}{r.peak_mib:>16.0f}{r.dev:>8.4f}")
+    return lines
+
+
+def parse_args(argv: list[str] | None) -> Settings:
+    d = Settings()
+    parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default=d.task)
+    parser.add_argument("--teacher", default=d.teacher, help="alias, folder or hub id (default: %(default)s)")
+    parser.add_argument("--student-layers", type=int, default=d.student_layers)
+    parser.add_argument("--train-samples", type=int, default=d.train_samples, help="training examples of the main runs")
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--max-seq-length", type=int, default=d.max_seq_length)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--teacher-train-samples", type=int, default=d.teacher_train_samples,
+                        help="examples the teacher is fine-tuned on, once (0: all)")
+    parser.add_argument("--teacher-epochs", type=int, default=d.teacher_epochs)
+    parser.add_argument("--sweep-samples", type=int, default=d.sweep_samples)
+    parser.add_argument("--sweep-epochs", type=int, default=d.sweep_epochs)
+    parser.add_argument("--sweep-lr", type=float, nargs="+", default=d.sweep_lr)
+    parser.add_argument("--sweep-eta", type=float, nargs="+", default=d.sweep_eta)
+    parser.add_argument("--sweep-lambda", type=float, nargs="+", default=d.sweep_lambda)
+    parser.add_argument("--tolerance", type=float, default=d.tolerance, help="'reached the best' = within this")
+    parser.add_argument("--data-dir", default=None,
+                        help="GLUE folder (default: $GLUE_DIR, then ../shared/glue beside the repo if present)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="where the fine-tuned teacher is cached (default: $HARNESS_CACHE or .cache in the repo)")
+    parser.add_argument("--skip-sweep", action="store_true", help="skip the sweep-cost measurement")
+    parser.add_argument("--profile", action="store_true", help="profile one ALP student step (torch.profiler)")
+    args = parser.parse_args(argv)
+    for name in ("student_layers", "train_samples", "epochs", "batch_size", "sweep_samples", "sweep_epochs"):
+        if getattr(args, name) < 1:
+            raise HarnessError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    shared = REPO_ROOT.parent / "shared" / "glue"
+    data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), str(shared) if shared.is_dir() else None)
+    cache_dir = args.cache_dir or Path(os.environ.get("HARNESS_CACHE", REPO_ROOT / ".cache"))
+    return Settings(
+        task=args.task, teacher=args.teacher, student_layers=args.student_layers, train_samples=args.train_samples,
+        epochs=args.epochs, max_seq_length=args.max_seq_length, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, teacher_train_samples=args.teacher_train_samples, teacher_epochs=args.teacher_epochs,
+        sweep_samples=args.sweep_samples, sweep_epochs=args.sweep_epochs, sweep_lr=tuple(args.sweep_lr),
+        sweep_eta=tuple(args.sweep_eta), sweep_lambda=tuple(args.sweep_lambda), tolerance=args.tolerance,
+        data_dir=data_dir, cache_dir=cache_dir.absolute(), skip_sweep=args.skip_sweep, profile=args.profile)
+
+
+def _load() -> str:
+    try:
+        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    except OSError:
+        return "load average unknown"
+
+
+def bench(settings: Settings, log=print) -> list[str]:
+    """Run the benchmark; return the summary (whose last three lines are the ratios)."""
+    started = time.perf_counter()
+    config = study_config(settings, "bench", settings.train_samples, settings.epochs)
+    with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
+        work = Path(tmp)
+        teachers = settings.cache_dir / "teachers"
+        teachers.mkdir(parents=True, exist_ok=True)
+        (work / "teachers").symlink_to(teachers, target_is_directory=True)  # fine-tuned teachers: the shared cache
+        experiment = Experiment(config, settings.data_dir, work, progress=False)
+        device = experiment.device
+        log(f"bench: {settings.task}, teacher {settings.teacher}, {settings.student_layers}-layer student, "
+            f"{len(experiment.train)} train examples × {settings.epochs} epochs, max_seq_length "
+            f"{settings.max_seq_length}, batch {settings.batch_size}, lr {settings.lr:g}, η {settings.eta:g}, "
+            f"λ {settings.lam:g}; {device.type}, {torch.get_num_threads()} threads; {_load()}")
+        teacher_started = time.perf_counter()
+        teacher = experiment.prepare_teacher()
+        log(f"teacher ready in {time.perf_counter() - teacher_started:.0f} s (excluded from timings): dev "
+            f"{teacher.value:.4f}, key {teacher.key}")
+        cache_seconds, cache_mib = build_cache(experiment)
+        log(f"teacher-output cache built in {cache_seconds:.1f} s (peak Δ {cache_mib:.0f} MiB)")
+        StudentSteps(experiment, "alp", settings.point("alp")).run(3)  # untimed: one-off kernel and allocator set-up
+        results = []
+        for method in ("nkd", "kd", "alp"):
+            needs_cache = get_method(method).searches_eta
+            results.append(run_ours(experiment, method, settings.point(method), cache_seconds if needs_cache else 0.0))
+            log(f"  {results[-1].name}: {results[-1].seconds:.1f} s, dev {results[-1].dev:.4f}")
+        results.insert(0, run_reference(experiment, settings.point("alp"), work / "hf"))
+        log(f"  {results[0].name}: {results[0].seconds:.1f} s, dev {results[0].dev:.4f}")
+        reference, nkd, alp = results[0], results[1], results[3]
+
+        sweep = None
+        if not settings.skip_sweep:
+            log("sweep cost to reach the grid's best:")
+            sweep = run_sweep(settings, work, settings.data_dir, log)
+        profile_text = profile_step(experiment, settings.point("alp")) if settings.profile else None
+
+    summary = ["", *result_table(results, device),
+               f"(+cache s: with the first build of the teacher-output cache, {cache_seconds:.1f} s; dev: best "
+               f"epoch's {experiment.task.primary_metric}; step ms: training time / steps, evaluation excluded)",
+               f"ALP trial / reference: {(alp.seconds + alp.cache_seconds) / reference.seconds:.3f} with the cache "
+               f"build, {alp.seconds / reference.seconds:.3f} without; steps {alp.step_ms / reference.step_ms:.3f}"]
+    sweep_ratio = math.nan
+    if sweep is not None:
+        reached, seconds, epochs = sweep.reach()
+        sweep_ratio = sweep.ratio
+        summary.append(f"sweep: grid of {len(sweep.grid)} trials, {sum(t.seconds for t in sweep.grid):.0f} s, best "
+                       f"{sweep.best:.4f}; TPE + median pruning "
+                       + (f"reached ≥ {sweep.best - sweep.tolerance:.4f} at trial {reached} after {seconds:.0f} s "
+                          f"({epochs} epochs; epoch ratio {format_ratio(sweep.epoch_ratio)})" if reached else
+                          f"never reached {sweep.best - sweep.tolerance:.4f} in {len(sweep.search)} trials: ratio inf"))
+    else:
+        summary.append("sweep: skipped (--skip-sweep): ratio nan")
+    if profile_text is not None:
+        summary += ["", profile_text, ""]
+    summary += [f"wall time: {time.perf_counter() - started:.0f} s; at the end {_load()} (timings are wall-clock: other "
+                f"work on the machine slows every run, unevenly)",
+                f"ratio alp_trial/reference = {format_ratio((alp.seconds + alp.cache_seconds) / reference.seconds)}",
+                f"ratio alp_step/nkd_step = {format_ratio(alp.step_ms / nkd.step_ms)}",
+                f"ratio sweep_cost_to_best = {format_ratio(sweep_ratio)}"]
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        settings = parse_args(argv)
+        quiet_libraries()
+        print("\n".join(bench(settings)), flush=True)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""The report's figures: PNGs drawn from the trials frame alone, byte-identical on every run.
+
+Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend),
+under matplotlib's default style, at a fixed dpi and without the ``Software`` metadata, so the
+same database always gives the same bytes. File names are stable and filesystem-safe.
+
+Each PNG stores a hash of exactly what it was drawn from (:func:`render`); a figure whose inputs
+did not change is not drawn again, so re-running the report on a growing database only redraws
+the studies that moved.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+
+import matplotlib
+import matplotlib.style
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
+
+from harness.glue import TASKS
+from harness.methods import METHODS, get_method
+
+DPI = 100
+FOLDER = "figures"
+PREFIXES = ("heatmap__", "lr__", "history__", "epochs__", "bars")
+KEY_FIELD = "Harness-Input"
+_EPS = 1e-9
+_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest() + matplotlib.__version__
+
+
+def slug(text: str) -> str:
+    """A filesystem-safe, stable file-name part: ``demo/SST-2/alp`` → ``demo__SST-2__alp``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text.replace("/", "__"))
+
+
+def _grid_done(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[(frame["state"] == "COMPLETE") & ~frame["confirmation"]]
+
+
+def _digest(value) -> str:
+    """A stable text of a figure's inputs (frames as CSV, epoch lists and dicts as sorted JSON)."""
+    if isinstance(value, pd.DataFrame):
+        plain = value.drop(columns=["epochs"], errors="ignore").to_csv(index=False)
+        return plain + (json.dumps(list(value["epochs"]), sort_keys=True) if "epochs" in value else "")
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_digest(v) for v in value) + "]"
+    return json.dumps(value, sort_keys=True, default=repr)
+
+
+def _stored_key(path: Path) -> str | None:
+    try:
+        with Image.open(path) as image:
+            return image.info.get(KEY_FIELD)
+    except (OSError, ValueError):
+        return None
+
+
+def render(out: Path, name: str, draw, *inputs) -> str:
+    """Draw ``draw(*inputs)`` into ``figures/name`` unless that file was drawn from the same inputs.
+
+    The PNG carries a hash of its inputs, of this module's source and of matplotlib's version, so
+    an unchanged figure is not drawn again (a report on a growing database redraws only what moved)
+    and a drawn one is the same bytes either way.
+    """
+    key = hashlib.sha256((_CODE + name + _digest(list(inputs))).encode()).hexdigest()
+    path = out / FOLDER / name
+    if not _stored_key(path) == key:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with matplotlib.style.context("default"):
+            draw(*inputs).savefig(path, dpi=DPI, metadata={"Software": None, KEY_FIELD: key})
+    return f"{FOLDER}/{name}"
+
+
+def _methods(frame: pd.DataFrame) -> list[str]:
+    present = set(frame["method"])
+    return [m for m in METHODS if m in present]
+
+
+def _color(method: str):
+    return matplotlib.colormaps["tab10"](list(METHODS).index(method) % 10)
+
+
+def _legend_right_figure() -> tuple[Figure, object]:
+    """One axes with room on the right for a legend (a fixed place: matplotlib's 'best' is slow)."""
+    fig = Figure(figsize=(7.2, 4))
+    ax = fig.subplots()
+    fig.subplots_adjust(left=0.1, right=0.8, bottom=0.13, top=0.9)
+    return fig, ax
+
+
+# --------------------------------------------------------------------------- per study
+HEATMAP_COLUMNS = ["state", "confirmation", "value", "lr", "eta", "lambda"]
+
+
+class _HeatmapFigure:
+    """The figure of one (lr, η, λ) grid, re-filled for each study of that grid.
+
+    Building the axes costs about as much as drawing them, and a sweep has one heatmap per study
+    on the same grid; every artist whose look depends on the data is reset by :meth:`fill`.
+    """
+
+    def __init__(self, lrs: list[float], etas: list[float], lams: list[float]):
+        self.figure = Figure(figsize=(2.9 * len(lrs) + 0.8, 3.4))
+        axes = self.figure.subplots(1, len(lrs), squeeze=False, sharey=True)[0]
+        self.images, self.cells = [], []
+        for ax, lr in zip(axes, lrs):
+            self.images.append(ax.imshow(np.full((len(etas), len(lams)), np.nan), origin="lower", cmap="viridis",
+                                         vmin=0, vmax=1, aspect="auto"))
+            self.cells.append({(i, j): ax.text(j, i, "", ha="center", va="center", fontsize=8)
+                               for i, eta in enumerate(etas) for j, lam in enumerate(lams)
+                               if eta + lam <= 1 + _EPS})  # β < 0: not a valid point, left blank
+            ax.set_xticks(range(len(lams)), [f"{v:g}" for v in lams])
+            ax.set_xlabel("λ (inter-layer weight)")
+            ax.set_title(f"lr = {lr:g}", fontsize=10, y=1.0)
+        axes[0].set_yticks(range(len(etas)), [f"{v:g}" for v in etas])
+        axes[0].set_ylabel("η (KD weight)")
+        self.title = self.figure.suptitle("", fontsize=9)
+        self.figure.subplots_adjust(left=0.8 / self.figure.get_figwidth(), right=0.98, bottom=0.16, top=0.78,
+                                    wspace=0.08)
+
+    def fill(self, title: str, panels: list[np.ndarray]) -> Figure:
+        known = np.concatenate([p.ravel() for p in panels])
+        known = known[~np.isnan(known)]
+        low, high = (float(known.min()), float(known.max())) if len(known) else (0.0, 100.0)
+        for image, cells, grid in zip(self.images, self.cells, panels):
+            image.set_data(grid)
+            image.set_clim(low, max(high, low + 1e-9))
+            for (i, j), text in cells.items():
+                missing = math.isnan(grid[i, j])
+                dark = not missing and grid[i, j] <= (low + high) / 2  # viridis is dark at the low end
+                text.set_text("–" if missing else f"{grid[i, j]:.1f}")
+                text.set_color("white" if dark else "black")
+        self.title.set_text(title)
+        return self.figure
+
+
+def heatmap(study: str, rows: pd.DataFrame, search: dict, metric: str, figures: dict | None = None) -> Figure:
+    """η × λ heatmap of the best dev score, one panel per learning rate; β < 0 cells blank.
+
+    ``figures`` keeps one figure per grid for reuse across studies (see :class:`_HeatmapFigure`).
+    """
+    lrs = sorted(set(search.get("lr", [])) | set(rows["lr"].dropna()))
+    etas = sorted(set(search.get("eta", [])) | set(rows["eta"].dropna()))
+    lams = sorted(set(search.get("lambda", [])) | set(rows["lambda"].dropna()))
+    if not (lrs and etas and lams):
+        figure = Figure(figsize=(4, 2))
+        figure.text(0.5, 0.5, f"{study}: no (lr, η, λ) recorded yet", ha="center", va="center")
+        return figure
+    best = _grid_done(rows).groupby(["lr", "eta", "lambda"])["value"].max() * 100
+    panels = [np.full((len(etas), len(lams)), np.nan) for _ in lrs]
+    for (lr, eta, lam), value in best.items():
+        panels[lrs.index(lr)][etas.index(eta), lams.index(lam)] = value
+    figures = {} if figures is None else figures
+    grid = (tuple(lrs), tuple(etas), tuple(lams))
+    if grid not in figures:
+        figures[grid] = _HeatmapFigure(lrs, etas, lams)
+    return figures[grid].fill(f"{study}: best dev {metric} × 100 per (η, λ)\n"
+                              "blank: β = 1 − η − λ < 0; –: no complete trial", panels)
+
+
+# --------------------------------------------------------------------------- per section (study file × task)
+LR_COLUMNS = ["method", "state", "confirmation", "value", "lr"]
+HISTORY_COLUMNS = ["method", "number", "state", "confirmation", "value", "seconds"]
+EPOCH_COLUMNS = ["method", "number", "state", "confirmation", "value", "lr", "eta", "lambda", "epochs"]
+
+
+def score_vs_lr(title: str, section: pd.DataFrame, metric: str) -> Figure:
+    """The best dev score at each learning rate (over η, λ), one line per method."""
+    fig, ax = _legend_right_figure()
+    done = _grid_done(section)
+    for method in _methods(section):
+        best = done[done["method"] == method].groupby("lr")["value"].max().sort_index() * 100
+        if len(best):
+            ax.plot(best.index, best.to_numpy(), marker="o", label=method, color=_color(method))
+    lrs = sorted(set(section["lr"].dropna()))
+    ax.set_xscale("log")
+    ax.set_xticks(lrs, [f"{v:g}" for v in lrs])
+    ax.minorticks_off()
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(f"best dev {metric} × 100 (over η, λ)")
+    ax.set_title(f"{title}: score vs learning rate", fontsize=10, y=1.0)
+    if ax.lines:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def history(title: str, section: pd.DataFrame, metric: str) -> Figure:
+    """Best-so-far dev score against the cumulative compute of the grid trials, per method."""
+    fig, ax = _legend_right_figure()
+    for method in _methods(section):
+        rows = section[(section["method"] == method) & ~section["confirmation"]].sort_values("number")
+        seconds = rows["seconds"].fillna(0.0).astype(float).cumsum().to_numpy()
+        values = np.where(rows["state"] == "COMPLETE", rows["value"].astype(float), np.nan) * 100
+        if np.isnan(values).all():
+            continue
+        ax.step(seconds, np.fmax.accumulate(values), where="post", label=method, color=_color(method))
+        ax.scatter(seconds, values, s=10, alpha=0.35, color=_color(method))
+    ax.set_xlabel("cumulative trial compute (s, trial-number order)")
+    ax.set_ylabel(f"best-so-far dev {metric} × 100")
+    ax.set_title(f"{title}: optimisation history (dots: single trials)", fontsize=10, y=1.0)
+    if ax.lines:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def epoch_curves(title: str, section: pd.DataFrame, metric: str, top: int = 3) -> Figure:
+    """Per-epoch dev curves of the top trials of each study (one panel per method)."""
+    methods = _methods(section)
+    cols = min(4, len(methods))
+    rows_n = math.ceil(len(methods) / cols)
+    fig = Figure(figsize=(3.2 * cols + 0.6, 2.6 * rows_n + 0.7))
+    axes = fig.subplots(rows_n, cols, squeeze=False, sharex=True, sharey=True).ravel()
+    done = _grid_done(section)
+    for ax, method in zip(axes, methods):
+        best = done[done["method"] == method].sort_values(["value", "number"], ascending=[False, True]).head(top)
+        for trial in best.to_dict("records"):
+            epochs = [e for e in trial["epochs"] if e.get("value") is not None]
+            ax.plot([e["epoch"] for e in epochs], [100 * e["value"] for e in epochs], marker="o",
+                    label=f"#{trial['number']} ({trial['lr']:g}, {trial['eta']:g}, {trial['lambda']:g})")
+        ax.set_title(method, fontsize=9, y=1.0)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+        if ax.lines:
+            ax.legend(fontsize=6, loc="lower right")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(methods):]:
+        ax.set_visible(False)
+    for ax in axes[(rows_n - 1) * cols:]:
+        ax.set_xlabel("epoch")
+    for ax in axes[::cols]:
+        ax.set_ylabel(f"dev {metric} × 100")
+    fig.suptitle(f"{title}: dev curves of the top-{top} trials per method (legend: trial #, (lr, η, λ))",
+                 fontsize=10)
+    fig.subplots_adjust(left=0.6 / fig.get_figwidth(), right=0.98, bottom=0.45 / fig.get_figheight(),
+                        top=1 - 0.5 / fig.get_figheight(), hspace=0.3, wspace=0.08)
+    return fig
+
+
+# --------------------------------------------------------------------------- comparison
+BAR_COLUMNS = ["task", "method", "state", "confirmation", "value"]
+
+
+def bars(frame: pd.DataFrame, teachers: dict[str, float], seeds: dict[str, list[float]]) -> Figure:
+    """Methods per task: seed mean ± std where confirmation runs exist, else the best grid trial (hatched).
+
+    ``teachers``: task → the teacher's primary dev score; ``seeds``: ``"task|method"`` → the values
+    over seeds of the confirmed configuration.
+    """
+    tasks = [t for t in TASKS if (frame["task"] == t).any()]
+    cols = min(3, len(tasks))
+    rows_n = math.ceil(len(tasks) / cols)
+    fig = Figure(figsize=(4.2 * cols + 0.4, 3.4 * rows_n + 0.6))
+    axes = fig.subplots(rows_n, cols, squeeze=False).ravel()
+    best = _grid_done(frame).groupby(["task", "method"])["value"].max()
+    for ax, task in zip(axes, tasks):
+        methods = _methods(frame[frame["task"] == task])
+        span = [100 * teachers[task]] if task in teachers else []  # every drawn value, error bars included
+        for x, method in enumerate(methods):
+            values = 100 * np.array(seeds.get(f"{task}|{method}", []))
+            if len(values) >= 2:
+                mean, std = values.mean(), values.std(ddof=1)
+                ax.bar(x, mean, yerr=std, capsize=3, color=_color(method))
+                span += [mean - std, mean + std]
+            elif (task, method) in best.index:
+                ax.bar(x, 100 * best[(task, method)], color=_color(method), hatch="//", edgecolor="white")
+                span.append(100 * best[(task, method)])
+        if task in teachers:
+            ax.axhline(100 * teachers[task], color="black", linestyle="--", linewidth=1, label="teacher")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(f"dev {TASKS[task].primary_metric} × 100")
+        ax.set_title(task, fontsize=10, y=1.0)
+        if span:  # zoom on the differences; start at 0 for scores near or below 0 (CoLA's MCC)
+            low = min(span)
+            ax.set_ylim(low - 10 if low >= 10 else min(0.0, low - 5), max(span) + 5)
+    for ax in axes[len(tasks):]:
+        ax.set_visible(False)
+    fig.suptitle("Methods per task: plain bars = mean ± std over confirmation seeds; "
+                 "hatched = single best grid trial", fontsize=9)
+    fig.subplots_adjust(left=0.7 / fig.get_figwidth(), right=0.98, bottom=0.9 / fig.get_figheight(),
+                        top=1 - 0.6 / fig.get_figheight(), hspace=1.1 / (3.4 - 1.1), wspace=0.3)
+    return fig
+
+
+# --------------------------------------------------------------------------- all of them
+def draw_all(snapshot, sections, groups: dict, out: Path) -> dict:
+    """Draw every figure into ``out/figures``; returns ``{"": comparison figures, (file, task): section
+    figures}``, each a list of (title, relative path)."""
+    out, frame, studies = Path(out), snapshot.frame, snapshot.studies
+    teachers = {}
+    for study in sorted(studies):
+        value = (studies[study].get("teacher") or {}).get("value")
+        if value is not None:
+            teachers.setdefault(studies[study]["task"], value)
+    seeds = {f"{task}|{method}": list(group.values) for (task, method), group in sorted(groups.items())}
+    made = {"": [("methods per task", render(out, "bars.png", bars, frame[BAR_COLUMNS], teachers, seeds))]}
+    heatmaps: dict = {}
+    for (study_file, task), section in sections:
+        metric, name, title = TASKS[task].primary_metric, slug(f"{study_file}/{task}"), f"{study_file} / {task}"
+        figs = [("score vs learning rate", render(out, f"lr__{name}.png", score_vs_lr, title,
+                                                  section[LR_COLUMNS], metric)),
+                ("optimisation history", render(out, f"history__{name}.png", history, title,
+                                                section[HISTORY_COLUMNS], metric)),
+                ("per-epoch dev curves", render(out, f"epochs__{name}.png", epoch_curves, title,
+                                                section[EPOCH_COLUMNS], metric))]
+        for study in sorted(set(section["study"]), key=lambda s: list(METHODS).index(studies[s]["method"])):
+            if get_method(studies[study]["method"]).searches_lambda:
+                rows = section.loc[section["study"] == study, HEATMAP_COLUMNS]
+                search = (studies[study].get("config") or {}).get("search", {})
+                draw = functools.partial(heatmap, figures=heatmaps)
+                figs.append((f"{study}: η × λ heatmap per lr",
+                             render(out, f"heatmap__{slug(study)}.png", draw, study, rows, search, metric)))
+        made[(study_file, task)] = figs
+    _remove_stale(out, {path for figs in made.values() for _, path in figs})
+    return made
+
+
+def _remove_stale(out: Path, keep: set[str]) -> None:
+    """Delete figures of an earlier report in ``out`` that this one no longer draws (ours only)."""
+    for path in sorted((out / FOLDER).glob("*.png")):
+        if path.name.startswith(PREFIXES) and f"{FOLDER}/{path.name}" not in keep:
+            path.unlink()

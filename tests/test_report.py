@@ -1,0 +1,350 @@
+"""The report on a synthetic database built through the harness's own storage and study API."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+
+import matplotlib.style
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState, create_trial
+from scipy import stats
+
+from harness import plots
+from harness.config import parse_study
+from harness.errors import HarnessError
+from harness.report import Seeds, load, load_reference, markdown_report, write_report
+from harness.storage import Storage
+from harness.study import open_study
+
+COMMAND = "python run_study.py report --name syn"
+ALP_POINT = "lr=5e-05,eta=0.5,lambda=0.2"
+KD_POINT = "lr=1e-05,eta=0.5,lambda=0"
+NKD_POINT = "lr=5e-05,eta=0,lambda=0"
+RUNNER_UP = "lr=1e-05,eta=0.5,lambda=0.2"
+SEEDS = {"alp": [0.89, 0.87, 0.875], "kd": [0.84, 0.85, 0.845], "nkd": [0.80, 0.90]}
+REFERENCE = """
+- {method: kd, task: SST-2, metric: accuracy, value: 90.0, source: fixture A (not a paper)}
+- {method: kd, task: MRPC, metric: f1, value: 85.5, source: fixture A (not a paper)}
+- {method: kd, task: MRPC, metric: accuracy, value: 81.5, source: fixture A (not a paper)}
+- {method: alp, task: sst2, metric: accuracy, value: 91, source: fixture B (not a paper)}
+- {method: alp, task: QNLI, metric: accuracy, value: 89.0, source: fixture B (not a paper)}
+"""
+
+
+def _point(text: str) -> dict:
+    return {key: float(value) for key, value in (part.split("=") for part in text.split(","))}
+
+
+def _trial(state: TrialState, metrics: dict | None, point: str, *, seconds: float | None = None, device="cpu:2threads",
+           seed: int = 42, confirmation: bool = False, epoch_seconds: float = 0.0) -> optuna.trial.FrozenTrial:
+    """A trial as the workers record it; ``metrics`` (split → metric → value) is the best (last) epoch's."""
+    params = _point(point)
+    attrs = {"point": point, "lr": params["lr"], "eta": params["eta"], "lambda": params["lambda"],
+             "seed": seed, "worker": "host:1", "device": device, "epochs": []}
+    value = None
+    if metrics is not None:
+        split = next(iter(metrics))
+        value = metrics[split]["f1" if "f1" in metrics[split] else "accuracy"]
+        attrs["epochs"] = [
+            {"epoch": 1, "value": value - 0.05, "metrics": metrics, "losses": {"ce": 0.5, "kd": 0.2, "inter": 0.1,
+                                                                              "total": 0.8},
+             "train_seconds": epoch_seconds, "seconds": epoch_seconds},
+            {"epoch": 2, "value": value, "metrics": metrics, "losses": {"ce": 0.4, "kd": 0.1, "inter": 0.1,
+                                                                       "total": 0.6},
+             "train_seconds": epoch_seconds, "seconds": epoch_seconds}]
+        if state == TrialState.COMPLETE:
+            attrs["best_epoch"] = 2
+    if seconds is not None:
+        attrs["seconds"] = seconds
+    if confirmation:
+        attrs["confirmation"] = True
+    if state == TrialState.FAIL:
+        attrs["fail_reason"] = "RuntimeError: boom"
+    return create_trial(state=state, value=value if state in (TrialState.COMPLETE, TrialState.PRUNED) else None,
+                        user_attrs=attrs)
+
+
+def _sst2(accuracy: float) -> dict:
+    return {"dev": {"accuracy": accuracy}}
+
+
+def _mrpc(f1: float, accuracy: float) -> dict:
+    return {"dev": {"f1": f1, "accuracy": accuracy}}
+
+
+def _config(task: str, methods: list[str], name: str = "syn"):
+    return parse_study({"name": name, "task": task, "teacher": "synthetic-teacher", "student_layers": 2,
+                        "methods": methods, "search": {"lr": [1e-5, 5e-5], "eta": [0.5], "lambda": [0.2, 0.7]}})
+
+
+def build_database(url: str) -> int:
+    """SST-2 with nkd, kd, alp (alp has seed re-runs); MRPC with nkd and kd only. Returns the trial count."""
+    storage, done = Storage(url), TrialState.COMPLETE
+    sst2 = _config("SST-2", ["nkd", "kd", "alp"])
+    trials = {
+        "nkd": [_trial(done, _sst2(0.80), "lr=1e-05,eta=0,lambda=0", seconds=60),
+                _trial(done, _sst2(0.82), NKD_POINT, seconds=60)]
+        + [_trial(done, _sst2(v), NKD_POINT, seconds=10, seed=s, confirmation=True)
+           for s, v in enumerate(SEEDS["nkd"], 1)],
+        "kd": [_trial(done, _sst2(0.85), KD_POINT, seconds=3600),
+               _trial(TrialState.FAIL, _sst2(0.50), "lr=5e-05,eta=0.5,lambda=0", epoch_seconds=450),
+               _trial(TrialState.PRUNED, _sst2(0.60), KD_POINT, seconds=900, device="cuda:NVIDIA H100")]
+        + [_trial(done, _sst2(v), KD_POINT, seconds=10, seed=s, confirmation=True)
+           for s, v in enumerate(SEEDS["kd"], 1)],
+        "alp": [_trial(done, _sst2(0.86), RUNNER_UP, seconds=3600, device="cuda:NVIDIA H100"),
+                _trial(done, _sst2(0.88), ALP_POINT, seconds=7200),
+                _trial(TrialState.RUNNING, _sst2(0.70), RUNNER_UP, epoch_seconds=300),
+                _trial(TrialState.FAIL, None, ALP_POINT, seed=1, confirmation=True)]
+        + [_trial(done, _sst2(v), ALP_POINT, seconds=360, seed=s, confirmation=True)
+           for s, v in enumerate(SEEDS["alp"], 1)]
+        # `confirm --top 2`: the runner-up configuration too, better over its seeds, but not the grid's best.
+        + [_trial(done, _sst2(v), RUNNER_UP, seed=s, confirmation=True) for s, v in ((1, 0.95), (2, 0.94))],
+    }
+    for method, rows in trials.items():
+        study = open_study(storage, sst2, method)
+        study.set_user_attr("teacher", {"key": "t1", "value": 0.92, "metrics": {"dev": {"accuracy": 0.92}}})
+        study.add_trials(rows)
+    mrpc = _config("MRPC", ["nkd", "kd"])
+    trials = {"nkd": [_trial(done, _mrpc(0.80, 0.75), "lr=1e-05,eta=0,lambda=0", seconds=60),
+                      _trial(done, _mrpc(0.78, 0.79), NKD_POINT, seconds=60)],
+              "kd": [_trial(done, _mrpc(0.84, 0.80), KD_POINT, seconds=60)]}
+    for method, rows in trials.items():
+        study = open_study(storage, mrpc, method)
+        study.set_user_attr("teacher", {"key": "t2", "value": 0.90,
+                                        "metrics": {"dev": {"f1": 0.90, "accuracy": 0.86}}})
+        study.add_trials(rows)
+    other = open_study(storage, _config("SST-2", ["kd"], name="syn2"), "kd")  # another study file, same task
+    other.set_user_attr("teacher", {"key": "t3", "value": 0.93, "metrics": {"dev": {"accuracy": 0.93}}})
+    other.add_trial(_trial(done, _sst2(0.87), KD_POINT, seconds=60))
+    foreign = optuna.create_study(study_name="not-a-harness-study", storage=storage.optuna)
+    foreign.add_trial(create_trial(value=1.0))
+    return 4 + 6 + 9 + 2 + 1  # study file syn: SST-2 nkd, kd, alp; MRPC nkd, kd
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    folder = tmp_path_factory.mktemp("report")
+    url = f"sqlite:///{folder}/r.db"
+    n_trials = build_database(url)
+    (folder / "published.yaml").write_text(REFERENCE)
+    storage = Storage(url)
+    first = write_report(storage, folder / "first", "syn", COMMAND, reference=folder / "published.yaml")
+    second = write_report(storage, folder / "second", "syn", COMMAND, reference=folder / "published.yaml")
+    return {"first": first.parent, "second": second.parent, "text": first.read_text(), "n_trials": n_trials,
+            "folder": folder, "storage": storage}
+
+
+def _table(text: str, heading: str) -> list[str]:
+    """The first markdown table after ``heading``, as its lines."""
+    after = text.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(after) if line.startswith("|"))
+    end = next(i for i in range(start, len(after)) if not after[i].startswith("|"))
+    return after[start:end]
+
+
+def test_comparison_table_matches_hand_built_expectation(reports):
+    # SST-2: one score; MRPC: F1/acc of the trial best by F1 (nkd's other trial has the higher accuracy).
+    # Average: mean over tasks of each task's score, MRPC scoring (F1 + acc) / 2; bold: best student per column.
+    # alp lacks MRPC: "–" and an average over 1/2 tasks, marked, and never bold. Published rows are never bold.
+    expected = [
+        "| method | SST-2 (acc) | MRPC (F1/acc) | Average |",
+        "|---|---:|---:|---:|",
+        "| teacher | 92.00 | 90.00/86.00 | 90.00 |",
+        "| nkd | 82.00 | 80.00/75.00 | 79.75 |",
+        "| kd | 85.00 | **84.00/80.00** | **83.50** |",
+        "| alp | **88.00** | – | 88.00 (avg over 1/2 tasks)† |",
+        "| kd (published) [1] | 90.00 | 85.50/81.50 | 86.75 |",
+        "| alp (published) [2] | 91.00 | – | 91.00 (avg over 1/2 tasks)† |",
+    ]
+    assert _table(reports["text"], "## Comparison") == expected
+    comparison = reports["text"].split("## Comparison", 1)[1].split("## Seeds", 1)[0]
+    assert "† Average over the tasks this row has, not comparable with complete rows; missing: alp: MRPC; " \
+           "alp (published) [2]: MRPC." in comparison
+    assert "[1] fixture A (not a paper)" in comparison and "[2] fixture B (not a paper)" in comparison
+    assert "not shown: QNLI" in comparison
+    assert f"Reproduce: `{COMMAND}`" in comparison
+
+
+def test_several_study_files_in_one_database(reports):
+    text = markdown_report(load(reports["storage"]), COMMAND)  # every study file; no figures
+    assert _table(text, "## Comparison")[4] == "| kd | 87.00‡ | **84.00/80.00** | **84.50** |"
+    assert "‡ kd on SST-2: best over the study files syn, syn2 (pass --name to compare one study file)." in text
+    assert "‡ SST-2: the studies used different teachers; the teacher of syn/SST-2/alp is shown." in text
+    assert _table(text, "### syn2 / SST-2")[2:] == ["| teacher | 93.00 |" + " |" * 12,
+                                                    "| kd | 87.00 | 1e-05 | 0.5 | 0 | 0 | 1 | 0 | 0 | 0 | 0 | "
+                                                    "0.017 | 0.000 | 0.017 |"]
+    assert "syn2" not in reports["text"]  # --name syn leaves the other study file out
+    assert "not-a-harness-study" not in text
+
+
+def test_every_table_is_followed_by_its_command(reports):
+    lines = reports["text"].splitlines()
+    ends = [i for i, line in enumerate(lines) if line.startswith("|") and not lines[i + 1].startswith("|")]
+    assert len(ends) == 5  # comparison, seeds, Welch tests, two study tables
+    for end in ends:
+        after = lines[end + 1:]
+        stop = next((i for i, line in enumerate(after) if line.startswith(("#", "|"))), len(after))
+        assert f"Reproduce: `{COMMAND}`" in after[:stop]
+
+
+def test_study_tables(reports):
+    sst2 = _table(reports["text"], "### syn / SST-2")
+    assert sst2[0].startswith("| method | best dev | lr | η | λ | trial | complete | failed | pruned | running |")
+    assert sst2[2] == "| teacher | 92.00 |" + " |" * 12
+    # kd: CPU = 3600 s + 900 s (failed: its finished epoch) + 3 × 10 s (seeds); GPU = the pruned 900 s.
+    assert sst2[4] == "| kd | 85.00 | 1e-05 | 0.5 | 0 | 0 | 1 | 1 | 1 | 0 | 3 | 1.258 | 0.250 | 1.000 |"
+    # alp: best is trial 1; time to best = trials 0 and 1 (3600 + 7200 s); the RUNNING trial counts its epoch.
+    assert sst2[5] == "| alp | 88.00 | 5e-05 | 0.5 | 0.2 | 1 | 2 | 0 | 0 | 1 | 5 | 2.467 | 1.000 | 3.000 |"
+    mrpc = _table(reports["text"], "### syn / MRPC")
+    assert mrpc[3] == "| nkd | 80.00 | 1e-05 | 0 | 0 | 0 | 2 | 0 | 0 | 0 | 0 | 0.033 | 0.000 | 0.017 |"
+    assert len(mrpc) == 5
+
+
+def test_seed_statistics_and_welch_test(reports):
+    rows = {tuple(cells[:3]): cells[3:] for cells in
+            ([c.strip() for c in line.strip("|").split("|")] for line in _table(reports["text"], "## Seeds")[2:])}
+    points = {"alp": ALP_POINT, "kd": KD_POINT, "nkd": NKD_POINT}
+    assert set(rows) == {("SST-2", m, points[m]) for m in SEEDS} | {("SST-2", "alp", RUNNER_UP)}
+    for method, values in [*SEEDS.items(), ("alp-runner-up", [0.95, 0.94])]:
+        values = np.array(values)
+        mean, std = values.mean(), values.std(ddof=1)
+        half = stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))
+        key = ("SST-2", "alp", RUNNER_UP) if method == "alp-runner-up" else ("SST-2", method, points[method])
+        assert rows[key] == [str(len(values)), f"{100 * mean:.2f} ± {100 * std:.2f}",
+                             f"[{100 * (mean - half):.2f}, {100 * (mean + half):.2f}]",
+                             "" if method == "alp-runner-up" else "✓"]
+    tests = {tuple(c.strip() for c in line.strip("|").split("|"))[1:3]: [c.strip() for c in line.strip("|").split("|")]
+             for line in _table(reports["text"], "Welch's t-test")[2:]}
+    assert set(tests) == {("alp", "nkd"), ("alp", "kd")}
+    for base in ("kd", "nkd"):
+        expected = stats.ttest_ind(SEEDS["alp"], SEEDS[base], equal_var=False)
+        row = tests[("alp", base)]
+        assert float(row[4]) == pytest.approx(expected.statistic, abs=1e-3)
+        assert float(row[5]) == pytest.approx(expected.pvalue, rel=1e-2)
+        verdict = "alp higher (p < 0.05)" if expected.pvalue < 0.05 else "not distinguishable from seed noise"
+        assert row[6] == verdict
+    assert tests[("alp", "kd")][6] == "alp higher (p < 0.05)"
+    assert tests[("alp", "nkd")][6] == "not distinguishable from seed noise"
+
+
+def test_a_single_seed_has_no_spread():
+    one = Seeds("s", "p", (1,), (0.8,))
+    assert one.n == 1 and one.mean == 0.8 and math.isnan(one.std) and all(map(math.isnan, one.interval()))
+
+
+def test_figures_exist_are_linked_and_regenerate_byte_identically(reports):
+    names = {"bars.png", "heatmap__syn__SST-2__alp.png"} | {
+        f"{kind}__syn__{task}.png" for kind in ("lr", "history", "epochs") for task in ("SST-2", "MRPC")}
+    first, second = reports["first"], reports["second"]
+    assert {p.name for p in (first / "figures").iterdir()} == names
+    for name in names:
+        data = (first / "figures" / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 5000
+        assert data == (second / "figures" / name).read_bytes(), name
+        assert f"](figures/{name})" in reports["text"]
+    assert (second / "README.md").read_text() == reports["text"]
+    assert (second / "trials.csv").read_bytes() == (first / "trials.csv").read_bytes()
+
+
+def test_a_reused_heatmap_figure_draws_the_same_bytes_as_a_fresh_one():
+    search = {"lr": [1e-5, 5e-5], "eta": [0.0, 0.5], "lambda": [0.2, 0.7]}
+
+    def rows(values: list[float | None]) -> pd.DataFrame:
+        points = [(lr, eta, lam) for lr in search["lr"] for eta in search["eta"] for lam in search["lambda"]
+                  if eta + lam <= 1]
+        return pd.DataFrame([{"state": "COMPLETE" if v is not None else "FAIL", "confirmation": False, "value": v,
+                              "lr": lr, "eta": eta, "lambda": lam} for (lr, eta, lam), v in zip(points, values)])
+
+    def png(figure) -> bytes:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=plots.DPI, metadata={"Software": None})
+        return buffer.getvalue()
+
+    first, other = rows([0.81, 0.82, 0.83, 0.84, 0.85, 0.86]), rows([0.5, None, 0.9, 0.7, None, 0.6])
+    with matplotlib.style.context("default"):
+        fresh = png(plots.heatmap("s/A", first, search, "accuracy"))
+        shared: dict = {}
+        assert png(plots.heatmap("s/B", other, search, "accuracy", figures=shared)) != fresh
+        assert png(plots.heatmap("s/A", first, search, "accuracy", figures=shared)) == fresh
+    assert len(shared) == 1
+
+
+def test_rerun_keeps_unchanged_figures_and_removes_stale_ones(reports, tmp_path):
+    out = tmp_path / "again"
+    write_report(reports["storage"], out, "syn", COMMAND)
+    stale = out / "figures" / "heatmap__old__SST-2__alp.png"
+    stale.write_bytes(b"old")
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "figures").glob("*.png")}
+    write_report(reports["storage"], out, "syn", COMMAND)
+    assert not stale.exists()
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "figures").glob("*.png")} == \
+           {k: v for k, v in before.items() if k != stale.name}
+    assert (out / "figures" / "bars.png").read_bytes() == (reports["first"] / "figures" / "bars.png").read_bytes()
+
+
+def test_trials_csv(reports):
+    frame = pd.read_csv(reports["first"] / "trials.csv")
+    assert len(frame) == reports["n_trials"]
+    assert set(frame["state"]) == {"COMPLETE", "FAIL", "PRUNED", "RUNNING"}
+    assert frame["confirmation"].sum() == 11
+    best = frame[(frame["task"] == "MRPC") & (frame["method"] == "nkd") & (frame["number"] == 0)].iloc[0]
+    assert (best["dev.f1"], best["dev.accuracy"], best["best_epoch"]) == (0.80, 0.75, 2)
+    assert {"loss.ce", "loss.total", "seconds", "device", "seed"} <= set(frame.columns)
+
+
+def test_database_still_being_written(tmp_path):
+    storage = Storage(f"sqlite:///{tmp_path}/live.db")
+    # A study whose worker has not stored its attributes yet, with a trial that has not reported anything.
+    study = optuna.create_study(study_name="live/SST-2/alp", storage=storage.optuna, direction="maximize")
+    study.add_trial(create_trial(state=TrialState.RUNNING))
+    text = write_report(storage, tmp_path / "out", None, COMMAND).read_text()
+    assert "1 studies, 1 trials: 0 complete, 0 failed, 0 pruned, 1 running." in text
+    assert _table(text, "### live / SST-2")[2] == "| alp | – | – | – | – | – | 0 | 0 | 0 | 1 | 0 | 0.000 | 0.000 | – |"
+    assert (tmp_path / "out" / "figures" / "heatmap__live__SST-2__alp.png").stat().st_size > 0
+
+
+def test_empty_database(tmp_path):
+    readme = write_report(Storage(f"sqlite:///{tmp_path}/empty.db"), tmp_path / "out", None, COMMAND)
+    assert "No trials in this database yet." in readme.read_text()
+    assert pd.read_csv(readme.parent / "trials.csv").empty
+
+
+BAD_REFERENCES = [
+    ("{method: kd}", "expected a non-empty list"),
+    ("- [kd, SST-2]", "entry 1: expected a mapping"),
+    ("- {method: kd, task: SST-2, metric: accuracy, value: 90}", "entry 1: missing source"),
+    ("- {method: kd, task: SST-2, metric: accuracy, value: 90, source: x, year: 2020}", "unknown key year"),
+    ("- {method: kdd, task: SST-2, metric: accuracy, value: 90, source: x}", "unknown method 'kdd'"),
+    ("- {method: kd, task: sst3, metric: accuracy, value: 90, source: x}", "unknown task 'sst3'"),
+    ("- {method: kd, task: MRPC, metric: mcc, value: 90, source: x}",
+     "MRPC has no metric 'mcc' (allowed: f1, accuracy)"),
+    ("- {method: kd, task: MNLI, metric: accuracy, value: 90, source: x}", "dev_matched.accuracy"),
+    ("- {method: kd, task: SST-2, metric: accuracy, value: 0.9, source: x}", "value must be a percentage"),
+    ("- {method: kd, task: SST-2, metric: accuracy, value: '90', source: x}", "value must be a percentage"),
+    ("- {method: kd, task: SST-2, metric: accuracy, value: 90, source: ''}", "source must be a non-empty text"),
+    ("- {method: kd, task: SST-2, metric: accuracy, value: 90, source: x}\n"
+     "- {method: kd, task: sst2, metric: accuracy, value: 91, source: x}",
+     "entry 2: kd SST-2 accuracy from 'x' is listed twice"),
+    ("- {method: kd, task: [unclosed", "is not valid YAML"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_REFERENCES)
+def test_malformed_reference_file_is_one_line_error(tmp_path, text, message):
+    path = tmp_path / "ref.yaml"
+    path.write_text(text)
+    with pytest.raises(HarnessError, match=re.escape(message)) as error:
+        load_reference(path)
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
+
+
+def test_missing_reference_file_fails_before_writing(reports, tmp_path):
+    with pytest.raises(HarnessError, match="cannot read reference file"):
+        write_report(reports["storage"], tmp_path / "out", "syn", COMMAND, reference=tmp_path / "nope.yaml")
+    assert not (tmp_path / "out").exists()

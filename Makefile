@@ -20,5 +20,8 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
 
+bench: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) -m harness.bench --profile $(DATA_FLAG)
+
 clean-demo:
 	rm -f studies/harness.db studies/harness.db-* && rm -rf reports/demo

@@ -184,6 +184,7 @@ class RunResult:
     samples: int
     peak_mib: float
     dev: float
+    cpu_seconds: float  # this process's CPU time over ``seconds``: less sensitive to other work on the machine
     cache_seconds: float = 0.0
 
     @property
@@ -207,13 +208,13 @@ def build_cache(experiment: Experiment) -> tuple[float, float]:
 def run_ours(experiment: Experiment, method: str, point: dict[str, float], cache_seconds: float = 0.0) -> RunResult:
     """One of our trials, exactly as a study runs it (without Optuna around it)."""
     with PeakMemory(experiment.device) as memory:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         history = experiment.run_trial(method, point, desc=method)
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     epochs = len(history.epochs)
     steps = epochs * math.ceil(len(experiment.train) / experiment.config.fixed.batch_size)
     return RunResult(f"{method} trial", seconds, sum(r["train_seconds"] for r in history.epochs), steps,
-                     epochs * len(experiment.train), memory.mib, history.best_value, cache_seconds)
+                     epochs * len(experiment.train), memory.mib, history.best_value, cpu_seconds, cache_seconds)
 
 
 # ---------------------------------------------------------------------------------------------- reference
@@ -284,7 +285,7 @@ def run_reference(experiment: Experiment, point: dict[str, float], out_dir: Path
     total_steps = fixed.epochs * math.ceil(len(experiment.train) / fixed.batch_size)
     _, amp_dtype = autocast_for(device)
     with PeakMemory(device) as memory:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         student = build_student(experiment.pretrained, config.student_layers, task.num_labels, fixed.student_init,
                                 fixed.seed)
         teacher = experiment.load_teacher_model()
@@ -308,9 +309,9 @@ def run_reference(experiment: Experiment, point: dict[str, float], out_dir: Path
         train_started = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - train_started - trainer.eval_seconds
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     return RunResult("reference KD+ALP", seconds, train_seconds, trainer.state.global_step,
-                     fixed.epochs * len(experiment.train), memory.mib, max(trainer.scores))
+                     fixed.epochs * len(experiment.train), memory.mib, max(trainer.scores), cpu_seconds)
 
 
 # ---------------------------------------------------------------------------------------------- sweep
@@ -528,11 +529,12 @@ def format_ratio(value: float) -> str:
 
 def result_table(results: list[RunResult], device: torch.device) -> list[str]:
     memory = "peak MiB" if device.type == "cuda" else "peak RSS Δ MiB"
-    lines = [f"{'run':<18}{'trial s':>9}{'+cache s':>10}{'train s':>9}{'steps':>7}{'step ms':>9}{'samples/s':>11}"
-             f"{memory:>16}{'dev':>8}"]
+    lines = [f"{'run':<18}{'trial s':>9}{'+cache s':>10}{'cpu s':>8}{'train s':>9}{'steps':>7}{'step ms':>9}"
+             f"{'samples/s':>11}{memory:>16}{'dev':>8}"]
     for r in results:
-        lines.append(f"{r.name:<18}{r.seconds:>9.1f}{r.seconds + r.cache_seconds:>10.1f}{r.train_seconds:>9.1f}"
-                     f"{r.steps:>7}{r.step_ms:>9.0f}{r.samples_per_s:>11.1f}{r.peak_mib:>16.0f}{r.dev:>8.4f}")
+        lines.append(f"{r.name:<18}{r.seconds:>9.1f}{r.seconds + r.cache_seconds:>10.1f}{r.cpu_seconds:>8.1f}"
+                     f"{r.train_seconds:>9.1f}{r.steps:>7}{r.step_ms:>9.0f}{r.samples_per_s:>11.1f}{r.peak_mib:>16.0f}"
+                     f"{r.dev:>8.4f}")
     return lines
 
 
@@ -627,7 +629,8 @@ def bench(settings: Settings, log=print) -> list[str]:
                f"(+cache s: with the first build of the teacher-output cache, {cache_seconds:.1f} s; dev: best "
                f"epoch's {experiment.task.primary_metric}; step ms: training time / steps, evaluation excluded)",
                f"ALP trial / reference: {(alp.seconds + alp.cache_seconds) / reference.seconds:.3f} with the cache "
-               f"build, {alp.seconds / reference.seconds:.3f} without; steps {alp.step_ms / reference.step_ms:.3f}"]
+               f"build, {alp.seconds / reference.seconds:.3f} without; steps {alp.step_ms / reference.step_ms:.3f}; "
+               f"process CPU time (without the cache build) {alp.cpu_seconds / reference.cpu_seconds:.3f}"]
     sweep_ratio = math.nan
     if sweep is not None:
         reached, seconds, epochs = sweep.reach()

@@ -118,7 +118,7 @@ class Runner:
 
     def run(self) -> None:
         teacher = self.experiment.prepare_teacher()
-        self.log(f"teacher {self.config.teacher} on {self.config.task}: dev {teacher.value:.4f} (cached as {teacher.key})")
+        self.log(f"teacher {self.config.teacher} on {self.config.task}: dev {teacher.value:.4f} (teacher checkpoint {teacher.key})")
         for method in self.config.methods:
             study = open_study(self.storage, self.config, method)
             study.set_user_attr("teacher", {"key": teacher.key, "value": teacher.value,

@@ -268,7 +268,10 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     if inter is not None:
         params += [p for p in inter.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=hyper.lr, weight_decay=hyper.weight_decay)
+    # fused AdamW: the same update in one pass per tensor (profiled: 5 ms instead of 57 ms per step on
+    # CPU, most of it the 30k x H word embedding and its moments); see README, "Where the time goes".
+    optimizer = torch.optim.AdamW(params, lr=hyper.lr, weight_decay=hyper.weight_decay,
+                                  fused=device.type in ("cpu", "cuda"))
     steps_per_epoch = math.ceil(len(train) / hyper.batch_size)
     total_steps = steps_per_epoch * hyper.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(hyper.warmup_ratio * total_steps), total_steps)

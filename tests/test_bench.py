@@ -95,7 +95,6 @@ def test_peak_memory_sees_a_cpu_allocation():
 
 
 def test_reference_loss_is_our_alp_loss_with_a_live_teacher(tmp_path, tiny_bert, glue_dir, bench_cache):
-    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (see requirements.txt)")
     from transformers import TrainingArguments
 
     settings = tiny_settings(tiny_bert, glue_dir, bench_cache)
@@ -119,7 +118,6 @@ def test_reference_loss_is_our_alp_loss_with_a_live_teacher(tmp_path, tiny_bert,
 
 
 def test_bench_end_to_end_on_a_tiny_model(tiny_bert, glue_dir, bench_cache):
-    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (see requirements.txt)")
     lines: list[str] = []
     summary = bench(tiny_settings(tiny_bert, glue_dir, bench_cache, profile=True), log=lines.append)
     for line, pattern in zip(summary[-3:], RATIO_LINES):

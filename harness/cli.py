@@ -173,8 +173,10 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from harness.study import reproduce
 
+    from harness.glue import resolve_data_dir
+
     storage = _open_storage(args.storage)
-    data_dir = None if args.data_dir is None else Path(args.data_dir)
+    data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), None)
     stored, value = reproduce(storage, args.trial_id, data_dir, args.cache_dir or _default_cache())
     print(f"trial {args.trial_id}: stored {stored}, reproduced {value:.6f}"
           + ("" if stored is None else f" (difference {value - stored:+.2e})"))
@@ -204,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
                 "reproduce": cmd_reproduce, "confirm": cmd_confirm}[args.command](args)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # an unwritable cache folder, a full disk, ...
+        where = f" {error.filename!r}" if error.filename else ""
+        print(f"error: {error.strerror or type(error).__name__}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to continue", file=sys.stderr)

@@ -45,7 +45,7 @@ _EPS = 1e-9
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
 
 class TeacherRecipe(_Strict):
@@ -105,6 +105,14 @@ class Search(_Strict):
         if len(set(values)) != len(values):
             raise ValueError(f"lists a value twice: {list(values)}")
         return tuple(sorted(values))
+
+    @field_validator("lr")
+    @classmethod
+    def _positive(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [v for v in values if not v > 0]
+        if bad:
+            raise ValueError(f"learning rates must be positive, got {bad}")
+        return values
 
     @field_validator("eta", "lambda_")
     @classmethod

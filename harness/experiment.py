@@ -79,6 +79,10 @@ class Experiment:
         self.device = pick_device()
         self.pretrained = resolve_pretrained(config.teacher)
         self.tokenizer = load_tokenizer(self.pretrained)
+        depth = load_config(self.pretrained).num_hidden_layers
+        if config.student_layers > depth:
+            raise HarnessError(f"student_layers={config.student_layers} exceeds the teacher's {depth} layers "
+                               f"(allowed: 1..{depth})")
         self.pad_token_id = self.tokenizer.pad_token_id or 0
         fixed = config.fixed
         train = load_split(self.task, "train", data_dir)
@@ -177,20 +181,23 @@ class Experiment:
     def _write_outputs(self, final: Path) -> None:
         model = self.load_teacher_model()
         n = len(self.train)
-        logits = np.zeros((n, model.config.num_labels), dtype=np.float32)
-        cls = np.zeros((n, model.config.num_hidden_layers, model.config.hidden_size),
-                       dtype=np.dtype(self.config.fixed.teacher_cache_dtype))
+        tmp = atomic_dir(final)
+        # Written straight into memory-mapped files: MNLI × BERT-base is ~14 GB of [CLS] vectors.
+        logits = np.lib.format.open_memmap(tmp / "logits.npy", mode="w+", dtype=np.float32,
+                                           shape=(n, model.config.num_labels))
+        cls = np.lib.format.open_memmap(tmp / "cls.npy", mode="w+", dtype=np.dtype(self.config.fixed.teacher_cache_dtype),
+                                        shape=(n, model.config.num_hidden_layers, model.config.hidden_size))
         for index in eval_batches(token_lengths(self.train), self.config.fixed.eval_batch_size):
             batch = to_batch(self.train, index, self.pad_token_id, self.device)
             batch.pop("labels")
             out = model(**batch, output_hidden_states=True)
             logits[index] = out.logits.float().cpu().numpy()
             cls[index] = layer_cls(out.hidden_states).float().cpu().numpy()
-        tmp = atomic_dir(final)
         manifest = {}
         for name, array in (("logits", logits), ("cls", cls)):
-            np.save(tmp / f"{name}.npy", array)
+            array.flush()
             manifest[name] = {"shape": list(array.shape), "sha256": sha256_file(tmp / f"{name}.npy")}
+        del logits, cls
         (tmp / "manifest.json").write_text(json.dumps(manifest))
         publish_dir(tmp, final)
 

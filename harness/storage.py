@@ -26,7 +26,7 @@ from pathlib import Path
 import optuna
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError
 
 from harness.errors import HarnessError
 
@@ -83,8 +83,21 @@ def default_storage(root: Path) -> str:
     return f"sqlite:///{root / 'studies' / 'harness.db'}"
 
 
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), or ``None`` if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid:start`` — the start time tells a reused pid from the worker that held it."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}"
 
 
 def _prepare_sqlite(url: sa.URL) -> None:
@@ -125,9 +138,9 @@ class Storage:
         except ModuleNotFoundError as error:
             raise HarnessError(f"storage URL {self.masked!r} needs the Python package {error.name!r}, "
                                "which is not installed") from None
-        except (OperationalError, sqlite3.Error) as error:
-            reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
-            raise HarnessError(f"cannot connect to storage {self.masked!r}: {reason}") from None
+        except (sa.exc.DBAPIError, sqlite3.Error, RuntimeError) as error:
+            reason = (str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0]
+            raise HarnessError(f"cannot use storage {self.masked!r}: {reason}") from None
 
     # ------------------------------------------------------------------ results
     def record_result(self, trial_id: int, **fields) -> None:
@@ -172,19 +185,20 @@ class Storage:
 
     @staticmethod
     def _is_stale(row: dict, now: float) -> bool:
-        worker = row["worker"] or ""
-        if worker.rpartition(":")[0] == socket.gethostname():
-            return worker_is_dead(worker)
-        return (row["heartbeat_at"] or 0.0) < now - GRACE_SECONDS
+        """A claim is stale when its worker is gone (this host) or its heartbeat is too old (any host)."""
+        return worker_is_dead(row["worker"] or "") or (row["heartbeat_at"] or 0.0) < now - GRACE_SECONDS
 
     def claim_next(self, study_name: str, me: str, max_attempts: int, keys: set[str] | None = None) -> Claim | None:
         """Atomically claim a free (or stale) point, of ``keys`` if given; ``None`` when none is left."""
         while True:
             now = time.time()
+            # A free point has attempts left; a stale claim is always taken over (a killed worker
+            # does not use up an attempt: only a trial that raised does).
             candidates = [
                 row for row in self.points(study_name)
-                if (keys is None or row["point_key"] in keys) and row["attempts"] < max_attempts
-                and (row["state"] == "free" or (row["state"] == "claimed" and self._is_stale(row, now)))
+                if (keys is None or row["point_key"] in keys)
+                and ((row["state"] == "free" and row["attempts"] < max_attempts)
+                     or (row["state"] == "claimed" and self._is_stale(row, now)))
             ]
             if not candidates:
                 return None
@@ -195,12 +209,16 @@ class Storage:
                     grid_points_table.update()
                     .where(table.study_name == study_name, table.point_key == row["point_key"],
                            table.state == row["state"], table.attempts == row["attempts"],
-                           (table.worker == row["worker"]) if row["worker"] else table.worker.is_(None))
-                    .values(state="claimed", worker=me, heartbeat_at=now, attempts=table.attempts + 1)
+                           _same(table.worker, row["worker"]), _same(table.heartbeat_at, row["heartbeat_at"]))
+                    .values(state="claimed", worker=me, heartbeat_at=now,
+                            attempts=table.attempts + (1 if row["state"] == "free" else 0))
                 ).rowcount == 1
             if won:
+                stale = row["state"] == "claimed"
                 return Claim(self, study_name, row["point_key"], json.loads(row["params"]), me,
-                             stale_trial_id=row["trial_id"] if row["state"] == "claimed" else None)
+                             attempts=row["attempts"] + (0 if stale else 1),
+                             stale_trial_id=row["trial_id"] if stale else None,
+                             stale_worker=row["worker"] if stale else None)
 
     def _update(self, study_name: str, key: str, me: str, **values) -> None:
         table = grid_points_table.c
@@ -209,18 +227,23 @@ class Storage:
                 table.study_name == study_name, table.point_key == key, table.worker == me).values(**values))
 
 
+def _same(column, value):
+    return column.is_(None) if value is None else column == value
+
+
 def worker_is_dead(worker: str) -> bool:
-    """True when ``worker`` (``host:pid``) ran on this host and its process is gone."""
-    host, _, pid = worker.rpartition(":")
+    """True when ``worker`` (``host:pid[:start]``) ran on this host and its process is gone.
+
+    A pid now used by another process (a different start time) counts as gone. Workers on other
+    hosts are judged by their heartbeat instead (see :meth:`Storage._is_stale`).
+    """
+    host, pid, *start = worker.split(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+    now = _start_time(int(pid))
+    if now is None:
         return True
-    except PermissionError:
-        return False
-    return False
+    return bool(start) and start[0] not in ("0", now) and now != ""
 
 
 @dataclass
@@ -232,7 +255,9 @@ class Claim:
     key: str
     params: dict
     worker: str
+    attempts: int = 1
     stale_trial_id: int | None = None
+    stale_worker: str | None = None
 
     def attach(self, trial_id: int) -> None:
         self.storage._update(self.study_name, self.key, self.worker, trial_id=trial_id, heartbeat_at=time.time())
@@ -243,9 +268,10 @@ class Claim:
     def done(self) -> None:
         self.storage._update(self.study_name, self.key, self.worker, state="done")
 
-    def release(self, error: str, final: bool) -> None:
-        self.storage._update(self.study_name, self.key, self.worker, state="failed" if final else "free",
-                             last_error=error[:2000])
+    def release(self, error: str, max_attempts: int) -> None:
+        """Give the point back after a failed trial; after ``max_attempts`` it is marked failed for good."""
+        self.storage._update(self.study_name, self.key, self.worker,
+                             state="failed" if self.attempts >= max_attempts else "free", last_error=error[:2000])
 
 
 class Heartbeat:

@@ -14,6 +14,7 @@ points, ``search.n_trials`` finished trials per method.
 
 from __future__ import annotations
 
+import datetime
 import platform
 import time
 from dataclasses import dataclass
@@ -112,21 +113,40 @@ class Runner:
         self.config, self.storage, self.experiment, self.options, self.log = config, storage, experiment, options, log
         self.me = worker_id()
 
-    def checkpoint_path(self, study_name: str, key: str) -> Path:
-        folder = fingerprint({"storage": self.storage.url, "study": study_name})
-        return self.options.cache_dir / "checkpoints" / folder / f"{key}.pt"
+    def _folder(self, study: optuna.Study) -> str:
+        """Where a study's epoch checkpoints and saved students live: keyed by everything that
+        determines the trials (set-up fingerprint, teacher checkpoint, storage), so a checkpoint is
+        never resumed into a different run."""
+        return fingerprint({"storage": self.storage.url, "study": study.study_name,
+                            "fingerprint": study.user_attrs.get("fingerprint"),
+                            "teacher": self.experiment.teacher.key if self.experiment.teacher else None})
+
+    def checkpoint_path(self, study: optuna.Study, key: str) -> Path:
+        return self.options.cache_dir / "checkpoints" / self._folder(study) / f"{key}.pt"
 
     def run(self) -> None:
         teacher = self.experiment.prepare_teacher()
         self.log(f"teacher {self.config.teacher} on {self.config.task}: dev {teacher.value:.4f} (teacher checkpoint {teacher.key})")
         for method in self.config.methods:
             study = open_study(self.storage, self.config, method)
-            study.set_user_attr("teacher", {"key": teacher.key, "value": teacher.value,
-                                            "metrics": teacher.dev_metrics})
+            self.check_teacher(study)
             if self.config.search.sampler == "grid":
                 self._run_grid(study, method)
             else:
                 self._run_tpe(study, method)
+
+    def check_teacher(self, study: optuna.Study) -> None:
+        """Record the teacher and data of a new study; refuse to continue one with other ones."""
+        teacher = self.experiment.prepare_teacher()
+        stored = study.user_attrs.get("teacher")
+        if stored is None:
+            study.set_user_attr("teacher", {"key": teacher.key, "value": teacher.value,
+                                            "metrics": teacher.dev_metrics, "data": self.experiment.data_hashes})
+        elif stored["key"] != teacher.key:
+            raise HarnessError(
+                f"study '{study.study_name}' was run with teacher checkpoint {stored['key']} (data "
+                f"{_short(stored.get('data'))}), this run would use {teacher.key} (data "
+                f"{_short(self.experiment.data_hashes)}); use the same GLUE files (--data-dir) and study file")
 
     # ------------------------------------------------------------------ grid
     def _run_grid(self, study: optuna.Study, method: str) -> None:
@@ -147,6 +167,7 @@ class Runner:
         resumable and safe with several workers. They are never pruned.
         """
         study = open_study(self.storage, self.config, method)
+        self.check_teacher(study)
         grid = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if not t.user_attrs.get("confirmation")]
         best = sorted(grid, key=lambda t: (-t.value, t.number))[:top]
@@ -171,49 +192,72 @@ class Runner:
             claim = self.storage.claim_next(study.study_name, self.me, self.options.max_attempts, keys)
             if claim is None:
                 break
-            if claim.stale_trial_id is not None and _settle_stale(self.storage, claim.stale_trial_id):
+            if claim.stale_worker is not None and _settle_stale(study, self.storage, claim):
                 claim.done()  # the dead worker had finished the trial, only the claim was left open
                 continue
             params = claim.params
-            study.sampler = optuna.samplers.PartialFixedSampler(
-                {"lr": params["lr"], "eta": params["eta"], "lambda": params["lambda"]}, optuna.samplers.RandomSampler())
-            trial = study.ask()
-            point = {
-                "lr": trial.suggest_categorical("lr", _choices(self.config.search.lr, params["lr"])),
-                "eta": trial.suggest_categorical("eta", _choices(self.config.search.eta, params["eta"])),
-                "lambda": trial.suggest_categorical("lambda", _choices(self.config.search.lambda_, params["lambda"])),
-            }
+            trial = self._new_trial(study, claim.key, params)
+            point = {name: trial.params[name] for name in ("lr", "eta", "lambda")}
             claim.attach(trial._trial_id)
             with Heartbeat(claim):
-                state = self._run_one(study, trial, method, point, self.checkpoint_path(study.study_name, claim.key),
+                state = self._run_one(study, trial, method, point, self.checkpoint_path(study, claim.key),
                                       seed=params.get("seed"))
             if state == TrialState.FAIL:
-                claim.release(trial_reason(study, trial), final=False)
+                claim.release(trial_reason(study, trial), self.options.max_attempts)
             else:
                 claim.done()
             ran += 1
         self._mark_exhausted(study)
 
+    def _new_trial(self, study: optuna.Study, key: str, params: dict) -> optuna.Trial:
+        """A RUNNING trial fixed to a claimed point, created in one write together with its owner.
+
+        (``study.ask()`` followed by ``set_user_attr`` would leave an ownerless RUNNING trial if the
+        worker were killed in between.)
+        """
+        search = self.config.search
+        grids = {"lr": search.lr, "eta": search.eta, "lambda": search.lambda_}
+        distributions = {name: optuna.distributions.CategoricalDistribution(_choices(grids[name], params[name]))
+                         for name in grids}
+        template = optuna.trial.FrozenTrial(
+            number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.now(),
+            datetime_complete=None, params={name: params[name] for name in grids}, distributions=distributions,
+            user_attrs={"worker": self.me, "claim": key}, system_attrs={}, intermediate_values={}, trial_id=-1)
+        trial_id = self.storage.optuna.create_new_trial(study._study_id, template_trial=template)
+        return optuna.Trial(study, trial_id)
+
     def _mark_exhausted(self, study: optuna.Study) -> None:
         for row in self.storage.points(study.study_name):
-            if row["state"] == "free" and row["attempts"] >= self.options.max_attempts:
-                self.log(f"{study.study_name}: {row['point_key']} failed {row['attempts']} times; giving up on it")
+            if row["state"] == "failed":
+                self.log(f"{study.study_name}: {row['point_key']} failed {row['attempts']} times, giving up on it "
+                         f"(last error: {row['last_error']})")
 
     # ------------------------------------------------------------------ tpe
     def _run_tpe(self, study: optuna.Study, method: str) -> None:
+        """TPE over the valid grid points until the study has ``n_trials`` finished trials.
+
+        The count is re-read before every trial, so several workers share one budget (they may
+        overshoot it by at most one trial each). Each worker seeds TPE differently. After
+        ``max_attempts`` failed trials in a row this worker stops.
+        """
         points = grid_points(self.config, method)
         pairs = sorted({f"{p['eta']:g},{p['lambda']:g}" for p in points})
         budget = self.options.n_trials or self.config.search.n_trials or len(points)
         _fail_orphans(study, self.storage)
-        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
-        self.log(f"{study.study_name}: TPE over {len(points)} valid grid points, {done}/{budget} trials finished")
-        study.sampler = optuna.samplers.TPESampler(seed=self.config.fixed.seed + done)
-        while done < budget:
+        self.log(f"{study.study_name}: TPE over {len(points)} valid grid points, budget {budget} trials")
+        study.sampler = optuna.samplers.TPESampler(seed=int(fingerprint({"worker": self.me}), 16) % 2**31)
+        failures = 0
+        while failures < self.options.max_attempts:
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
+            if finished >= budget:
+                break
             trial = study.ask()
+            trial.set_user_attr("worker", self.me)
             lr = trial.suggest_categorical("lr", self.config.search.lr)
             eta, lam = (float(v) for v in trial.suggest_categorical("eta_lambda", pairs).split(","))
             state = self._run_one(study, trial, method, {"lr": lr, "eta": eta, "lambda": lam}, None)
-            done += state != TrialState.FAIL
+            failures = failures + 1 if state == TrialState.FAIL else 0
 
     # ------------------------------------------------------------------ one trial
     def _run_one(self, study: optuna.Study, trial: optuna.Trial, method: str, point: dict,
@@ -236,8 +280,7 @@ class Runner:
         desc = f"{method} {point_key(point)}" + (f" seed {seed}" if confirmation else "")
         save_to = None
         if self.config.fixed.save_students:
-            folder = fingerprint({"storage": self.storage.url, "study": study.study_name})
-            save_to = self.options.cache_dir / "students" / folder / f"{point_key(point)},seed={seed}"
+            save_to = self.options.cache_dir / "students" / self._folder(study) / f"{point_key(point)},seed={seed}"
             trial.set_user_attr("student_path", str(save_to))
         try:
             history = self.experiment.run_trial(method, point, seed=seed, checkpoint=checkpoint, save_to=save_to,
@@ -269,10 +312,17 @@ class Runner:
 
     def _finish(self, study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None,
                 seconds: float) -> None:
-        """Our row first, then Optuna's: a kill in between leaves a RUNNING trial, which is re-run."""
+        """Our row first, then Optuna's: a kill in between leaves a RUNNING trial, which is re-run
+        (and our row is corrected when its point is taken over)."""
         trial.set_user_attr("seconds", seconds)
         self.storage.record_result(trial._trial_id, state=state.name, value=value, seconds=seconds)
-        study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+        study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+
+
+def _short(hashes: dict | None) -> str:
+    if not hashes:
+        return "unknown"
+    return ", ".join(f"{split} {digest[:8] if digest else 'hub'}" for split, digest in hashes.items())
 
 
 def _choices(grid: tuple[float, ...], value: float) -> tuple[float, ...]:
@@ -290,13 +340,26 @@ def trial_reason(study: optuna.Study, trial: optuna.Trial) -> str:
     return str(frozen.user_attrs.get("fail_reason", "failed"))
 
 
-def _settle_stale(storage: Storage, trial_id: int) -> bool:
-    """Mark a dead worker's trial FAIL; True if it had in fact finished (COMPLETE or PRUNED)."""
-    frozen = storage.optuna.get_trial(trial_id)
-    if frozen.state == TrialState.RUNNING:
-        _fail(storage, trial_id, "worker died (claim reclaimed)")
-        return False
-    return frozen.state in (TrialState.COMPLETE, TrialState.PRUNED)
+def _settle_stale(study: optuna.Study, storage: Storage, claim) -> bool:
+    """After taking over a dead worker's claim: mark its RUNNING trials of that point FAIL.
+
+    Returns True if the dead worker had in fact finished the point (a COMPLETE or PRUNED trial of
+    this point by that worker), so that it is not run twice.
+    """
+    finished = False
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        if trial._trial_id != claim.stale_trial_id and (
+                attrs.get("claim") != claim.key or attrs.get("worker") != claim.stale_worker):
+            continue
+        if trial.state == TrialState.RUNNING:
+            _fail(storage, trial._trial_id, "worker died (claim taken over)")
+            trial = storage.optuna.get_trial(trial._trial_id)  # it may have finished meanwhile
+        done = trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        finished |= done
+        if done and storage.result(trial._trial_id) is not None:
+            storage.record_result(trial._trial_id, state=trial.state.name, value=trial.value)
+    return finished
 
 
 def _fail(storage: Storage, trial_id: int, reason: str) -> None:

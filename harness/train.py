@@ -101,7 +101,7 @@ def autocast_for(device: torch.device) -> tuple[contextlib.AbstractContextManage
     """bf16 autocast on CUDA where supported, else fp16 (with a grad scaler); nothing on CPU."""
     if device.type != "cuda":
         return contextlib.nullcontext(), None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.autocast("cuda", dtype=dtype), dtype
 
 
@@ -289,6 +289,8 @@ def fit(
             inter.load_state_dict(state["inter"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
         history = state["history"]
         start_epoch = len(history.epochs)
         for record in history.epochs:  # the resumed run reports the restored epochs again
@@ -347,6 +349,7 @@ def fit(
                     "inter": inter.state_dict() if inter is not None else None,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
                     "history": history,
                 },
                 checkpoint,

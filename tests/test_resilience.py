@@ -169,15 +169,15 @@ def test_reused_name_with_other_setup_and_corrupt_checkpoint_are_one_line(tmp_pa
 
     more = write_study(tmp_path / "c.yaml", tiny_bert, name="other", methods=["nkd"], fixed=fixed,
                        search={"lr": [1e-4, 5e-5]})
-    # Plant a corrupt epoch checkpoint where the next trial will look for it.
-    from harness.models import fingerprint
-
-    folder = tmp_path / "cache" / "checkpoints" / fingerprint({"storage": storage, "study": "other/SST-2/nkd"})
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "lr=0.0001,eta=0,lambda=0.pt").write_bytes(b"not a checkpoint")
+    # Run one of its two points, then plant a corrupt epoch checkpoint where the other will look for it.
+    before = set((tmp_path / "cache" / "checkpoints").iterdir())
+    assert main(["run", str(more), *common, "--n-trials", "1"]) == 0
+    capsys.readouterr()
+    (folder,) = set((tmp_path / "cache" / "checkpoints").iterdir()) - before
+    (folder / "lr=5e-05,eta=0,lambda=0.pt").write_bytes(b"not a checkpoint")
     assert main(["run", str(more), *common]) == 2
     err = capsys.readouterr().err
-    assert "is corrupt" in err and "lr=0.0001" in err and err.count("\n") == 1
+    assert "is corrupt" in err and "lr=5e-05" in err and err.count("\n") == 1
 
 
 def test_reproduce_a_stored_trial(tmp_path, tiny_bert, glue_dir):

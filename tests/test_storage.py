@@ -37,10 +37,34 @@ def test_released_point_is_retried_up_to_max_attempts(tmp_path):
     for attempt in range(2):
         claim = storage.claim_next("s", "me:1", max_attempts=2)
         assert claim is not None and claim.key == "only"
-        claim.release(f"boom {attempt}", final=False)
+        claim.release(f"boom {attempt}", max_attempts=2)
     assert storage.claim_next("s", "me:1", max_attempts=2) is None
     (row,) = storage.points("s")
-    assert row["attempts"] == 2 and row["last_error"] == "boom 1"
+    assert row["attempts"] == 2 and row["last_error"] == "boom 1" and row["state"] == "failed"
+
+
+def test_taking_over_a_dead_workers_claim_uses_no_attempt(tmp_path):
+    storage = Storage(f"sqlite:///{tmp_path / 'c.db'}")
+    storage.ensure_points("s", {"only": POINTS["p0"]})
+    for _ in range(5):  # five kills in a row never exhaust a point with max_attempts=1
+        dead = subprocess.run([sys.executable, "-c", "from harness.storage import worker_id; print(worker_id())"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        claim = storage.claim_next("s", dead, max_attempts=1)
+        assert claim is not None and claim.key == "only"
+    (row,) = storage.points("s")
+    assert row["attempts"] == 1
+
+
+def test_reused_pid_is_not_mistaken_for_the_dead_worker():
+    import os
+
+    from harness.storage import worker_id
+
+    me = worker_id()
+    assert not worker_is_dead(me)
+    host, pid, start = me.split(":")
+    assert worker_is_dead(f"{host}:{pid}:{int(start) + 1}")  # same pid, another process
+    assert not worker_is_dead(f"elsewhere:{os.getpid()}:1")  # other hosts: judged by heartbeat
 
 
 def test_claim_of_dead_local_worker_is_taken_over(tmp_path):
@@ -55,9 +79,9 @@ def test_claim_of_dead_local_worker_is_taken_over(tmp_path):
     first.attach(41)
     second = storage.claim_next("s", "other-host:2", max_attempts=3)
     assert second is not None and second.key == "only"
-    assert second.stale_trial_id == 41  # the new owner learns which trial to mark FAIL
+    assert second.stale_trial_id == 41 and second.stale_worker == ghost  # whose trial to mark FAIL
     (row,) = storage.points("s")
-    assert row["worker"] == "other-host:2" and row["attempts"] == 2
+    assert row["worker"] == "other-host:2" and row["attempts"] == 1  # a kill uses up no attempt
 
 
 def test_live_claim_is_not_taken(tmp_path):
@@ -99,5 +123,5 @@ def test_concurrent_claimers_never_share_a_point(tmp_path):
 def test_storage_errors_are_one_line(tmp_path):
     with pytest.raises(HarnessError, match="does not exist"):
         Storage(f"sqlite:///{tmp_path}/nope/x.db")
-    with pytest.raises(HarnessError, match="cannot connect to storage 'postgresql://u:\\*\\*\\*@127.0.0.1:1/x'"):
+    with pytest.raises(HarnessError, match="cannot use storage 'postgresql://u:\\*\\*\\*@127.0.0.1:1/x'"):
         Storage("postgresql://u:pw@127.0.0.1:1/x")

@@ -32,6 +32,7 @@ from harness.methods import InterLayerLoss, get_method
 from harness.models import (
     atomic_dir,
     build_student,
+    check_student_depth,
     fingerprint,
     load_config,
     load_tokenizer,
@@ -79,10 +80,7 @@ class Experiment:
         self.device = pick_device()
         self.pretrained = resolve_pretrained(config.teacher)
         self.tokenizer = load_tokenizer(self.pretrained)
-        depth = load_config(self.pretrained).num_hidden_layers
-        if config.student_layers > depth:
-            raise HarnessError(f"student_layers={config.student_layers} exceeds the teacher's {depth} layers "
-                               f"(allowed: 1..{depth})")
+        check_student_depth(self.pretrained, config.student_layers)  # before any fine-tuning
         self.pad_token_id = self.tokenizer.pad_token_id or 0
         fixed = config.fixed
         train = load_split(self.task, "train", data_dir)
@@ -185,8 +183,8 @@ class Experiment:
         # Written straight into memory-mapped files: MNLI × BERT-base is ~14 GB of [CLS] vectors.
         logits = np.lib.format.open_memmap(tmp / "logits.npy", mode="w+", dtype=np.float32,
                                            shape=(n, model.config.num_labels))
-        cls = np.lib.format.open_memmap(tmp / "cls.npy", mode="w+", dtype=np.dtype(self.config.fixed.teacher_cache_dtype),
-                                        shape=(n, model.config.num_hidden_layers, model.config.hidden_size))
+        cls = np.lib.format.open_memmap(tmp / "cls.npy", mode="w+",
+                                        dtype=np.dtype(self.config.fixed.teacher_cache_dtype), shape=(n, model.config.num_hidden_layers, model.config.hidden_size))
         for index in eval_batches(token_lengths(self.train), self.config.fixed.eval_batch_size):
             batch = to_batch(self.train, index, self.pad_token_id, self.device)
             batch.pop("labels")

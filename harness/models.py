@@ -41,7 +41,8 @@ def resolve_pretrained(name: str) -> str:
             raise HarnessError(f"teacher folder {name!r} has no config.json (expected a saved transformers model)")
         return str(path.resolve())
     if path.suffix or name.startswith((".", "/", "~")):
-        raise HarnessError(f"teacher {name!r} is neither an alias ({', '.join(TEACHER_ALIASES)}), a folder, nor a hub id")
+        raise HarnessError(
+            f"teacher {name!r} is neither an alias ({', '.join(TEACHER_ALIASES)}), a folder, nor a hub id")
     return name
 
 
@@ -61,12 +62,17 @@ def load_config(source: str):
     return _from_pretrained(AutoConfig, source)
 
 
-def build_student(pretrained: str, num_layers: int, num_labels: int, init: str, seed: int) -> PreTrainedModel:
-    """A ``num_layers``-layer BERT classifier initialised from a pre-trained checkpoint."""
-    config = load_config(pretrained)
-    total = config.num_hidden_layers
+def check_student_depth(pretrained: str, num_layers: int) -> int:
+    """The teacher's depth; a student deeper than it is a user error."""
+    total = load_config(pretrained).num_hidden_layers
     if num_layers > total:
         raise HarnessError(f"student_layers={num_layers} exceeds the teacher's {total} layers (allowed: 1..{total})")
+    return total
+
+
+def build_student(pretrained: str, num_layers: int, num_labels: int, init: str, seed: int) -> PreTrainedModel:
+    """A ``num_layers``-layer BERT classifier initialised from a pre-trained checkpoint."""
+    total = check_student_depth(pretrained, num_layers)
     torch.manual_seed(seed)
     if init == "bottom":
         return _from_pretrained(
@@ -122,5 +128,6 @@ def load_checkpoint(path: Path) -> dict | None:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means the file is unusable
         raise HarnessError(
-            f"checkpoint {str(path)!r} is corrupt ({type(error).__name__}); delete it to restart that trial from scratch"
+            f"checkpoint {str(path)!r} is corrupt ({type(error).__name__}); "
+            "delete it to restart that trial from scratch"
         ) from None

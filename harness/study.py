@@ -125,10 +125,13 @@ class Runner:
         return self.options.cache_dir / "checkpoints" / self._folder(study) / f"{key}.pt"
 
     def run(self) -> None:
+        studies = {method: open_study(self.storage, self.config, method) for method in self.config.methods}
+        for study in studies.values():
+            self.check_teacher(study)  # before any fine-tuning: the key is known without it
         teacher = self.experiment.prepare_teacher()
-        self.log(f"teacher {self.config.teacher} on {self.config.task}: dev {teacher.value:.4f} (teacher checkpoint {teacher.key})")
-        for method in self.config.methods:
-            study = open_study(self.storage, self.config, method)
+        self.log(f"teacher {self.config.teacher} on {self.config.task}: dev {teacher.value:.4f} "
+                 f"(teacher checkpoint {teacher.key})")
+        for method, study in studies.items():
             self.check_teacher(study)
             if self.config.search.sampler == "grid":
                 self._run_grid(study, method)
@@ -136,17 +139,19 @@ class Runner:
                 self._run_tpe(study, method)
 
     def check_teacher(self, study: optuna.Study) -> None:
-        """Record the teacher and data of a new study; refuse to continue one with other ones."""
-        teacher = self.experiment.prepare_teacher()
+        """Refuse to continue a study with another teacher checkpoint or other data files; record
+        the teacher of a new study once it is fine-tuned."""
+        key = self.experiment.teacher_key()
         stored = study.user_attrs.get("teacher")
-        if stored is None:
-            study.set_user_attr("teacher", {"key": teacher.key, "value": teacher.value,
-                                            "metrics": teacher.dev_metrics, "data": self.experiment.data_hashes})
-        elif stored["key"] != teacher.key:
+        if stored is not None and stored["key"] != key:
             raise HarnessError(
                 f"study '{study.study_name}' was run with teacher checkpoint {stored['key']} (data "
-                f"{_short(stored.get('data'))}), this run would use {teacher.key} (data "
+                f"{_short(stored.get('data'))}), this run would use {key} (data "
                 f"{_short(self.experiment.data_hashes)}); use the same GLUE files (--data-dir) and study file")
+        teacher = self.experiment.teacher
+        if stored is None and teacher is not None:
+            study.set_user_attr("teacher", {"key": teacher.key, "value": teacher.value,
+                                            "metrics": teacher.dev_metrics, "data": self.experiment.data_hashes})
 
     # ------------------------------------------------------------------ grid
     def _run_grid(self, study: optuna.Study, method: str) -> None:
@@ -167,6 +172,8 @@ class Runner:
         resumable and safe with several workers. They are never pruned.
         """
         study = open_study(self.storage, self.config, method)
+        self.check_teacher(study)
+        self.experiment.prepare_teacher()
         self.check_teacher(study)
         grid = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if not t.user_attrs.get("confirmation")]
@@ -391,8 +398,10 @@ def describe_grids(config: StudyConfig) -> list[str]:
     lines = []
     for method in config.methods:
         spec = get_method(method)
-        searched = "lr × η × λ with β = 1 − η − λ ≥ 0" if spec.searches_lambda else "lr × η" if spec.searches_eta \
-            else "lr only, η = λ = 0"
+        if spec.searches_lambda:
+            searched = "lr × η × λ with β = 1 − η − λ ≥ 0"
+        else:
+            searched = "lr × η" if spec.searches_eta else "lr only, η = λ = 0"
         lines.append(f"  {method}: {len(grid_points(config, method))} grid points ({searched})")
     return lines
 

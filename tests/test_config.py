@@ -52,6 +52,8 @@ def test_fingerprint_changes_with_setup_but_not_budget():
     ({"methods": ["kd", "kd"]}, "lists a method twice"),
     ({"search": {"eta": [1.5]}}, r"loss weights must lie in \[0, 1\]"),
     ({"search": {"lr": []}}, "must list at least one value"),
+    ({"search": {"lr": [-1e-5]}}, "learning rates must be positive"),
+    ({"fixed": {"temperature": float("inf")}}, "fixed.temperature"),
     ({"search": {"sampler": "random"}}, "search.sampler"),
     ({"fixed": {"alp_scale": "2"}}, "fixed.alp_scale"),
     ({"fixed": {"epochs": 0}}, "fixed.epochs"),

@@ -117,6 +117,15 @@ def test_missing_inputs_are_one_line(tmp_path, tiny_bert, capsys):
     assert code == 2 and "SST-2" in capsys.readouterr().err
 
 
+def test_student_deeper_than_teacher_is_refused_before_fine_tuning(tmp_path, tiny_bert, glue_dir, capsys):
+    study_file = write_study(tmp_path / "deep.yaml", tiny_bert, student_layers=5)
+    code = main(["run", str(study_file), "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--data-dir", str(glue_dir),
+                 "--cache-dir", str(tmp_path / "cache")])
+    assert code == 2
+    assert "student_layers=5 exceeds the teacher's 4 layers (allowed: 1..4)" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "teachers").exists()
+
+
 def test_bad_storage_url_is_one_line_without_traceback(tmp_path, tiny_bert):
     study_file = write_study(tmp_path / "ok.yaml", tiny_bert)
     for url, expected in [("nosuchdb://x", "unsupported storage URL"), ("not a url", "malformed storage URL"),

@@ -233,3 +233,22 @@ def test_optuna_dashboard_opens_the_same_database(tmp_path):
     assert [s["study_name"] for s in summaries] == ["dash/RTE/alp"]
     detail = get(f"/api/studies/{summaries[0]['study_id']}")
     assert [t["values"] for t in detail["trials"]] == [[0.61]]
+
+
+def test_continuing_a_study_with_other_data_is_refused(tmp_path, tiny_bert, glue_dir, capsys):
+    """A study is tied to its teacher checkpoint and data files: other GLUE files mean another teacher."""
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study_file = write_study(tmp_path / "a.yaml", tiny_bert, methods=["nkd"], search={"lr": [1e-4, 5e-5]},
+                             fixed={"epochs": 1, "max_seq_length": 32, "max_train_samples": 32,
+                                    "eval_batch_size": 512, "teacher": {"epochs": 1, "max_train_samples": 32}})
+    common = ["--storage", storage, "--cache-dir", str(tmp_path / "cache")]
+    assert main(["run", str(study_file), *common, "--data-dir", str(glue_dir), "--n-trials", "1"]) == 0
+    other = tmp_path / "glue"
+    (other / "SST-2").mkdir(parents=True)
+    for split in ("train", "dev"):
+        lines = (glue_dir / "SST-2" / f"{split}.tsv").read_text().splitlines()
+        (other / "SST-2" / f"{split}.tsv").write_text("\n".join(lines[:-1]) + "\n")  # one row fewer
+    capsys.readouterr()
+    assert main(["run", str(study_file), *common, "--data-dir", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "was run with teacher checkpoint" in err and err.count("\n") == 1

@@ -67,6 +67,8 @@ def load(storage: Storage, name: str | None = None) -> Snapshot:
         attrs["study_file"] = parts[0]
         studies[frozen.study_name] = attrs
         for trial in storage.optuna.get_all_trials(frozen._study_id, deepcopy=False):
+            if "duplicate_of" in trial.user_attrs:
+                continue  # a TPE proposal of an evaluated point: told the earlier value, never trained
             rows.append(_trial_row(frozen.study_name, attrs, trial))
     frame = pd.DataFrame(rows)
     extra = sorted(set(frame.columns) - set(COLUMNS) - {"epochs"})

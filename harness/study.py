@@ -33,6 +33,7 @@ from harness.storage import GRACE_SECONDS, Heartbeat, Storage, worker_id, worker
 from harness.train import pick_device, runtime_info
 
 DEFAULT_MAX_ATTEMPTS = 3
+MAX_TPE_REPEATS = 100  # consecutive proposals of already-evaluated points before a TPE worker gives up
 
 
 @dataclass(frozen=True)
@@ -241,30 +242,44 @@ class Runner:
 
     # ------------------------------------------------------------------ tpe
     def _run_tpe(self, study: optuna.Study, method: str) -> None:
-        """TPE over the valid grid points until the study has ``n_trials`` finished trials.
+        """TPE over the valid grid points until the study has ``n_trials`` evaluated trials.
 
         The count is re-read before every trial, so several workers share one budget (they may
-        overshoot it by at most one trial each). Each worker seeds TPE differently. After
-        ``max_attempts`` failed trials in a row this worker stops.
+        overshoot it by at most one trial each). Each worker seeds TPE differently. A proposal of
+        a point that was already evaluated is not trained again: it is told the earlier value
+        (``duplicate_of``), costs nothing and does not count against the budget. The search ends
+        when the budget is spent or every valid point has been evaluated; after ``max_attempts``
+        failed trials in a row this worker stops.
         """
         points = grid_points(self.config, method)
         pairs = sorted({f"{p['eta']:g},{p['lambda']:g}" for p in points})
         budget = self.options.n_trials or self.config.search.n_trials or len(points)
         _fail_orphans(study, self.storage)
         self.log(f"{study.study_name}: TPE over {len(points)} valid grid points, budget {budget} trials")
-        study.sampler = optuna.samplers.TPESampler(seed=int(fingerprint({"worker": self.me}), 16) % 2**31)
-        failures = 0
-        while failures < self.options.max_attempts:
-            trials = study.get_trials(deepcopy=False)
-            finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
-            if finished >= budget:
+        seed = int(fingerprint({"worker": self.me}), 16) + len(study.get_trials(deepcopy=False))
+        study.sampler = optuna.samplers.TPESampler(seed=seed % 2**31)
+        failures = repeats = 0
+        while failures < self.options.max_attempts and repeats < MAX_TPE_REPEATS:
+            trials = [t for t in study.get_trials(deepcopy=False) if "duplicate_of" not in t.user_attrs]
+            evaluated = {t.user_attrs.get("point"): t for t in trials if t.state == TrialState.COMPLETE}
+            active = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
+            if active >= budget or len(evaluated) >= len(points):
                 break
             trial = study.ask()
             trial.set_user_attr("worker", self.me)
             lr = trial.suggest_categorical("lr", self.config.search.lr)
             eta, lam = (float(v) for v in trial.suggest_categorical("eta_lambda", pairs).split(","))
-            state = self._run_one(study, trial, method, {"lr": lr, "eta": eta, "lambda": lam}, None)
+            point = {"lr": lr, "eta": eta, "lambda": lam}
+            earlier = evaluated.get(point_key(point))
+            if earlier is not None:
+                trial.set_user_attr("point", point_key(point))
+                trial.set_user_attr("duplicate_of", earlier.number)
+                study.tell(trial, earlier.value)
+                repeats += 1
+                continue
+            state = self._run_one(study, trial, method, point, None)
             failures = failures + 1 if state == TrialState.FAIL else 0
+            repeats = 0
 
     # ------------------------------------------------------------------ one trial
     def _run_one(self, study: optuna.Study, trial: optuna.Trial, method: str, point: dict,

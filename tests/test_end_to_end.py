@@ -134,3 +134,22 @@ def test_bad_storage_url_is_one_line_without_traceback(tmp_path, tiny_bert):
         assert result.returncode == 2
         assert expected in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_tpe_sweep_evaluates_each_point_once_and_respects_the_budget(tmp_path, tiny_bert, glue_dir):
+    study_file = write_study(tmp_path / "tpe.yaml", tiny_bert, methods=["alp"],
+                             fixed={"epochs": 1, "max_seq_length": 32, "max_train_samples": 32,
+                                    "eval_batch_size": 512, "teacher": {"epochs": 1, "max_train_samples": 32}},
+                             search={"sampler": "tpe", "n_trials": 3, "lr": [1e-4, 5e-5], "eta": [0.2, 0.5],
+                                     "lambda": [0.2]})
+    storage = f"sqlite:///{tmp_path / 'tpe.db'}"
+    result = run_cli("run", str(study_file), "--storage", storage, "--data-dir", str(glue_dir),
+                     "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name="tiny/SST-2/alp", storage=storage).get_trials()
+    trained = [t for t in trials if "duplicate_of" not in t.user_attrs]
+    assert len(trained) == 3 and all(t.state.name == "COMPLETE" for t in trained)
+    assert len({t.user_attrs["point"] for t in trained}) == 3  # no point trained twice
+    for duplicate in (t for t in trials if "duplicate_of" in t.user_attrs):
+        original = next(t for t in trials if t.number == duplicate.user_attrs["duplicate_of"])
+        assert duplicate.value == original.value and duplicate.user_attrs["point"] == original.user_attrs["point"]

@@ -504,7 +504,7 @@ def reading(vocab_share: float) -> list[str]:
 def _optimizer_variants(params: list[torch.nn.Parameter], hyper: Hyper, repeats: int = 5) -> list[str]:
     """Time ``optimizer.step()`` on the current gradients with AdamW's three implementations (same update)."""
     lines = ["  optimizer.step() alone, median of 5, same AdamW update, three implementations:"]
-    for label, kwargs in (("for-loop (fit's default on CPU)", {"foreach": False}), ("foreach", {"foreach": True}),
+    for label, kwargs in (("for-loop (PyTorch's default on CPU)", {"foreach": False}), ("foreach", {"foreach": True}),
                           ("fused", {"fused": True})):
         try:
             optimizer = torch.optim.AdamW(params, lr=hyper.lr, weight_decay=hyper.weight_decay, **kwargs)

@@ -76,7 +76,8 @@ def render(out: Path, name: str, draw, *inputs) -> str:
     if not _stored_key(path) == key:
         path.parent.mkdir(parents=True, exist_ok=True)
         with matplotlib.style.context("default"):
-            draw(*inputs).savefig(path, dpi=DPI, metadata={"Software": None, KEY_FIELD: key})
+            draw(*inputs).savefig(path, dpi=DPI, metadata={"Software": None, KEY_FIELD: key},
+                                  pil_kwargs={"compress_level": 1})  # fast zlib: the PNGs stay small
     return f"{FOLDER}/{name}"
 
 

@@ -186,13 +186,18 @@ def score_vs_lr(title: str, section: pd.DataFrame, metric: str) -> Figure:
     ax.set_xscale("log")
     ax.set_xticks(lrs, [f"{v:g}" for v in lrs])
     ax.minorticks_off()
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel(f"best dev {metric} × 100 (over η, λ)")
-    ax.set_title(f"{title}: score vs learning rate", fontsize=10, y=1.0)
+    _decorate(ax, "learning rate", f"best dev {metric} × 100 (over η, λ)", f"{title}: score vs learning rate")
+    return fig
+
+
+def _decorate(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, title, a legend right of the axes (when there are lines) and a light grid."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10, y=1.0)
     if ax.lines:
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.grid(alpha=0.3)
-    return fig
 
 
 def history(title: str, section: pd.DataFrame, metric: str) -> Figure:
@@ -206,12 +211,8 @@ def history(title: str, section: pd.DataFrame, metric: str) -> Figure:
             continue
         ax.step(seconds, np.fmax.accumulate(values), where="post", label=method, color=_color(method))
         ax.scatter(seconds, values, s=10, alpha=0.35, color=_color(method))
-    ax.set_xlabel("cumulative trial compute (s, trial-number order)")
-    ax.set_ylabel(f"best-so-far dev {metric} × 100")
-    ax.set_title(f"{title}: optimisation history (dots: single trials)", fontsize=10, y=1.0)
-    if ax.lines:
-        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    ax.grid(alpha=0.3)
+    _decorate(ax, "cumulative trial compute (s, trial-number order)", f"best-so-far dev {metric} × 100",
+              f"{title}: optimisation history (dots: single trials)")
     return fig
 
 

@@ -133,15 +133,14 @@ class Runner:
         self.log(f"teacher {self.config.teacher} on {self.config.task}: dev {teacher.value:.4f} "
                  f"(teacher checkpoint {teacher.key})")
         for method, study in studies.items():
-            self.check_teacher(study)
+            self.record_teacher(study)
             if self.config.search.sampler == "grid":
                 self._run_grid(study, method)
             else:
                 self._run_tpe(study, method)
 
     def check_teacher(self, study: optuna.Study) -> None:
-        """Refuse to continue a study with another teacher checkpoint or other data files; record
-        the teacher of a new study once it is fine-tuned."""
+        """Refuse to continue a study with another teacher checkpoint or other data files."""
         key = self.experiment.teacher_key()
         stored = study.user_attrs.get("teacher")
         if stored is not None and stored["key"] != key:
@@ -149,8 +148,12 @@ class Runner:
                 f"study '{study.study_name}' was run with teacher checkpoint {stored['key']} (data "
                 f"{_short(stored.get('data'))}), this run would use {key} (data "
                 f"{_short(self.experiment.data_hashes)}); use the same GLUE files (--data-dir) and study file")
-        teacher = self.experiment.teacher
-        if stored is None and teacher is not None:
+
+    def record_teacher(self, study: optuna.Study) -> None:
+        """Store the fine-tuned teacher (checkpoint id, dev scores, data hashes) with a new study."""
+        self.check_teacher(study)
+        if "teacher" not in study.user_attrs:
+            teacher = self.experiment.prepare_teacher()
             study.set_user_attr("teacher", {"key": teacher.key, "value": teacher.value,
                                             "metrics": teacher.dev_metrics, "data": self.experiment.data_hashes})
 
@@ -173,9 +176,7 @@ class Runner:
         resumable and safe with several workers. They are never pruned.
         """
         study = open_study(self.storage, self.config, method)
-        self.check_teacher(study)
-        self.experiment.prepare_teacher()
-        self.check_teacher(study)
+        self.record_teacher(study)
         grid = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if not t.user_attrs.get("confirmation")]
         best = sorted(grid, key=lambda t: (-t.value, t.number))[:top]

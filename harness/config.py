@@ -26,9 +26,7 @@ inter-layer term searches lr × η × λ.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.errors import HarnessError
 from harness.glue import get_task
 from harness.methods import get_method
+from harness.models import fingerprint
 
 PAPER_LR_GRID = (1e-5, 2e-5, 5e-5)
 PAPER_WEIGHT_GRID = (0.0, 0.2, 0.5, 0.7)
@@ -167,8 +166,7 @@ class StudyConfig(_Strict):
         payload = self.model_dump(mode="json", by_alias=True, exclude={"methods", "data_dir"})
         payload["method"] = method
         payload["search"].pop("n_trials")
-        text = json.dumps(payload, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return fingerprint(payload)
 
 
 def _one_line(error: ValidationError, source: str) -> str:

@@ -2,14 +2,15 @@
 
 Grid sampling does not use Optuna's ``GridSampler`` (which counts failed trials as visited and can
 hand one point to two workers): the points of a study are rows of ``harness_grid_points`` and a
-worker claims one atomically (:mod:`harness.storage`), then creates an Optuna trial whose values
-are fixed to that point (``PartialFixedSampler``). So a study ends with exactly one finished trial
+worker claims one atomically (:mod:`harness.storage`), then creates a RUNNING Optuna trial fixed
+to that point, together with its owner, in one write (:meth:`Runner._new_trial`). So a study ends with exactly one finished trial
 per grid point, whatever is killed when. A trial that raised is recorded FAIL with its reason and
 its point is retried, up to ``max_attempts`` attempts in all. A killed trial is marked FAIL
 ("worker died") when its point is reclaimed, and the new trial resumes from the epoch checkpoint.
 
 TPE sampling (``search.sampler: tpe``) samples ``lr`` and the (η, λ) pair from the same valid grid
-points, ``search.n_trials`` finished trials per method.
+points, ``search.n_trials`` evaluated trials per method; an already-evaluated point is never
+trained again.
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ class Runner:
                 state = self._run_one(study, trial, method, point, self.checkpoint_path(study, claim.key),
                                       seed=params.get("seed"))
             if state == TrialState.FAIL:
-                claim.release(trial_reason(study, trial), self.options.max_attempts)
+                claim.release(str(trial.user_attrs.get("fail_reason", "failed")), self.options.max_attempts)
             else:
                 claim.done()
             ran += 1
@@ -332,7 +333,6 @@ class Runner:
                  f"{history.best_value:.4f} (epoch {history.best_epoch}, {seconds:.0f} s)")
         return TrialState.COMPLETE
 
-
     def _finish(self, study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None,
                 seconds: float) -> None:
         """Our row first, then Optuna's: a kill in between leaves a RUNNING trial, which is re-run
@@ -356,11 +356,6 @@ def _choices(grid: tuple[float, ...], value: float) -> tuple[float, ...]:
 def _drop(checkpoint: Path | None) -> None:
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
-
-
-def trial_reason(study: optuna.Study, trial: optuna.Trial) -> str:
-    frozen = study._storage.get_trial(trial._trial_id)
-    return str(frozen.user_attrs.get("fail_reason", "failed"))
 
 
 def _settle_stale(study: optuna.Study, storage: Storage, claim) -> bool:

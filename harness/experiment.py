@@ -29,14 +29,13 @@ from harness.config import StudyConfig
 from harness.errors import HarnessError
 from harness.glue import EncodedSplit, GlueSplit, encode_split, get_task, load_split, subsample
 from harness.methods import InterLayerLoss, get_method
+from harness.files import atomic_dir, publish_dir
 from harness.models import (
-    atomic_dir,
     build_student,
     check_student_depth,
     fingerprint,
     load_config,
     load_tokenizer,
-    publish_dir,
     resolve_pretrained,
 )
 from harness.train import History, Hyper, TeacherSignal, eval_batches, fit, layer_cls, pick_device, to_batch, \

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -89,35 +86,6 @@ def build_student(pretrained: str, num_layers: int, num_labels: int, init: str, 
 def fingerprint(payload: dict) -> str:
     """Short stable hash of a JSON-able mapping (used as a cache key)."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def atomic_dir(final: Path) -> Path:
-    """A fresh temporary folder beside ``final``; publish it with :func:`publish_dir`."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-
-
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Move a finished temporary folder into place (atomic on one filesystem)."""
-    if final.exists():
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    os.replace(tmp, final)
-
-
-def atomic_save(obj: object, path: Path) -> None:
-    """``torch.save`` to a temporary file, fsync, then rename: a killed writer leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: Path) -> dict | None:

@@ -11,12 +11,19 @@ the studies that moved.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import hashlib
+import itertools
 import json
 import math
+import multiprocessing
+import os
 import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 import matplotlib.style
@@ -26,6 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from harness.files import atomic_write
 from harness.glue import TASKS
 from harness.methods import METHODS, get_method
 
@@ -64,21 +72,57 @@ def _stored_key(path: Path) -> str | None:
         return None
 
 
-def render(out: Path, name: str, draw, *inputs) -> str:
-    """Draw ``draw(*inputs)`` into ``figures/name`` unless that file was drawn from the same inputs.
+@dataclass(frozen=True)
+class Job:
+    """One figure: ``draw(*inputs)`` saved as ``figures/<name>``."""
 
-    The PNG carries a hash of its inputs, of this module's source and of matplotlib's version, so
-    an unchanged figure is not drawn again (a report on a growing database redraws only what moved)
-    and a drawn one is the same bytes either way.
+    name: str
+    draw: Callable[..., Figure]
+    inputs: tuple
+
+    @property
+    def path(self) -> str:
+        return f"{FOLDER}/{self.name}"
+
+    def key(self) -> str:
+        """A hash of the inputs, of this module's source and of matplotlib's version."""
+        return hashlib.sha256((_CODE + self.name + _digest(list(self.inputs))).encode()).hexdigest()
+
+
+def _draw(out: Path, job: Job, key: str) -> None:
+    with matplotlib.style.context("default"):
+        figure = job.draw(*job.inputs)
+        atomic_write(out / job.path, functools.partial(
+            figure.savefig, format="png", dpi=DPI, metadata={"Software": None, KEY_FIELD: key},
+            pil_kwargs={"compress_level": 1}), durable=False)  # fast zlib: the PNGs stay small
+
+
+def _draw_packed(args: tuple[Path, Job, str]) -> None:
+    _draw(*args)
+
+
+def render(out: Path, jobs: list[Job], workers: int | None = None) -> None:
+    """Draw each job's figure unless its PNG was drawn from the same inputs.
+
+    The PNG carries :meth:`Job.key`, so an unchanged figure is not drawn again (a report on a
+    growing database redraws only what moved) and a drawn one is the same bytes either way.
+    Agg drawing is pure Python under the GIL, so on Linux the figures are drawn by ``workers``
+    forked processes (default: one per CPU this process may use; forking costs a few ms and
+    imports nothing). Every figure is drawn from its own inputs alone, so the bytes do not depend
+    on the number of workers.
     """
-    key = hashlib.sha256((_CODE + name + _digest(list(inputs))).encode()).hexdigest()
-    path = out / FOLDER / name
-    if not _stored_key(path) == key:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with matplotlib.style.context("default"):
-            draw(*inputs).savefig(path, dpi=DPI, metadata={"Software": None, KEY_FIELD: key},
-                                  pil_kwargs={"compress_level": 1})  # fast zlib: the PNGs stay small
-    return f"{FOLDER}/{name}"
+    todo = [(out, job, key) for job in jobs if _stored_key(out / job.path) != (key := job.key())]
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if sys.platform == "linux" else 1
+    workers = min(workers, len(todo))
+    if workers <= 1:
+        for args in todo:
+            _draw_packed(args)
+        return
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        for _ in pool.map(_draw_packed, todo):  # re-raises a worker's exception here
+            pass
 
 
 def _methods(frame: pd.DataFrame) -> list[str]:
@@ -98,44 +142,57 @@ def _legend_right_figure() -> tuple[Figure, object]:
     return fig, ax
 
 
-# --------------------------------------------------------------------------- per study
-HEATMAP_COLUMNS = ["state", "confirmation", "value", "lr", "eta", "lambda"]
+# --------------------------------------------------------------------------- per section (study file × task)
+HEATMAP_COLUMNS = ["method", "state", "confirmation", "value", "lr", "eta", "lambda"]
 
 
 class _HeatmapFigure:
-    """The figure of one (lr, η, λ) grid, re-filled for each study of that grid.
+    """The heatmap figure of one layout (methods × lrs × η × λ), re-filled for each section with it.
 
-    Building the axes costs about as much as drawing them, and a sweep has one heatmap per study
-    on the same grid; every artist whose look depends on the data is reset by :meth:`fill`.
+    A paper sweep has one such figure per task, all with the same layout, and building the axes
+    costs about as much as drawing them; every artist whose look depends on the data (images,
+    cell texts and their colours, the colour bar, the title) is reset by :meth:`fill`.
     """
 
-    def __init__(self, lrs: list[float], etas: list[float], lams: list[float]):
-        self.figure = Figure(figsize=(2.9 * len(lrs) + 0.8, 3.4))
-        axes = self.figure.subplots(1, len(lrs), squeeze=False, sharey=True)[0]
-        self.images, self.cells = [], []
-        for ax, lr in zip(axes, lrs):
-            self.images.append(ax.imshow(np.full((len(etas), len(lams)), np.nan), origin="lower", cmap="viridis",
-                                         vmin=0, vmax=1, aspect="auto"))
-            self.cells.append({(i, j): ax.text(j, i, "", ha="center", va="center", fontsize=8)
-                               for i, eta in enumerate(etas) for j, lam in enumerate(lams)
-                               if eta + lam <= 1 + _EPS})  # β < 0: not a valid point, left blank
-            ax.set_xticks(range(len(lams)), [f"{v:g}" for v in lams])
-            ax.set_xlabel("λ (inter-layer weight)")
-            ax.set_title(f"lr = {lr:g}", fontsize=10, y=1.0)
-        axes[0].set_yticks(range(len(etas)), [f"{v:g}" for v in etas])
-        axes[0].set_ylabel("η (KD weight)")
-        self.title = self.figure.suptitle("", fontsize=9)
-        self.figure.subplots_adjust(left=0.8 / self.figure.get_figwidth(), right=0.98, bottom=0.16, top=0.78,
-                                    wspace=0.08)
+    def __init__(self, methods: list[str], lrs: list[float], etas: list[float], lams: list[float]):
+        width = max(6.4, 1.9 * len(lrs) + 1.9)  # at least the title's width
+        self.figure = fig = Figure(figsize=(width, 1.45 * len(methods) + 1.4))
+        axes = fig.subplots(len(methods), len(lrs), squeeze=False)
+        self.images, self.cells = {}, {}
+        for (r, method), (c, lr) in itertools.product(enumerate(methods), enumerate(lrs)):
+            ax = axes[r, c]
+            self.images[method, lr] = ax.imshow(np.full((len(etas), len(lams)), np.nan), origin="lower",
+                                                cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            self.cells[method, lr] = {(i, j): ax.text(j, i, "", ha="center", va="center", fontsize=7)
+                                      for i, eta in enumerate(etas) for j, lam in enumerate(lams)
+                                      if eta + lam <= 1 + _EPS}  # β < 0: not a valid point, left blank
+            outer_x, outer_y = r == len(methods) - 1, c == 0  # tick labels only on the outer panels
+            ax.set_xticks(range(len(lams)), [f"{v:g}" for v in lams] if outer_x else [])
+            ax.set_yticks(range(len(etas)), [f"{v:g}" for v in etas] if outer_y else [])
+            ax.tick_params(length=2, labelsize=7)
+            if r == 0:
+                ax.set_title(f"lr = {lr:g}", fontsize=9, y=1.0)
+            if outer_y:
+                ax.set_ylabel(f"{method}\nη (KD weight)", fontsize=8)
+        fig.supxlabel("λ (inter-layer weight)", fontsize=9)
+        self.title = fig.suptitle("", fontsize=9)
+        width, height = fig.get_figwidth(), fig.get_figheight()
+        right, bottom, top = 1 - 1.0 / width, 0.5 / height, 1 - 0.9 / height
+        fig.subplots_adjust(left=0.9 / width, right=right, bottom=bottom, top=top, wspace=0.06, hspace=0.1)
+        bar_axes = fig.add_axes((right + 0.15 / width, bottom, 0.12 / width, top - bottom))
+        self.colorbar = fig.colorbar(next(iter(self.images.values())), cax=bar_axes)
+        self.colorbar.ax.tick_params(labelsize=7)
 
-    def fill(self, title: str, panels: list[np.ndarray]) -> Figure:
-        known = np.concatenate([p.ravel() for p in panels])
+    def fill(self, title: str, panels: dict[tuple[str, float], np.ndarray]) -> Figure:
+        """``panels``: (method, lr) → the η × λ grid of scores (NaN: no complete trial)."""
+        known = np.concatenate([p.ravel() for p in panels.values()])
         known = known[~np.isnan(known)]
         low, high = (float(known.min()), float(known.max())) if len(known) else (0.0, 100.0)
-        for image, cells, grid in zip(self.images, self.cells, panels):
+        for key, image in self.images.items():
+            grid = panels[key]
             image.set_data(grid)
-            image.set_clim(low, max(high, low + 1e-9))
-            for (i, j), text in cells.items():
+            image.set_clim(low, max(high, low + 1e-9))  # one colour scale for every panel
+            for (i, j), text in self.cells[key].items():
                 missing = math.isnan(grid[i, j])
                 dark = not missing and grid[i, j] <= (low + high) / 2  # viridis is dark at the low end
                 text.set_text("–" if missing else f"{grid[i, j]:.1f}")
@@ -144,31 +201,39 @@ class _HeatmapFigure:
         return self.figure
 
 
-def heatmap(study: str, rows: pd.DataFrame, search: dict, metric: str, figures: dict | None = None) -> Figure:
-    """η × λ heatmap of the best dev score, one panel per learning rate; β < 0 cells blank.
+def _union(searches: list[dict], rows: pd.DataFrame, field: str) -> list[float]:
+    return sorted(set().union(*(s.get(field, []) for s in searches)) | set(rows[field].dropna()))
 
-    ``figures`` keeps one figure per grid for reuse across studies (see :class:`_HeatmapFigure`).
+
+@functools.lru_cache(maxsize=4)
+def _heatmap_figure(methods: tuple[str, ...], lrs: tuple[float, ...], etas: tuple[float, ...],
+                    lams: tuple[float, ...]) -> _HeatmapFigure:
+    return _HeatmapFigure(list(methods), list(lrs), list(etas), list(lams))
+
+
+def heatmaps(title: str, rows: pd.DataFrame, searches: list[dict], metric: str) -> Figure:
+    """η × λ heatmaps of the best dev score: one row per inter-layer method, one column per lr.
+
+    ``rows``: the section's trials of inter-layer methods; ``searches``: their studies' search
+    grids (so points without a trial yet show as "–"). β < 0 cells are blank; every panel shares
+    one colour scale, so equal colours are equal scores across methods. The figure of a layout is
+    built once per process and re-filled (see :class:`_HeatmapFigure`).
     """
-    lrs = sorted(set(search.get("lr", [])) | set(rows["lr"].dropna()))
-    etas = sorted(set(search.get("eta", [])) | set(rows["eta"].dropna()))
-    lams = sorted(set(search.get("lambda", [])) | set(rows["lambda"].dropna()))
-    if not (lrs and etas and lams):
+    methods = _methods(rows)
+    lrs, etas, lams = (_union(searches, rows, field) for field in ("lr", "eta", "lambda"))
+    if not (methods and lrs and etas and lams):
         figure = Figure(figsize=(4, 2))
-        figure.text(0.5, 0.5, f"{study}: no (lr, η, λ) recorded yet", ha="center", va="center")
+        figure.text(0.5, 0.5, f"{title}: no (lr, η, λ) recorded yet", ha="center", va="center")
         return figure
-    best = _grid_done(rows).groupby(["lr", "eta", "lambda"])["value"].max() * 100
-    panels = [np.full((len(etas), len(lams)), np.nan) for _ in lrs]
-    for (lr, eta, lam), value in best.items():
-        panels[lrs.index(lr)][etas.index(eta), lams.index(lam)] = value
-    figures = {} if figures is None else figures
-    grid = (tuple(lrs), tuple(etas), tuple(lams))
-    if grid not in figures:
-        figures[grid] = _HeatmapFigure(lrs, etas, lams)
-    return figures[grid].fill(f"{study}: best dev {metric} × 100 per (η, λ)\n"
-                              "blank: β = 1 − η − λ < 0; –: no complete trial", panels)
+    panels = {(method, lr): np.full((len(etas), len(lams)), np.nan) for method in methods for lr in lrs}
+    best = _grid_done(rows).groupby(["method", "lr", "eta", "lambda"])["value"].max() * 100
+    for (method, lr, eta, lam), value in best.items():
+        panels[method, lr][etas.index(eta), lams.index(lam)] = value
+    figure = _heatmap_figure(tuple(methods), tuple(lrs), tuple(etas), tuple(lams))
+    return figure.fill(f"{title}: best dev {metric} × 100 per (η, λ), one colour scale\n"
+                       "blank: β = 1 − η − λ < 0; –: no complete trial", panels)
 
 
-# --------------------------------------------------------------------------- per section (study file × task)
 LR_COLUMNS = ["method", "state", "confirmation", "value", "lr"]
 HISTORY_COLUMNS = ["method", "number", "state", "confirmation", "value", "seconds"]
 EPOCH_COLUMNS = ["method", "number", "state", "confirmation", "value", "lr", "eta", "lambda", "epochs"]
@@ -296,9 +361,9 @@ def bars(frame: pd.DataFrame, teachers: dict[str, float], seeds: dict[str, list[
 
 
 # --------------------------------------------------------------------------- all of them
-def draw_all(snapshot, sections, groups: dict, out: Path) -> dict:
-    """Draw every figure into ``out/figures``; returns ``{"": comparison figures, (file, task): section
-    figures}``, each a list of (title, relative path)."""
+def draw_all(snapshot, sections, groups: dict, out: Path, workers: int | None = None) -> dict:
+    """Draw every figure into ``out/figures`` (see :func:`render` for ``workers``); returns
+    ``{"": comparison figures, (file, task): section figures}``, each a list of (title, relative path)."""
     out, frame, studies = Path(out), snapshot.frame, snapshot.studies
     teachers = {}
     for study in sorted(studies):
@@ -306,26 +371,25 @@ def draw_all(snapshot, sections, groups: dict, out: Path) -> dict:
         if value is not None:
             teachers.setdefault(studies[study]["task"], value)
     seeds = {f"{task}|{method}": list(group.values) for (task, method), group in sorted(groups.items())}
-    made = {"": [("methods per task", render(out, "bars.png", bars, frame[BAR_COLUMNS], teachers, seeds))]}
-    heatmaps: dict = {}
+    made = {"": [("methods per task", Job("bars.png", bars, (frame[BAR_COLUMNS], teachers, seeds)))]}
     for (study_file, task), section in sections:
         metric, name, title = TASKS[task].primary_metric, slug(f"{study_file}/{task}"), f"{study_file} / {task}"
-        figs = [("score vs learning rate", render(out, f"lr__{name}.png", score_vs_lr, title,
-                                                  section[LR_COLUMNS], metric)),
-                ("optimisation history", render(out, f"history__{name}.png", history, title,
-                                                section[HISTORY_COLUMNS], metric)),
-                ("per-epoch dev curves", render(out, f"epochs__{name}.png", epoch_curves, title,
-                                                section[EPOCH_COLUMNS], metric))]
-        for study in sorted(set(section["study"]), key=lambda s: list(METHODS).index(studies[s]["method"])):
-            if get_method(studies[study]["method"]).searches_lambda:
-                rows = section.loc[section["study"] == study, HEATMAP_COLUMNS]
-                search = (studies[study].get("config") or {}).get("search", {})
-                draw = functools.partial(heatmap, figures=heatmaps)
-                figs.append((f"{study}: η × λ heatmap per lr",
-                             render(out, f"heatmap__{slug(study)}.png", draw, study, rows, search, metric)))
+        figs = [("score vs learning rate", Job(f"lr__{name}.png", score_vs_lr, (title, section[LR_COLUMNS], metric))),
+                ("optimisation history", Job(f"history__{name}.png", history,
+                                             (title, section[HISTORY_COLUMNS], metric))),
+                ("per-epoch dev curves", Job(f"epochs__{name}.png", epoch_curves,
+                                             (title, section[EPOCH_COLUMNS], metric)))]
+        inter = [s for s in sorted(set(section["study"])) if get_method(studies[s]["method"]).searches_lambda]
+        if inter:
+            searches = [(studies[s].get("config") or {}).get("search", {}) for s in inter]
+            rows = section.loc[section["study"].isin(inter), HEATMAP_COLUMNS]
+            figs.append(("η × λ heatmaps per lr, inter-layer methods",
+                         Job(f"heatmap__{name}.png", heatmaps, (title, rows, searches, metric))))
         made[(study_file, task)] = figs
-    _remove_stale(out, {path for figs in made.values() for _, path in figs})
-    return made
+    jobs = [job for figs in made.values() for _, job in figs]
+    render(out, jobs, workers)
+    _remove_stale(out, {job.path for job in jobs})
+    return {where: [(title, job.path) for title, job in figs] for where, figs in made.items()}
 
 
 def _remove_stale(out: Path, keep: set[str]) -> None:

@@ -17,6 +17,7 @@ member; evaluation runs in length order. Neither changes the mathematics, only t
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +32,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from harness.glue import EncodedSplit, TaskSpec, collate, compute_metrics
 from harness.methods import InterLayerLoss, kd_loss, regression_kd_loss
-from harness.models import atomic_save, load_checkpoint
+from harness.files import atomic_write
+from harness.models import load_checkpoint
 
 GROUP_CHUNK = 50
 
@@ -343,17 +345,15 @@ def fit(
         }
         history.add(record, value)
         if checkpoint is not None:
-            atomic_save(
-                {
-                    "model": model.state_dict(),
-                    "inter": inter.state_dict() if inter is not None else None,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "history": history,
-                },
-                checkpoint,
-            )
+            state = {
+                "model": model.state_dict(),
+                "inter": inter.state_dict() if inter is not None else None,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "history": history,
+            }
+            atomic_write(checkpoint, functools.partial(torch.save, state))
         if on_epoch is not None:
             on_epoch(record)
     return history

@@ -239,7 +239,7 @@ def test_a_single_seed_has_no_spread():
 
 
 def test_figures_exist_are_linked_and_regenerate_byte_identically(reports):
-    names = {"bars.png", "heatmap__syn__SST-2__alp.png"} | {
+    names = {"bars.png", "heatmap__syn__SST-2.png"} | {
         f"{kind}__syn__{task}.png" for kind in ("lr", "history", "epochs") for task in ("SST-2", "MRPC")}
     first, second = reports["first"], reports["second"]
     assert {p.name for p in (first / "figures").iterdir()} == names
@@ -256,29 +256,51 @@ def test_a_reused_heatmap_figure_draws_the_same_bytes_as_a_fresh_one():
     search = {"lr": [1e-5, 5e-5], "eta": [0.0, 0.5], "lambda": [0.2, 0.7]}
 
     def rows(values: list[float | None]) -> pd.DataFrame:
-        points = [(lr, eta, lam) for lr in search["lr"] for eta in search["eta"] for lam in search["lambda"]
-                  if eta + lam <= 1]
-        return pd.DataFrame([{"state": "COMPLETE" if v is not None else "FAIL", "confirmation": False, "value": v,
-                              "lr": lr, "eta": eta, "lambda": lam} for (lr, eta, lam), v in zip(points, values)])
+        points = [(method, lr, eta, lam) for method in ("pkd-skip", "alp") for lr in search["lr"]
+                  for eta in search["eta"] for lam in search["lambda"] if eta + lam <= 1]
+        return pd.DataFrame([{"method": method, "state": "COMPLETE" if v is not None else "FAIL",
+                              "confirmation": False, "value": v, "lr": lr, "eta": eta, "lambda": lam}
+                             for (method, lr, eta, lam), v in zip(points, values)])
 
     def png(figure) -> bytes:
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=plots.DPI, metadata={"Software": None})
         return buffer.getvalue()
 
-    first, other = rows([0.81, 0.82, 0.83, 0.84, 0.85, 0.86]), rows([0.5, None, 0.9, 0.7, None, 0.6])
+    first = rows([0.81, 0.82, 0.83, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.91, 0.92])
+    other = rows([0.5, None, 0.9, 0.7, None, 0.6, 0.5, 0.4, 0.3, None, 0.2, 0.1])
     with matplotlib.style.context("default"):
-        fresh = png(plots.heatmap("s/A", first, search, "accuracy"))
-        shared: dict = {}
-        assert png(plots.heatmap("s/B", other, search, "accuracy", figures=shared)) != fresh
-        assert png(plots.heatmap("s/A", first, search, "accuracy", figures=shared)) == fresh
-    assert len(shared) == 1
+        plots._heatmap_figure.cache_clear()
+        fresh = png(plots.heatmaps("s / A", first, [search], "accuracy"))
+        plots._heatmap_figure.cache_clear()
+        assert png(plots.heatmaps("s / B", other, [search], "accuracy")) != fresh
+        assert png(plots.heatmaps("s / A", first, [search], "accuracy")) == fresh
+    assert plots._heatmap_figure.cache_info().currsize == 1
+
+
+def test_figures_are_the_same_bytes_drawn_in_one_process_or_several(reports, tmp_path):
+    for workers in (1, 3):
+        write_report(reports["storage"], tmp_path / str(workers), "syn", COMMAND, workers=workers)
+        for path in (reports["first"] / "figures").iterdir():
+            assert (tmp_path / str(workers) / "figures" / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def _broken_figure(value):
+    raise ValueError(f"cannot draw {value}")
+
+
+def test_a_figure_that_fails_to_draw_is_raised_and_leaves_no_file(tmp_path):
+    jobs = [plots.Job("bad.png", _broken_figure, (7,)), plots.Job("also.png", _broken_figure, (8,))]
+    for workers in (1, 2):
+        with pytest.raises(ValueError, match="cannot draw"):
+            plots.render(tmp_path, jobs, workers)
+        assert not (tmp_path / "figures").exists() or not list((tmp_path / "figures").iterdir())
 
 
 def test_rerun_keeps_unchanged_figures_and_removes_stale_ones(reports, tmp_path):
     out = tmp_path / "again"
     write_report(reports["storage"], out, "syn", COMMAND)
-    stale = out / "figures" / "heatmap__old__SST-2__alp.png"
+    stale = out / "figures" / "heatmap__old__SST-2.png"
     stale.write_bytes(b"old")
     before = {p.name: p.stat().st_mtime_ns for p in (out / "figures").glob("*.png")}
     write_report(reports["storage"], out, "syn", COMMAND)
@@ -306,7 +328,7 @@ def test_database_still_being_written(tmp_path):
     text = write_report(storage, tmp_path / "out", None, COMMAND).read_text()
     assert "1 studies, 1 trials: 0 complete, 0 failed, 0 pruned, 1 running." in text
     assert _table(text, "### live / SST-2")[2] == "| alp | – | – | – | – | – | 0 | 0 | 0 | 1 | 0 | 0.000 | 0.000 | – |"
-    assert (tmp_path / "out" / "figures" / "heatmap__live__SST-2__alp.png").stat().st_size > 0
+    assert (tmp_path / "out" / "figures" / "heatmap__live__SST-2.png").stat().st_size > 0
 
 
 def test_empty_database(tmp_path):

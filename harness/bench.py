@@ -14,9 +14,10 @@
 Teacher fine-tuning is excluded from every timing (it is done once and cached, in the usual cache
 folder); teacher outputs, checkpoints and the sweep's SQLite database live in a temporary folder, so
 every run pays the cache build afresh. Then it measures the **sweep cost to reach the exhaustive
-grid's best score** (within ``--tolerance``): the full grid via :class:`~harness.study.Runner`, then
-TPE with median pruning one trial at a time until a trial reaches it; the cost is the summed trial
-seconds. ``--profile`` profiles one ALP student step. The last three lines are machine-readable::
+grid's best score** (within ``--tolerance``): the full ALP grid is run for real, and TPE with median
+pruning is replayed on it ``--sweep-replays`` times (:mod:`harness.bench_sweep`); the ratio is the
+mean share of the grid's compute a replay spends until a trial reaches the best. ``--profile``
+profiles one ALP student step. The last three lines are machine-readable::
 
     ratio alp_trial/reference = X
     ratio alp_step/nkd_step = Y
@@ -26,7 +27,8 @@ Timings are wall-clock and share the machine with whatever else runs: on a busy 
 A bigger setting on a GPU, e.g.::
 
     python -m harness.bench --train-samples 20000 --epochs 3 --max-seq-length 128 --student-layers 4 \\
-        --teacher-train-samples 0 --teacher-epochs 3 --sweep-samples 5000 --sweep-lr 2e-5 5e-5 1e-4
+        --teacher-train-samples 0 --teacher-epochs 3 --sweep-samples 20000 --sweep-epochs 3 \\
+        --sweep-lr 1e-5 2e-5 5e-5 --sweep-eta 0 0.2 0.5 0.7 --sweep-lambda 0 0.2 0.5 0.7   # the paper's 39 points
 """
 
 from __future__ import annotations
@@ -42,23 +44,20 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
 import torch
 import torch.nn.functional as F
-from optuna.trial import TrialState
 
+from harness.bench_sweep import SweepResult, run_sweep
 from harness.cli import quiet_libraries
-from harness.config import StudyConfig, grid_points, parse_study
+from harness.config import StudyConfig, parse_study
 from harness.errors import HarnessError
 from harness.experiment import Experiment
 from harness.glue import EncodedSplit, compute_metrics, resolve_data_dir
 from harness.methods import InterLayerLoss, get_method, kd_loss, regression_kd_loss
 from harness.models import build_student, load_config
-from harness.storage import Storage
-from harness.study import Runner, RunOptions
 from harness.train import Hyper, LossTerms, autocast_for, layer_cls, to_batch, token_lengths, train_batches
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -82,11 +81,12 @@ class Settings:
     seed: int = 42
     teacher_train_samples: int = 8000  # 0: the whole training set
     teacher_epochs: int = 1
-    sweep_samples: int = 2000
+    sweep_samples: int = 1500  # 27 trials of ~12 s; fewer examples and the student stays at the majority class
     sweep_epochs: int = 2
-    sweep_lr: tuple[float, ...] = (2e-4, 5e-4)  # a reduced grid (4 points): the paper's 39 do not fit in 10 minutes
-    sweep_eta: tuple[float, ...] = (0.5,)
-    sweep_lambda: tuple[float, ...] = (0.2, 0.5)
+    sweep_lr: tuple[float, ...] = (2e-4, 5e-4, 1e-3)  # a 27-point grid: the paper's 39 do not fit in 10 minutes
+    sweep_eta: tuple[float, ...] = (0.0, 0.2, 0.5)
+    sweep_lambda: tuple[float, ...] = (0.0, 0.2, 0.5)
+    sweep_replays: int = 20
     tolerance: float = 0.003
     data_dir: Path | None = None
     cache_dir: Path = REPO_ROOT / ".cache"
@@ -314,96 +314,6 @@ def run_reference(experiment: Experiment, point: dict[str, float], out_dir: Path
                      fixed.epochs * len(experiment.train), memory.mib, max(trainer.scores), cpu_seconds)
 
 
-# ---------------------------------------------------------------------------------------------- sweep
-
-
-@dataclass(frozen=True)
-class TrialCost:
-    seconds: float
-    epochs: int
-    value: float | None  # None unless the trial completed
-    label: str
-
-
-def trial_costs(storage: Storage, study_name: str) -> list[TrialCost]:
-    """The study's trials in the order they ran, with the seconds and epochs each one cost."""
-    study = optuna.load_study(study_name=study_name, storage=storage.optuna)
-    costs = []
-    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        value = trial.value if trial.state == TrialState.COMPLETE else None
-        label = f"{trial.user_attrs.get('point', '?')} {trial.state.name.lower()}"
-        costs.append(TrialCost(float(trial.user_attrs.get("seconds", 0.0)), len(trial.user_attrs.get("epochs", [])),
-                               value, label))
-    return costs
-
-
-def cost_to_reach(trials: list[TrialCost], target: float) -> tuple[int | None, float, int]:
-    """(1-based number of the first trial whose value ≥ ``target``, seconds and epochs spent up to and
-    including it); ``(None, all seconds, all epochs)`` when no trial reaches it."""
-    seconds, epochs = 0.0, 0
-    for number, trial in enumerate(trials, start=1):
-        seconds += trial.seconds
-        epochs += trial.epochs
-        if trial.value is not None and trial.value >= target - 1e-12:
-            return number, seconds, epochs
-    return None, seconds, epochs
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    grid: list[TrialCost]
-    search: list[TrialCost]
-    tolerance: float
-
-    @property
-    def best(self) -> float:
-        return max(t.value for t in self.grid if t.value is not None)
-
-    def reach(self) -> tuple[int | None, float, int]:
-        return cost_to_reach(self.search, self.best - self.tolerance)
-
-    @property
-    def ratio(self) -> float:
-        reached, seconds, _ = self.reach()
-        return math.inf if reached is None else seconds / sum(t.seconds for t in self.grid)
-
-    @property
-    def epoch_ratio(self) -> float:
-        reached, _, epochs = self.reach()
-        return math.inf if reached is None else epochs / sum(t.epochs for t in self.grid)
-
-
-def run_sweep(settings: Settings, cache_dir: Path, data_dir: Path | None, log=print) -> SweepResult:
-    """The exhaustive grid, then TPE + median pruning (at most as many trials) until it reaches the grid's best."""
-    grids = {"lr": list(settings.sweep_lr), "eta": list(settings.sweep_eta), "lambda": list(settings.sweep_lambda)}
-    grid_config = study_config(settings, "bench-grid", settings.sweep_samples, settings.sweep_epochs,
-                               sampler="grid", pruner="none", **grids)
-    tpe_config = study_config(settings, "bench-tpe", settings.sweep_samples, settings.sweep_epochs,
-                              sampler="tpe", pruner="median", **grids)
-    experiment = Experiment(grid_config, data_dir, cache_dir, progress=False)  # tpe_config's fixed block is the same
-    experiment.teacher_signal(live=False)  # built here, outside both sweeps' cost
-    storage = Storage(f"sqlite:///{cache_dir / 'sweep.db'}")
-
-    def trial_lines(line: str) -> None:  # the Runner's per-trial lines only
-        if line.lstrip().startswith("trial"):
-            log(f"    {line.strip()}")
-
-    budget = len(grid_points(grid_config, "alp"))
-    log(f"  grid: {budget} points (lr {grids['lr']} × η {grids['eta']} × λ {grids['lambda']}, β ≥ 0), "
-        f"{settings.sweep_samples} examples × {settings.sweep_epochs} epochs")
-    Runner(grid_config, storage, experiment, RunOptions(cache_dir=cache_dir), log=trial_lines).run()
-    result = SweepResult(trial_costs(storage, grid_config.study_name("alp")), [], settings.tolerance)
-    log(f"  grid best {result.best:.4f}; TPE + median pruning until a trial reaches {result.best - settings.tolerance:.4f}")
-    for n_trials in range(1, budget + 1):  # one trial per call: the Runner resumes the study each time
-        Runner(tpe_config, storage, experiment, RunOptions(cache_dir=cache_dir, n_trials=n_trials),
-               log=trial_lines).run()
-        result = replace(result, search=trial_costs(storage, tpe_config.study_name("alp")))
-        if result.reach()[0] is not None:
-            break
-    storage.engine.dispose()
-    return result
-
-
 # ---------------------------------------------------------------------------------------------- profile
 
 
@@ -558,6 +468,8 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--sweep-lr", type=float, nargs="+", default=d.sweep_lr)
     parser.add_argument("--sweep-eta", type=float, nargs="+", default=d.sweep_eta)
     parser.add_argument("--sweep-lambda", type=float, nargs="+", default=d.sweep_lambda)
+    parser.add_argument("--sweep-replays", type=int, default=d.sweep_replays,
+                        help="replays of the TPE search on the evaluated grid (sampler seeds 0..N-1)")
     parser.add_argument("--tolerance", type=float, default=d.tolerance, help="'reached the best' = within this")
     parser.add_argument("--data-dir", default=None,
                         help="GLUE folder (default: $GLUE_DIR, then ../shared/glue beside the repo if present)")
@@ -566,7 +478,8 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--skip-sweep", action="store_true", help="skip the sweep-cost measurement")
     parser.add_argument("--profile", action="store_true", help="profile one ALP student step (torch.profiler)")
     args = parser.parse_args(argv)
-    for name in ("student_layers", "train_samples", "epochs", "batch_size", "sweep_samples", "sweep_epochs"):
+    for name in ("student_layers", "train_samples", "epochs", "batch_size", "sweep_samples", "sweep_epochs",
+                 "sweep_replays"):
         if getattr(args, name) < 1:
             raise HarnessError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     shared = REPO_ROOT.parent / "shared" / "glue"
@@ -577,8 +490,19 @@ def parse_args(argv: list[str] | None) -> Settings:
         epochs=args.epochs, max_seq_length=args.max_seq_length, batch_size=args.batch_size, lr=args.lr,
         seed=args.seed, teacher_train_samples=args.teacher_train_samples, teacher_epochs=args.teacher_epochs,
         sweep_samples=args.sweep_samples, sweep_epochs=args.sweep_epochs, sweep_lr=tuple(args.sweep_lr),
-        sweep_eta=tuple(args.sweep_eta), sweep_lambda=tuple(args.sweep_lambda), tolerance=args.tolerance,
+        sweep_eta=tuple(args.sweep_eta), sweep_lambda=tuple(args.sweep_lambda), sweep_replays=args.sweep_replays,
+        tolerance=args.tolerance,
         data_dir=data_dir, cache_dir=cache_dir.absolute(), skip_sweep=args.skip_sweep, profile=args.profile)
+
+
+def _sweep(settings: Settings, work: Path, log) -> SweepResult:
+    """The ALP grid of the sweep setting, run for real; then the searches replayed on it."""
+    grid_config = study_config(settings, "bench-grid", settings.sweep_samples, settings.sweep_epochs, sampler="grid",
+                               pruner="none", lr=list(settings.sweep_lr), eta=list(settings.sweep_eta),
+                               **{"lambda": list(settings.sweep_lambda)})
+    experiment = Experiment(grid_config, settings.data_dir, work, progress=False)
+    experiment.teacher_signal(live=False)  # built here, outside the grid's cost
+    return run_sweep(grid_config, experiment, work, settings.tolerance, settings.sweep_replays, log)
 
 
 def _load() -> str:
@@ -622,7 +546,7 @@ def bench(settings: Settings, log=print) -> list[str]:
         sweep = None
         if not settings.skip_sweep:
             log("sweep cost to reach the grid's best:")
-            sweep = run_sweep(settings, work, settings.data_dir, log)
+            sweep = _sweep(settings, work, log)
         profile_text = profile_step(experiment, settings.point("alp")) if settings.profile else None
 
     summary = ["", *result_table(results, device),
@@ -633,13 +557,8 @@ def bench(settings: Settings, log=print) -> list[str]:
                f"process CPU time (without the cache build) {alp.cpu_seconds / reference.cpu_seconds:.3f}"]
     sweep_ratio = math.nan
     if sweep is not None:
-        reached, seconds, epochs = sweep.reach()
-        sweep_ratio = sweep.ratio
-        summary.append(f"sweep: grid of {len(sweep.grid)} trials, {sum(t.seconds for t in sweep.grid):.0f} s, best "
-                       f"{sweep.best:.4f}; TPE + median pruning "
-                       + (f"reached ≥ {sweep.best - sweep.tolerance:.4f} at trial {reached} after {seconds:.0f} s "
-                          f"({epochs} epochs; epoch ratio {format_ratio(sweep.epoch_ratio)})" if reached else
-                          f"never reached {sweep.best - sweep.tolerance:.4f} in {len(sweep.search)} trials: ratio inf"))
+        sweep_ratio = sweep.ratio()
+        summary += sweep.lines()
     else:
         summary.append("sweep: skipped (--skip-sweep): ratio nan")
     if profile_text is not None:

@@ -88,19 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open_storage(url: str | None):
+def _open_storage(url: str | None, create: bool = False):
+    """The study database; only ``run`` creates one (a mistyped SQLite path elsewhere is an error)."""
     from harness.storage import Storage, default_storage
 
     if url is None:
-        (REPO_ROOT / "studies").mkdir(exist_ok=True)
+        if create:
+            (REPO_ROOT / "studies").mkdir(exist_ok=True)
         url = default_storage(REPO_ROOT)
-    return Storage(url)
+    return Storage(url, create=create)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.config import load_study
     from harness.experiment import Experiment
     from harness.glue import resolve_data_dir
+    from harness.storage import parse_url
     from harness.study import Runner, RunOptions, describe_grids, run_workers
 
     if args.n_trials is not None and args.n_trials < 1:
@@ -110,18 +113,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.max_attempts < 1:
         raise HarnessError(f"--max-attempts must be at least 1, got {args.max_attempts}")
     config = load_study(args.study_file)
+    if args.storage is not None:
+        parse_url(args.storage)  # a bad URL fails now, before the data are read
     study_dir = None
     if config.data_dir is not None:
         study_dir = str((args.study_file.parent / config.data_dir).resolve())
     data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), study_dir)
-    storage = _open_storage(args.storage)
+    cache_dir = args.cache_dir or _default_cache()
+    options = RunOptions(cache_dir=cache_dir, max_attempts=args.max_attempts, n_trials=args.n_trials)
+    experiment = Experiment(config, data_dir, cache_dir)  # data and teacher checked before the database is touched
+    storage = _open_storage(args.storage, create=True)
     print(f"study file {args.study_file}: task {config.task}, teacher {config.teacher}, "
           f"{config.student_layers}-layer student, sampler {config.search.sampler}")
     print("\n".join(describe_grids(config)))
     print(f"storage {storage.masked}; data {data_dir or 'Hugging Face hub (nyu-mll/glue)'}")
-    cache_dir = args.cache_dir or _default_cache()
-    options = RunOptions(cache_dir=cache_dir, max_attempts=args.max_attempts, n_trials=args.n_trials)
-    experiment = Experiment(config, data_dir, cache_dir)
     if args.workers == 1:
         Runner(config, storage, experiment, options).run()
     else:

@@ -100,12 +100,38 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}"
 
 
-def _prepare_sqlite(url: sa.URL) -> None:
+def parse_url(url: str) -> sa.URL:
+    """The parsed storage URL, its dialect and driver importable; creates nothing.
+
+    A malformed URL, an unknown dialect, a driver that is not installed or a SQLite file in a
+    folder that does not exist is a one-line :class:`HarnessError`.
+    """
+    masked = mask_url(url)
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise HarnessError(f"unsupported storage URL {masked!r} (allowed: any SQLAlchemy URL whose "
+                           "driver is installed: sqlite, postgresql, mysql)") from None
+    except ArgumentError:
+        raise HarnessError(f"malformed storage URL {masked!r} (expected e.g. sqlite:///path.db or "
+                           "postgresql://user:pass@host/db)") from None
+    except ModuleNotFoundError as error:
+        raise HarnessError(f"storage URL {masked!r} needs the Python package {error.name!r}, "
+                           "which is not installed") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).parent
+        if not folder.is_dir():
+            raise HarnessError(f"storage folder {str(folder)!r} does not exist")
+    return parsed
+
+
+def _prepare_sqlite(url: sa.URL, create: bool) -> None:
     if url.database in (None, "", ":memory:"):
         return
     path = Path(url.database)
-    if not path.parent.is_dir():
-        raise HarnessError(f"storage folder {str(path.parent)!r} does not exist")
+    if not create and not path.is_file():
+        raise HarnessError(f"no database at {str(path)!r} (running a study creates it; check --storage)")
     with sqlite3.connect(path, timeout=60) as connection:
         connection.execute("PRAGMA journal_mode=WAL")
 
@@ -119,25 +145,17 @@ def _engine_kwargs(url: sa.URL) -> dict:
 class Storage:
     """One database: Optuna's tables and the grid-claim table."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, create: bool = True):
+        """Open (``create``: or create) the database at ``url``; a bad URL is a one-line error."""
         self.url = url
         self.masked = mask_url(url)
+        parsed = parse_url(url)
         try:
-            parsed = make_url(url)
             if parsed.get_backend_name() == "sqlite":
-                _prepare_sqlite(parsed)
+                _prepare_sqlite(parsed, create)
             self.engine = sa.create_engine(url, **_engine_kwargs(parsed))
             _metadata.create_all(self.engine)
             self.optuna = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(parsed))
-        except NoSuchModuleError:
-            raise HarnessError(f"unsupported storage URL {self.masked!r} (allowed: any SQLAlchemy URL whose "
-                               "driver is installed: sqlite, postgresql, mysql)") from None
-        except ArgumentError:
-            raise HarnessError(f"malformed storage URL {self.masked!r} (expected e.g. sqlite:///path.db or "
-                               "postgresql://user:pass@host/db)") from None
-        except ModuleNotFoundError as error:
-            raise HarnessError(f"storage URL {self.masked!r} needs the Python package {error.name!r}, "
-                               "which is not installed") from None
         except (sa.exc.DBAPIError, sqlite3.Error, RuntimeError) as error:
             reason = (str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0]
             raise HarnessError(f"cannot use storage {self.masked!r}: {reason}") from None

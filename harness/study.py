@@ -3,8 +3,8 @@
 Grid sampling does not use Optuna's ``GridSampler`` (which counts failed trials as visited and can
 hand one point to two workers): the points of a study are rows of ``harness_grid_points`` and a
 worker claims one atomically (:mod:`harness.storage`), then creates a RUNNING Optuna trial fixed
-to that point, together with its owner, in one write (:meth:`Runner._new_trial`). So a study ends with exactly one finished trial
-per grid point, whatever is killed when. A trial that raised is recorded FAIL with its reason and
+to that point, together with its owner, in one write (:meth:`Runner._new_trial`). So a study ends
+with exactly one finished trial per grid point, whatever is killed when. A trial that raised is recorded FAIL with its reason and
 its point is retried, up to ``max_attempts`` attempts in all. A killed trial is marked FAIL
 ("worker died") when its point is reclaimed, and the new trial resumes from the epoch checkpoint.
 
@@ -20,6 +20,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import optuna
 import torch
@@ -48,7 +49,7 @@ def open_study(storage: Storage, config: StudyConfig, method: str) -> optuna.Stu
     """Create or load the method's study; refuse a name reused with a different set-up."""
     name = config.study_name(method)
     study = optuna.create_study(study_name=name, storage=storage.optuna, direction="maximize",
-                                load_if_exists=True, pruner=_pruner(config))
+                                load_if_exists=True, pruner=pruner_for(config))
     want = config.fingerprint(method)
     have = study.user_attrs.get("fingerprint")
     if have is None:
@@ -66,7 +67,7 @@ def open_study(storage: Storage, config: StudyConfig, method: str) -> optuna.Stu
     return study
 
 
-def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+def pruner_for(config: StudyConfig) -> optuna.pruners.BasePruner:
     """Epoch-level pruning, applied identically to every method of the study file.
 
     ``median``: stop a trial whose epoch score is below the median of earlier trials at the same
@@ -93,7 +94,16 @@ def _trial_record(config: StudyConfig, method: str, point: dict, seed: int) -> d
     }
 
 
-def _epoch_reporter(trial: optuna.Trial, storage: Storage, prune: bool = True):
+def stop_after(trial: optuna.Trial, epoch: int, epochs: int) -> bool:
+    """Report nothing, decide: should the pruner stop ``trial`` after ``epoch`` of ``epochs``?
+
+    Never after the last epoch: the trial's cost is paid by then, and pruning it would only throw
+    its finished result away.
+    """
+    return epoch < epochs and trial.should_prune()
+
+
+def _epoch_reporter(trial: optuna.Trial, storage: Storage, epochs: int, prune: bool = True):
     records: list[dict] = []
 
     def on_epoch(record: dict) -> None:
@@ -101,7 +111,7 @@ def _epoch_reporter(trial: optuna.Trial, storage: Storage, prune: bool = True):
         trial.set_user_attr("epochs", records)
         storage.record_result(trial._trial_id, epochs=records)
         trial.report(record["value"], record["epoch"])
-        if prune and trial.should_prune():
+        if prune and stop_after(trial, record["epoch"], epochs):
             raise optuna.TrialPruned()
 
     return on_epoch
@@ -244,44 +254,21 @@ class Runner:
 
     # ------------------------------------------------------------------ tpe
     def _run_tpe(self, study: optuna.Study, method: str) -> None:
-        """TPE over the valid grid points until the study has ``n_trials`` evaluated trials.
+        """TPE (see :func:`tpe_search`) until the study has ``n_trials`` evaluated trials.
 
         The count is re-read before every trial, so several workers share one budget (they may
-        overshoot it by at most one trial each). Each worker seeds TPE differently. A proposal of
-        a point that was already evaluated is not trained again: it is told the earlier value
-        (``duplicate_of``), costs nothing and does not count against the budget. The search ends
-        when the budget is spent or every valid point has been evaluated; after ``max_attempts``
-        failed trials in a row this worker stops.
+        overshoot it by at most one trial each). Each worker seeds TPE differently; after
+        ``max_attempts`` failed trials in a row this worker stops.
         """
         points = grid_points(self.config, method)
-        pairs = sorted({f"{p['eta']:g},{p['lambda']:g}" for p in points})
         budget = self.options.n_trials or self.config.search.n_trials or len(points)
         _fail_orphans(study, self.storage)
         self.log(f"{study.study_name}: TPE over {len(points)} valid grid points, budget {budget} trials")
         seed = int(fingerprint({"worker": self.me}), 16) + len(study.get_trials(deepcopy=False))
         study.sampler = optuna.samplers.TPESampler(seed=seed % 2**31)
-        failures = repeats = 0
-        while failures < self.options.max_attempts and repeats < MAX_TPE_REPEATS:
-            trials = [t for t in study.get_trials(deepcopy=False) if "duplicate_of" not in t.user_attrs]
-            evaluated = {t.user_attrs.get("point"): t for t in trials if t.state == TrialState.COMPLETE}
-            active = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
-            if active >= budget or len(evaluated) >= len(points):
-                break
-            trial = study.ask()
-            trial.set_user_attr("worker", self.me)
-            lr = trial.suggest_categorical("lr", self.config.search.lr)
-            eta, lam = (float(v) for v in trial.suggest_categorical("eta_lambda", pairs).split(","))
-            point = {"lr": lr, "eta": eta, "lambda": lam}
-            earlier = evaluated.get(point_key(point))
-            if earlier is not None:
-                trial.set_user_attr("point", point_key(point))
-                trial.set_user_attr("duplicate_of", earlier.number)
-                study.tell(trial, earlier.value)
-                repeats += 1
-                continue
-            state = self._run_one(study, trial, method, point, None)
-            failures = failures + 1 if state == TrialState.FAIL else 0
-            repeats = 0
+        tpe_search(study, self.config, method, budget,
+                   lambda trial, point: self._run_one(study, trial, method, point, None),
+                   self.options.max_attempts, {"worker": self.me})
 
     # ------------------------------------------------------------------ one trial
     def _run_one(self, study: optuna.Study, trial: optuna.Trial, method: str, point: dict,
@@ -307,9 +294,9 @@ class Runner:
             save_to = self.options.cache_dir / "students" / self._folder(study) / f"{point_key(point)},seed={seed}"
             trial.set_user_attr("student_path", str(save_to))
         try:
+            reporter = _epoch_reporter(trial, self.storage, self.config.fixed.epochs, prune=not confirmation)
             history = self.experiment.run_trial(method, point, seed=seed, checkpoint=checkpoint, save_to=save_to,
-                                                on_epoch=_epoch_reporter(trial, self.storage, prune=not confirmation),
-                                                desc=desc)
+                                                on_epoch=reporter, desc=desc)
         except optuna.TrialPruned:
             self._finish(study, trial, TrialState.PRUNED, None, time.perf_counter() - started)
             self.log(f"  trial {trial.number} {desc}: pruned")
@@ -340,6 +327,52 @@ class Runner:
         trial.set_user_attr("seconds", seconds)
         self.storage.record_result(trial._trial_id, state=state.name, value=value, seconds=seconds)
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+
+
+def tpe_search(study: optuna.Study, config: StudyConfig, method: str, budget: int,
+               evaluate: Callable[[optuna.Trial, dict], TrialState], max_failures: int,
+               trial_attrs: dict | None = None, done: Callable[[], bool] = lambda: False) -> None:
+    """Let the study's sampler propose valid grid points of ``method`` until ``budget`` trials are evaluated.
+
+    The sampler chooses lr and the (η, λ) pair as categorical values, so every proposal is a valid
+    grid point. A trial is a deterministic function of its point and seed, so a proposal of a point
+    that already completed or was pruned is not run again: it is told the earlier outcome (value,
+    or the pruned trial's epoch scores), is marked ``duplicate_of``, costs nothing and does not
+    count against the budget. The search also ends when every valid point has been evaluated
+    (completed or pruned), after ``max_failures`` failed
+    trials in a row, or when ``done()`` says so. ``evaluate(trial, point)`` runs the trial, tells
+    the study its outcome and returns its state; ``trial_attrs`` are set on every trial as soon as
+    it exists. :class:`Runner` runs real trials with it; :mod:`harness.bench_sweep` replays them.
+    """
+    points = grid_points(config, method)
+    pairs = sorted({f"{p['eta']:g},{p['lambda']:g}" for p in points})
+    failures = repeats = 0
+    while failures < max_failures and repeats < MAX_TPE_REPEATS and not done():
+        trials = [t for t in study.get_trials(deepcopy=False) if "duplicate_of" not in t.user_attrs]
+        finished = (TrialState.COMPLETE, TrialState.PRUNED)
+        evaluated = {t.user_attrs.get("point"): t for t in trials if t.state in finished}
+        active = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
+        if active >= budget or len(evaluated) >= len(points):
+            break
+        trial = study.ask()
+        for key, value in (trial_attrs or {}).items():
+            trial.set_user_attr(key, value)
+        lr = trial.suggest_categorical("lr", config.search.lr)
+        eta, lam = (float(v) for v in trial.suggest_categorical("eta_lambda", pairs).split(","))
+        point = {"lr": lr, "eta": eta, "lambda": lam}
+        earlier = evaluated.get(point_key(point))
+        if earlier is not None:
+            trial.set_user_attr("point", point_key(point))
+            trial.set_user_attr("duplicate_of", earlier.number)
+            for epoch, value in sorted(earlier.intermediate_values.items()):
+                trial.report(value, epoch)
+            complete = earlier.state == TrialState.COMPLETE
+            study.tell(trial, earlier.value if complete else None, state=earlier.state)
+            repeats += 1
+            continue
+        state = evaluate(trial, point)
+        failures = failures + 1 if state == TrialState.FAIL else 0
+        repeats = 0
 
 
 def _short(hashes: dict | None) -> str:

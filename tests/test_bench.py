@@ -11,10 +11,7 @@ import torch
 from harness.bench import (
     PeakMemory,
     Settings,
-    SweepResult,
-    TrialCost,
     bench,
-    cost_to_reach,
     format_ratio,
     parse_args,
     reference_trainer_class,
@@ -39,27 +36,9 @@ def bench_cache(tmp_path_factory):
 def tiny_settings(teacher, glue_dir, cache_dir, **overrides) -> Settings:
     values = dict(teacher=str(teacher), train_samples=32, epochs=1, max_seq_length=32, batch_size=16,
                   teacher_train_samples=32, sweep_samples=16, sweep_epochs=2, sweep_lr=(1e-4,), sweep_eta=(0.5,),
-                  sweep_lambda=(0.2, 0.5), data_dir=glue_dir, cache_dir=cache_dir)
+                  sweep_lambda=(0.2, 0.5), sweep_replays=3, data_dir=glue_dir, cache_dir=cache_dir)
     values.update(overrides)
     return Settings(**values)
-
-
-def test_cost_to_reach_counts_every_trial_up_to_the_first_that_reaches():
-    trials = [TrialCost(10.0, 2, 0.80, "a"), TrialCost(4.0, 1, None, "pruned"), TrialCost(10.0, 2, 0.851, "b"),
-              TrialCost(10.0, 2, 0.90, "c")]
-    assert cost_to_reach(trials, 0.85) == (3, 24.0, 5)
-    assert cost_to_reach(trials, 0.95) == (None, 34.0, 7)
-    assert cost_to_reach([], 0.5) == (None, 0.0, 0)
-
-
-def test_sweep_ratio_is_search_cost_over_grid_cost_and_inf_when_never_reached():
-    grid = [TrialCost(10.0, 2, 0.80, "a"), TrialCost(10.0, 2, 0.85, "b")]
-    reached = SweepResult(grid, [TrialCost(5.0, 1, None, "p"), TrialCost(10.0, 2, 0.848, "b")], tolerance=0.003)
-    assert reached.best == 0.85
-    assert reached.ratio == pytest.approx(15.0 / 20.0)
-    assert reached.epoch_ratio == pytest.approx(3 / 4)
-    missed = SweepResult(grid, [TrialCost(10.0, 2, 0.846, "a")], tolerance=0.003)
-    assert math.isinf(missed.ratio) and format_ratio(missed.ratio) == "inf"
 
 
 def test_format_ratio():
@@ -128,5 +107,7 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_bert, glue_dir, bench_cache):
         assert run in text
     assert "Self CPU time total" in text and "optimizer.step" in text
     assert any("grid best" in line for line in lines)
+    assert any(line.startswith("  TPE + median pruning: mean") for line in summary)
+    assert any("over 3 replays" in line for line in summary)
     assert len(list((bench_cache / "teachers").glob("*/config.json"))) == 1  # the teacher is cached, and reused
     assert not (bench_cache / "teacher_outputs").exists()  # teacher outputs and the sweep lived in a temporary folder

@@ -115,6 +115,7 @@ def test_missing_inputs_are_one_line(tmp_path, tiny_bert, capsys):
     code = main(["run", str(study_file), "--data-dir", str(empty), "--storage", f"sqlite:///{tmp_path / 'y.db'}",
                  "--cache-dir", str(tmp_path / "cache")])
     assert code == 2 and "SST-2" in capsys.readouterr().err
+    assert not (tmp_path / "y.db").exists()  # nothing half-written: the database is opened after the inputs check
 
 
 def test_student_deeper_than_teacher_is_refused_before_fine_tuning(tmp_path, tiny_bert, glue_dir, capsys):
@@ -123,7 +124,7 @@ def test_student_deeper_than_teacher_is_refused_before_fine_tuning(tmp_path, tin
                  "--cache-dir", str(tmp_path / "cache")])
     assert code == 2
     assert "student_layers=5 exceeds the teacher's 4 layers (allowed: 1..4)" in capsys.readouterr().err
-    assert not (tmp_path / "cache" / "teachers").exists()
+    assert not (tmp_path / "cache" / "teachers").exists() and not (tmp_path / "x.db").exists()
 
 
 def test_bad_storage_url_is_one_line_without_traceback(tmp_path, tiny_bert):
@@ -134,6 +135,16 @@ def test_bad_storage_url_is_one_line_without_traceback(tmp_path, tiny_bert):
         assert result.returncode == 2
         assert expected in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_reading_commands_never_create_a_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'typo.db'}"
+    for args in (["report", "--out", str(tmp_path / "out")], ["status"], ["confirm"], ["reproduce", "1"]):
+        result = run_cli(*args, "--storage", url)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, args
+        assert result.stderr.strip() == f"error: no database at '{tmp_path / 'typo.db'}' (running a study creates " \
+                                        "it; check --storage)"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_tpe_sweep_evaluates_each_point_once_and_respects_the_budget(tmp_path, tiny_bert, glue_dir):

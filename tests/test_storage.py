@@ -125,3 +125,12 @@ def test_storage_errors_are_one_line(tmp_path):
         Storage(f"sqlite:///{tmp_path}/nope/x.db")
     with pytest.raises(HarnessError, match="cannot use storage 'postgresql://u:\\*\\*\\*@127.0.0.1:1/x'"):
         Storage("postgresql://u:pw@127.0.0.1:1/x")
+
+
+def test_only_a_run_creates_a_database(tmp_path):
+    missing = tmp_path / "typo.db"
+    with pytest.raises(HarnessError, match=r"no database at '.*typo\.db' \(running a study creates it"):
+        Storage(f"sqlite:///{missing}", create=False)
+    assert not missing.exists()
+    Storage(f"sqlite:///{missing}")  # what `run` does
+    assert Storage(f"sqlite:///{missing}", create=False).masked.endswith("typo.db")

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where fine-tuned teachers, teacher outputs and epoch checkpoints live "
                           "(default: $HARNESS_CACHE or .cache in the repo)")
     run.add_argument("--max-attempts", type=int, default=3, help="attempts per grid point before giving up on it")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="give the grid points that were given up on (see status) a fresh set of attempts")
     run.add_argument("--workers", type=int, default=1,
                      help="worker processes on this machine (pin each to a GPU with CUDA_VISIBLE_DEVICES by "
                           "running one command per GPU); the same command on other machines with the same "
@@ -127,6 +129,9 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{config.student_layers}-layer student, sampler {config.search.sampler}")
     print("\n".join(describe_grids(config)))
     print(f"storage {storage.masked}; data {data_dir or 'Hugging Face hub (nyu-mll/glue)'}")
+    if args.retry_failed:  # once, before any worker starts
+        freed = sum(storage.retry_failed(config.study_name(method)) for method in config.methods)
+        print(f"--retry-failed: {freed} failed grid point(s) get a fresh set of attempts")
     if args.workers == 1:
         Runner(config, storage, experiment, options).run()
     else:

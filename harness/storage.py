@@ -193,6 +193,13 @@ class Storage:
             except IntegrityError:
                 pass  # another worker inserted it first
 
+    def retry_failed(self, study_name: str) -> int:
+        """Free every failed point of the study, with its attempts reset; returns how many."""
+        table = grid_points_table.c
+        with self.engine.begin() as connection:
+            return connection.execute(grid_points_table.update().where(
+                table.study_name == study_name, table.state == "failed").values(state="free", attempts=0)).rowcount
+
     def points(self, study_name: str) -> list[dict]:
         with self.engine.begin() as connection:
             rows = connection.execute(
@@ -290,6 +297,16 @@ class Claim:
         """Give the point back after a failed trial; after ``max_attempts`` it is marked failed for good."""
         self.storage._update(self.study_name, self.key, self.worker,
                              state="failed" if self.attempts >= max_attempts else "free", last_error=error[:2000])
+
+    def interrupt(self) -> None:
+        """Give the point back after Ctrl-C: an interruption uses up no attempt."""
+        used = 0 if self.stale_worker is not None else 1  # a fresh claim counted an attempt, a takeover did not
+        self.storage._update(self.study_name, self.key, self.worker, state="free",
+                             attempts=grid_points_table.c.attempts - used)
+
+    def give_up(self, error: str) -> None:
+        """Mark the point failed now, whatever its attempts (``run --retry-failed`` frees it again)."""
+        self.storage._update(self.study_name, self.key, self.worker, state="failed", last_error=error[:2000])
 
 
 class Heartbeat:

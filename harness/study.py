@@ -36,6 +36,7 @@ from harness.train import pick_device, runtime_info
 
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_TPE_REPEATS = 100  # consecutive proposals of already-evaluated points before a TPE worker gives up
+MAX_SILENT_DEATHS = 3  # a point whose worker is killed this often in a row, never finishing an epoch, is given up
 
 
 @dataclass(frozen=True)
@@ -212,16 +213,29 @@ class Runner:
             claim = self.storage.claim_next(study.study_name, self.me, self.options.max_attempts, keys)
             if claim is None:
                 break
-            if claim.stale_worker is not None and _settle_stale(study, self.storage, claim):
-                claim.done()  # the dead worker had finished the trial, only the claim was left open
-                continue
+            if claim.stale_worker is not None:
+                if _settle_stale(study, self.storage, claim):
+                    claim.done()  # the dead worker had finished the trial, only the claim was left open
+                    continue
+                deaths = _silent_deaths(study, claim.key)
+                if deaths >= MAX_SILENT_DEATHS:
+                    reason = (f"its worker died {deaths} times in a row before finishing an epoch (killed for "
+                              "memory?); fix the cause, then run again with --retry-failed")
+                    claim.give_up(reason)
+                    self.log(f"{study.study_name}: {claim.key}: giving up: {reason}")
+                    continue
             params = claim.params
             trial = self._new_trial(study, claim.key, params)
             point = {name: trial.params[name] for name in ("lr", "eta", "lambda")}
             claim.attach(trial._trial_id)
-            with Heartbeat(claim):
-                state = self._run_one(study, trial, method, point, self.checkpoint_path(study, claim.key),
-                                      seed=params.get("seed"))
+            try:
+                with Heartbeat(claim):
+                    state = self._run_one(study, trial, method, point, self.checkpoint_path(study, claim.key),
+                                          seed=params.get("seed"))
+            except KeyboardInterrupt:  # the epoch checkpoint is kept: the next run resumes from it
+                _fail(self.storage, trial._trial_id, "interrupted")
+                claim.interrupt()
+                raise
             if state == TrialState.FAIL:
                 claim.release(str(trial.user_attrs.get("fail_reason", "failed")), self.options.max_attempts)
             else:
@@ -413,6 +427,19 @@ def _settle_stale(study: optuna.Study, storage: Storage, claim) -> bool:
     return finished
 
 
+def _silent_deaths(study: optuna.Study, key: str) -> int:
+    """How many of the point's latest trials in a row died (worker killed) before finishing an epoch."""
+    count = 0
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: -t.number):
+        if trial.user_attrs.get("claim") != key:
+            continue
+        died = str(trial.user_attrs.get("fail_reason", "")).startswith("worker died")
+        if not (trial.state == TrialState.FAIL and died and not trial.user_attrs.get("epochs")):
+            break
+        count += 1
+    return count
+
+
 def _fail(storage: Storage, trial_id: int, reason: str) -> None:
     try:
         storage.optuna.set_trial_user_attr(trial_id, "fail_reason", reason)
@@ -485,7 +512,7 @@ def run_workers(count: int, config: StudyConfig, url: str, data_dir: Path | None
 
 
 def study_status(storage: Storage) -> list[str]:
-    """One block per study: grid size, complete, running (worker and age), failed, pruned, left."""
+    """One block per study: grid size, complete, running (worker and age), failed, pruned, left, given up."""
     now = time.time()
     lines = []
     for summary in sorted(optuna.get_all_study_summaries(storage.optuna, include_best_trial=False),
@@ -504,6 +531,8 @@ def study_status(storage: Storage) -> list[str]:
                 age = now - trial.datetime_start.timestamp() if trial.datetime_start else 0.0
                 lines.append(f"    running: trial_id {trial._trial_id} {trial.user_attrs.get('point', '?')} on "
                              f"{trial.user_attrs.get('worker', '?')}, {age:.0f} s")
+        lines += [f"    given up: {p['point_key']} after {p['attempts']} attempt(s): {p['last_error']} "
+                  "(run --retry-failed to try again)" for p in points if p["state"] == "failed"]
     return lines
 
 

@@ -134,3 +134,92 @@ def test_only_a_run_creates_a_database(tmp_path):
     assert not missing.exists()
     Storage(f"sqlite:///{missing}")  # what `run` does
     assert Storage(f"sqlite:///{missing}", create=False).masked.endswith("typo.db")
+
+
+def test_interrupt_uses_no_attempt_and_give_up_and_retry(tmp_path):
+    storage = Storage(f"sqlite:///{tmp_path / 'c.db'}")
+    storage.ensure_points("s", {"a": POINTS["p0"], "b": POINTS["p1"]})
+    claim = storage.claim_next("s", "me:1", max_attempts=3, keys={"a"})
+    claim.interrupt()
+    rows = {row["point_key"]: row for row in storage.points("s")}
+    assert (rows["a"]["state"], rows["a"]["attempts"]) == ("free", 0)
+    storage.claim_next("s", "me:1", max_attempts=3, keys={"b"}).give_up("killed again and again")
+    rows = {row["point_key"]: row for row in storage.points("s")}
+    assert (rows["b"]["state"], rows["b"]["last_error"]) == ("failed", "killed again and again")
+    assert storage.claim_next("s", "me:1", max_attempts=3, keys={"b"}) is None
+    assert storage.retry_failed("s") == 1
+    assert storage.claim_next("s", "me:1", max_attempts=3, keys={"b"}).attempts == 1
+
+
+def _one_point_study(tmp_path):
+    import optuna
+
+    from harness.config import grid_points, parse_study, point_key
+    from harness.study import open_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = Storage(f"sqlite:///{tmp_path / 'd.db'}")
+    config = parse_study({"name": "d", "task": "SST-2", "teacher": "synthetic", "student_layers": 2,
+                          "methods": ["nkd"], "search": {"lr": [1e-4]}})
+    study = open_study(storage, config, "nkd")
+    key = point_key(grid_points(config, "nkd")[0])
+    storage.ensure_points(study.study_name, {key: grid_points(config, "nkd")[0]})
+    return storage, config, study, key
+
+
+def test_a_point_whose_worker_keeps_dying_before_an_epoch_is_given_up(tmp_path):
+    import socket
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from harness.study import MAX_SILENT_DEATHS, Runner, RunOptions, _silent_deaths
+
+    storage, config, study, key = _one_point_study(tmp_path)
+
+    def died(epochs=(), reason="worker died (claim taken over)"):
+        study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={
+            "claim": key, "fail_reason": reason, "epochs": list(epochs)}))
+
+    died(epochs=[{"epoch": 1}])  # made progress: ends the run of silent deaths
+    for _ in range(MAX_SILENT_DEATHS - 1):
+        died()
+    assert _silent_deaths(study, key) == MAX_SILENT_DEATHS - 1
+    died(reason="interrupted")
+    assert _silent_deaths(study, key) == 0
+    for _ in range(MAX_SILENT_DEATHS):
+        died()
+    dead = f"{socket.gethostname()}:999999999:0"  # no such process on this host
+    storage.claim_next(study.study_name, dead, max_attempts=3)  # held by a worker that is gone
+    lines = []
+    Runner(config, storage, None, RunOptions(cache_dir=tmp_path), log=lines.append)._run_points(
+        study, "nkd", {key}, None)  # gives up before building anything: no experiment needed
+    (row,) = storage.points(study.study_name)
+    assert row["state"] == "failed" and f"died {MAX_SILENT_DEATHS} times in a row" in row["last_error"]
+    assert any("giving up" in line and "--retry-failed" in line for line in lines)
+    from harness.study import study_status
+
+    assert any(line.startswith(f"    given up: {key} after 1 attempt(s): its worker died") for line in
+               study_status(storage))
+
+
+def test_ctrl_c_frees_the_point_without_using_an_attempt(tmp_path):
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState
+
+    from harness.study import Runner, RunOptions
+
+    storage, config, study, key = _one_point_study(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    experiment = SimpleNamespace(teacher=SimpleNamespace(key="t"), data_hashes={}, run_trial=interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Runner(config, storage, experiment, RunOptions(cache_dir=tmp_path), log=lambda line: None)._run_points(
+            study, "nkd", {key}, None)
+    (row,) = storage.points(study.study_name)
+    assert (row["state"], row["attempts"]) == ("free", 0)
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"

@@ -59,6 +59,17 @@ class TaskSpec:
         """Width of the model's output layer: 1 for regression, else the class count."""
         return 1 if self.is_regression else len(self.label_names)
 
+    @property
+    def components(self) -> list[tuple[str, str]]:
+        """The (split, metric) pairs GLUE reports for the task, in GLUE's order (MNLI: m then mm)."""
+        return [(split, metric) for split in self.eval_splits for metric in self.metrics]
+
+    @property
+    def component_keys(self) -> list[str]:
+        """Names of :attr:`components` in reference files: the metric, or ``split.metric`` for MNLI."""
+        single = len(self.eval_splits) == 1
+        return [metric if single else f"{split}.{metric}" for split, metric in self.components]
+
 
 def _classification(
     name: str,

@@ -13,7 +13,8 @@ F1/accuracy, STS-B Pearson/Spearman). A task's score is the mean of those metric
 leaderboard's convention for multi-metric tasks) and the Average is the mean of the task scores.
 
 Seeds. Confirmation trials (``confirmation=True``) give mean ± std, a t-interval and Welch's t-test
-of ALP against each baseline. Reference numbers (:func:`load_reference`) add "(published)" rows.
+of ALP against each baseline (:mod:`harness.seeds`). Reference numbers
+(:func:`harness.reference.load_reference`) add "(published)" rows.
 The figures are drawn by :mod:`harness.plots`.
 """
 
@@ -28,14 +29,13 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pandas as pd
-import yaml
-from scipy import stats
 
 from harness import plots
-from harness.errors import HarnessError
 from harness.files import atomic_write
-from harness.glue import TASKS, TaskSpec, get_task
+from harness.glue import TASKS, TaskSpec
 from harness.methods import METHODS
+from harness.reference import load_reference
+from harness.seeds import confirmations, seed_groups, seeds_tables
 from harness.storage import Storage
 
 COLUMNS = ["study", "study_file", "task", "method", "number", "state", "value", "point", "lr", "eta", "lambda",
@@ -43,7 +43,6 @@ COLUMNS = ["study", "study_file", "task", "method", "number", "state", "value", 
            "datetime_start", "datetime_complete"]
 _SHORT = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman",
           "dev_matched": "m", "dev_mismatched": "mm"}
-ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -165,19 +164,8 @@ def best_per_study(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- task metrics
-def components(spec: TaskSpec) -> list[tuple[str, str]]:
-    """The (split, metric) pairs GLUE reports for a task, in GLUE's order (MNLI: m then mm)."""
-    return [(split, metric) for split in spec.eval_splits for metric in spec.metrics]
-
-
-def component_keys(spec: TaskSpec) -> list[str]:
-    """Names of :func:`components` in reference files: the metric, or ``split.metric`` for MNLI."""
-    single = len(spec.eval_splits) == 1
-    return [metric if single else f"{split}.{metric}" for split, metric in components(spec)]
-
-
 def task_header(spec: TaskSpec) -> str:
-    parts = [_SHORT.get(s, s) if len(spec.eval_splits) > 1 else _SHORT.get(m, m) for s, m in components(spec)]
+    parts = [_SHORT.get(s, s) if len(spec.eval_splits) > 1 else _SHORT.get(m, m) for s, m in spec.components]
     metric = f" {_SHORT.get(spec.metrics[0], spec.metrics[0])}" if len(spec.eval_splits) > 1 else ""
     return f"{spec.name} ({'/'.join(parts)}{metric})"
 
@@ -205,7 +193,7 @@ def _known(value) -> float | None:
 
 
 def trial_cell(spec: TaskSpec, row: pd.Series) -> Cell:
-    values = [_known(row.get(f"{split}.{metric}")) for split, metric in components(spec)]
+    values = [_known(row.get(f"{split}.{metric}")) for split, metric in spec.components]
     if values[0] is None:  # no epoch record: the trial value is the primary metric
         values[0] = _known(row["value"])
     return Cell(tuple(values))
@@ -213,61 +201,10 @@ def trial_cell(spec: TaskSpec, row: pd.Series) -> Cell:
 
 def teacher_cell(spec: TaskSpec, teacher: dict) -> Cell:
     metrics = teacher.get("metrics") or {}
-    values = [_known((metrics.get(split) or {}).get(metric)) for split, metric in components(spec)]
+    values = [_known((metrics.get(split) or {}).get(metric)) for split, metric in spec.components]
     if values[0] is None:
         values[0] = _known(teacher.get("value"))
     return Cell(tuple(values))
-
-
-# --------------------------------------------------------------------------- reference numbers
-REFERENCE_KEYS = ("method", "task", "metric", "value", "source")
-
-
-def load_reference(path: Path) -> list[dict]:
-    """Read and validate a YAML list of published scores; every problem is a one-line HarnessError."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as error:
-        raise HarnessError(f"cannot read reference file {str(path)!r}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise HarnessError(f"reference file {str(path)!r} is not valid YAML{where}") from None
-    if not isinstance(data, list) or not data:
-        raise HarnessError(f"reference file {str(path)!r}: expected a non-empty list of entries with keys "
-                           f"{', '.join(REFERENCE_KEYS)}")
-    entries, seen = [], set()
-    for index, entry in enumerate(data, 1):
-        where = f"reference file {str(path)!r}, entry {index}"
-        if not isinstance(entry, dict):
-            raise HarnessError(f"{where}: expected a mapping with keys {', '.join(REFERENCE_KEYS)}")
-        if set(entry) != set(REFERENCE_KEYS):
-            missing, unknown = sorted(set(REFERENCE_KEYS) - set(entry)), sorted(set(entry) - set(REFERENCE_KEYS))
-            raise HarnessError(f"{where}: " + "; ".join(
-                ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown key {', '.join(unknown)}"]
-                                                                          if unknown else [])))
-        method, task, metric, value, source = (entry[k] for k in REFERENCE_KEYS)
-        if method not in METHODS and method != "teacher":
-            raise HarnessError(f"{where}: unknown method {method!r} (allowed: teacher, {', '.join(METHODS)})")
-        try:
-            spec = get_task(str(task))
-        except HarnessError as error:
-            raise HarnessError(f"{where}: {error}") from None
-        if metric not in component_keys(spec):
-            raise HarnessError(f"{where}: {spec.name} has no metric {metric!r} "
-                               f"(allowed: {', '.join(component_keys(spec))})")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not 1 < abs(value) <= 100:
-            raise HarnessError(f"{where}: value must be a percentage in (1, 100] (e.g. 91.3), got {value!r}")
-        if not isinstance(source, str) or not source.strip():
-            raise HarnessError(f"{where}: source must be a non-empty text naming the paper and table")
-        key = (method, spec.name, metric, source.strip())
-        if key in seen:
-            raise HarnessError(f"{where}: {method} {spec.name} {metric} from {source!r} is listed twice")
-        seen.add(key)
-        entries.append({"method": method, "task": spec.name, "metric": metric, "value": float(value),
-                        "source": source.strip()})
-    return entries
 
 
 # --------------------------------------------------------------------------- comparison table
@@ -314,7 +251,7 @@ def comparison_rows(snapshot: Snapshot, tasks: list[str], reference: list[dict])
             for task in tasks:
                 given = {e["metric"]: e["value"] / 100 for e in mine if e["task"] == task}
                 if given:
-                    row.cells[task] = Cell(tuple(given.get(k) for k in component_keys(TASKS[task])))
+                    row.cells[task] = Cell(tuple(given.get(k) for k in TASKS[task].component_keys))
             rows.append(row)
     notes += [f"[{number}] {source}" for number, source in enumerate(sources, 1)]
     outside = sorted({e["task"] for e in reference} - set(tasks))
@@ -362,115 +299,6 @@ def comparison_table(snapshot: Snapshot, reference: list[dict]) -> list[str]:
     return lines + [note + "  " for note in notes] + ([""] if notes else [])
 
 
-# --------------------------------------------------------------------------- seeds
-@dataclass(frozen=True)
-class Seeds:
-    """The confirmation runs of one method's confirmed configuration on one task."""
-
-    study: str
-    point: str
-    seeds: tuple[int, ...]
-    values: tuple[float, ...]
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.values))
-
-    @property
-    def std(self) -> float:
-        return float(np.std(self.values, ddof=1)) if self.n > 1 else math.nan
-
-    def interval(self) -> tuple[float, float]:
-        """95 % t-interval of the mean."""
-        if self.n < 2:
-            return math.nan, math.nan
-        half = stats.t.ppf(1 - ALPHA / 2, self.n - 1) * self.std / math.sqrt(self.n)
-        return self.mean - half, self.mean + half
-
-
-def confirmations(frame: pd.DataFrame) -> dict[tuple[str, str], list[Seeds]]:
-    """(task, method) → the seeds of every confirmed configuration, the one the tests use first.
-
-    Only confirmation trials count: the grid trial that picked a configuration is the maximum of
-    the grid, so it is biased upwards. One value per seed (the last COMPLETE trial with that seed).
-    The tests use the best grid trial's configuration when it was confirmed, else the one with the
-    most seeds.
-    """
-    out = {}
-    confirmed = frame[frame["confirmation"] & (frame["state"] == "COMPLETE")]
-    bests = best_trials(frame, ["task", "method"])
-    for (task, method), group in confirmed.groupby(["task", "method"], sort=True):
-        best = bests.loc[(task, method)] if (task, method) in bests.index else None
-        found = []
-        for (study, point), rows in group.groupby(["study", "point"], sort=True):
-            runs = rows.sort_values("number").groupby("seed", sort=True).last()
-            found.append(Seeds(study, point, tuple(int(s) for s in runs.index), tuple(float(v) for v in runs["value"])))
-        chosen = (best["study"], best["point"]) if best is not None else None
-        out[(task, method)] = sorted(found, key=lambda g: ((g.study, g.point) != chosen, -g.n, g.study, g.point))
-    return out
-
-
-def seed_groups(frame: pd.DataFrame) -> dict[tuple[str, str], Seeds]:
-    """(task, method) → the seeds of the configuration the tests use (see :func:`confirmations`)."""
-    return {key: found[0] for key, found in confirmations(frame).items()}
-
-
-def is_alp(method: str) -> bool:
-    return method == "alp" or method.startswith("alp-")
-
-
-def welch(alp: Seeds, base: Seeds) -> tuple[float, float]:
-    """Welch's t-test (unequal variances) of ALP's seeds against a baseline's: (t, two-sided p)."""
-    result = stats.ttest_ind(alp.values, base.values, equal_var=False)
-    return float(result.statistic), float(result.pvalue)
-
-
-def seeds_tables(found: dict[tuple[str, str], list[Seeds]], command: str) -> list[str]:
-    lines = ["## Seeds of the best configurations", "",
-             "Confirmation re-runs (different seeds) of the confirmed configurations; the grid trial that "
-             "selected a configuration is left out (as the best of its grid it is biased upwards). Primary dev "
-             "metric × 100; std with ddof = 1; 95 % interval of the mean from the t-distribution. "
-             "✓: the configuration the tests below use (the best of the grid).", "",
-             "| task | method | configuration | seeds | mean ± std | 95 % CI | tested |",
-             "|---|---|---|---:|---:|---:|:---:|"]
-    for (task, method), groups in sorted(found.items(), key=lambda kv: (list(TASKS).index(kv[0][0]),
-                                                                         list(METHODS).index(kv[0][1]))):
-        for index, group in enumerate(groups):
-            low, high = group.interval()
-            spread = "–" if group.n < 2 else f"{100 * group.mean:.2f} ± {100 * group.std:.2f}"
-            interval = "–" if group.n < 2 else f"[{100 * low:.2f}, {100 * high:.2f}]"
-            lines.append(f"| {task} | {method} | {group.point} | {group.n} | {spread} | {interval} | "
-                         f"{'✓' if index == 0 else ''} |")
-    groups = {key: groups[0] for key, groups in found.items()}
-    lines += ["", f"Reproduce: `{command}`", "",
-              f"ALP vs each baseline, **Welch's t-test** (two-sided, unequal variances) over seeds; "
-              f"p ≥ {ALPHA} means the difference is not distinguishable from seed noise. "
-              "No correction for multiple comparisons.", "",
-              "| task | ALP method | baseline | Δ mean (ALP − baseline) | Welch t | p | verdict |",
-              "|---|---|---|---:|---:|---:|---|"]
-    for task in TASKS:
-        for alp in (m for m in METHODS if is_alp(m) and (task, m) in groups):
-            for base in (m for m in METHODS if not is_alp(m) and (task, m) in groups):
-                a, b = groups[(task, alp)], groups[(task, base)]
-                delta = f"{100 * (a.mean - b.mean):+.2f}"
-                if a.n < 2 or b.n < 2:
-                    lines.append(f"| {task} | {alp} | {base} | {delta} | – | – | too few seeds (need ≥ 2 each) |")
-                    continue
-                t, p = welch(a, b)
-                if math.isnan(p):
-                    verdict = "undefined (no variance over seeds)"
-                elif p >= ALPHA:
-                    verdict = "not distinguishable from seed noise"
-                else:
-                    verdict = f"{alp if a.mean > b.mean else base} higher (p < {ALPHA})"
-                lines.append(f"| {task} | {alp} | {base} | {delta} | {t:.3f} | {p:.3g} | {verdict} |")
-    return lines + ["", f"Reproduce: `{command}`", ""]
-
-
 # --------------------------------------------------------------------------- document
 def _num(value, fmt: str, scale: float = 1.0) -> str:
     return "–" if value is None or pd.isna(value) else format(scale * value, fmt)
@@ -495,7 +323,7 @@ def study_table(snapshot: Snapshot, section: pd.DataFrame, summary: pd.DataFrame
 
 def markdown_report(snapshot: Snapshot, command: str, reference: list[dict] | None = None,
                     figures: dict | None = None) -> str:
-    """The README text; ``reference`` as :func:`load_reference` returns it, ``figures`` as
+    """The README text; ``reference`` as :func:`~harness.reference.load_reference` returns it, ``figures`` as
     :func:`harness.plots.draw_all` does."""
     frame, reference, figures = snapshot.frame, reference or [], figures or {}
     lines = ["# Sweep report", ""]
@@ -513,7 +341,7 @@ def markdown_report(snapshot: Snapshot, command: str, reference: list[dict] | No
         "Rows marked (published) are reference numbers, not runs of this harness.", ""]
     lines += comparison_table(snapshot, reference) + [f"Reproduce: `{command}`", ""]
     lines += [f"![{title}]({path})" for title, path in figures.get("", [])] + [""]
-    found = confirmations(frame)
+    found = confirmations(frame, best_trials(frame, ["task", "method"]))
     if found:
         lines += seeds_tables(found, command)
     lines += ["## Studies", "", "Per study: the best grid point, trial counts, compute (CPU/GPU hours from each "
@@ -565,7 +393,7 @@ def _write_report(storage: Storage, out: Path, name: str | None, command: str, r
     published = load_reference(reference) if reference is not None else []
     snapshot = load(storage, name)
     out.mkdir(parents=True, exist_ok=True)
-    groups = seed_groups(snapshot.frame)
+    groups = seed_groups(confirmations(snapshot.frame, best_trials(snapshot.frame, ["task", "method"])))
     figures = plots.draw_all(snapshot, _sections(snapshot.frame), groups, out, workers) \
         if not snapshot.frame.empty else {}
     csv = snapshot.frame.drop(columns="epochs").to_csv(index=False).encode()

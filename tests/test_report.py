@@ -17,7 +17,9 @@ from scipy import stats
 from harness import plots
 from harness.config import parse_study
 from harness.errors import HarnessError
-from harness.report import Seeds, load, load_reference, markdown_report, write_report
+from harness.reference import load_reference
+from harness.report import load, markdown_report, write_report
+from harness.seeds import Seeds
 from harness.storage import Storage
 from harness.study import open_study
 

@@ -55,7 +55,8 @@ from harness.cli import quiet_libraries
 from harness.config import StudyConfig, parse_study
 from harness.errors import HarnessError
 from harness.experiment import Experiment
-from harness.glue import EncodedSplit, compute_metrics, resolve_data_dir
+from harness.encoding import EncodedSplit
+from harness.glue import compute_metrics, resolve_data_dir
 from harness.methods import InterLayerLoss, get_method, kd_loss, regression_kd_loss
 from harness.models import build_student
 from harness.train import Hyper, autocast_for, layer_cls

@@ -27,7 +27,8 @@ from transformers import AutoModelForSequenceClassification
 
 from harness.config import StudyConfig
 from harness.errors import HarnessError
-from harness.glue import EncodedSplit, GlueSplit, encode_split, get_task, load_split, subsample
+from harness.encoding import EncodedSplit, encode_split
+from harness.glue import GlueSplit, get_task, load_split, subsample
 from harness.methods import InterLayerLoss, get_method
 from harness.files import atomic_dir, publish_dir
 from harness.models import (

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from harness.glue import EncodedSplit, TaskSpec, collate, compute_metrics
+from harness.encoding import EncodedSplit, collate
+from harness.glue import TaskSpec, compute_metrics
 from harness.methods import InterLayerLoss, kd_loss, regression_kd_loss
 from harness.files import atomic_write
 from harness.models import load_checkpoint

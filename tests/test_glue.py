@@ -23,12 +23,11 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from harness import glue
 from harness.errors import HarnessError
+from harness.encoding import collate, encode_split
 from harness.glue import (
     TASKS,
     GlueSplit,
-    collate,
     compute_metrics,
-    encode_split,
     get_task,
     hub_split_name,
     load_split,

@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from harness.glue import encode_split, get_task, load_split, subsample
+from harness.encoding import encode_split
+from harness.glue import get_task, load_split, subsample
 from harness.methods import METHODS, InterLayerLoss, get_method
 from harness.models import build_student
 from harness.train import Hyper, LossTerms, TeacherSignal, fit, to_batch, train_batches

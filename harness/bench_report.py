@@ -21,6 +21,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState, create_trial
 
+from harness import plots
 from harness.config import grid_points, parse_study, point_key
 from harness.glue import TASKS
 from harness.methods import METHODS
@@ -98,7 +99,7 @@ def build(folder: Path) -> tuple[Storage, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.bench_report", description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=None,
-                        help="processes drawing the figures (default: one per usable CPU)")
+                        help="processes drawing the figures (default: one per usable CPU on Linux)")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -107,9 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         storage, total = build(folder)
         print(f"built {total} trials in {len(BENCH_TASKS) * len(METHODS)} studies in "
-              f"{time.perf_counter() - started:.1f} s; {len(os.sched_getaffinity(0))} usable CPUs, "
-              f"load average {os.getloadavg()[0]:.2f}")
-        workers = args.workers or len(os.sched_getaffinity(0))
+              f"{time.perf_counter() - started:.1f} s; load average {os.getloadavg()[0]:.2f}")
+        workers = args.workers or plots.default_workers()
         runs = [("one drawing process, all figures drawn", "one", 1),
                 (f"{workers} drawing processes, all figures drawn", "all", workers),
                 ("again into the same folder: figures unchanged, none redrawn", "all", workers)]

@@ -44,6 +44,10 @@ class GridTrial:
     epochs: tuple[tuple[float, float], ...]  # (dev value, seconds) per epoch, in order
     value: float | None  # None unless the trial completed
 
+    def reaches(self, target: float) -> bool:
+        """Whether this trial completed at ``target`` or above (float noise forgiven)."""
+        return self.value is not None and self.value >= target - 1e-12
+
     def cost_until(self, epochs: int) -> float:
         """Seconds of this trial stopped after ``epochs`` epochs: its set-up and those epochs."""
         return self.seconds - sum(seconds for _, seconds in self.epochs[epochs:])
@@ -104,7 +108,7 @@ def replay_tpe(config: StudyConfig, grid: dict[str, GridTrial], target: float, s
                 study.tell(trial, state=TrialState.PRUNED)
                 return TrialState.PRUNED
         tally.charge(key, f"{known.value:.4f}", known.seconds, len(known.epochs))
-        tally.reached = known.value >= target - 1e-12
+        tally.reached = known.reaches(target)
         study.tell(trial, known.value)
         return TrialState.COMPLETE
 
@@ -120,7 +124,7 @@ def replay_shuffled(grid: dict[str, GridTrial], target: float, seed: int) -> Sea
         known = grid[str(key)]
         tally.charge(str(key), "failed" if known.value is None else f"{known.value:.4f}", known.seconds,
                      len(known.epochs))
-        if known.value is not None and known.value >= target - 1e-12:
+        if known.reaches(target):
             tally.reached = True
             break
     return tally.search()

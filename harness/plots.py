@@ -101,20 +101,24 @@ def _draw_packed(args: tuple[Path, Job, str]) -> None:
     _draw(*args)
 
 
+def default_workers() -> int:
+    """Drawing processes by default: one per CPU this process may use on Linux (where forking is
+    safe and cheap), else 1."""
+    return len(os.sched_getaffinity(0)) if sys.platform == "linux" else 1
+
+
 def render(out: Path, jobs: list[Job], workers: int | None = None) -> None:
     """Draw each job's figure unless its PNG was drawn from the same inputs.
 
     The PNG carries :meth:`Job.key`, so an unchanged figure is not drawn again (a report on a
     growing database redraws only what moved) and a drawn one is the same bytes either way.
     Agg drawing is pure Python under the GIL, so on Linux the figures are drawn by ``workers``
-    forked processes (default: one per CPU this process may use; forking costs a few ms and
-    imports nothing). Every figure is drawn from its own inputs alone, so the bytes do not depend
+    forked processes (default: :func:`default_workers`; forking costs a few ms and imports
+    nothing). Every figure is drawn from its own inputs alone, so the bytes do not depend
     on the number of workers.
     """
     todo = [(out, job, key) for job in jobs if _stored_key(out / job.path) != (key := job.key())]
-    if workers is None:
-        workers = len(os.sched_getaffinity(0)) if sys.platform == "linux" else 1
-    workers = min(workers, len(todo))
+    workers = min(default_workers() if workers is None else workers, len(todo))
     if workers <= 1:
         for args in todo:
             _draw_packed(args)

@@ -37,6 +37,7 @@ from harness.train import pick_device, runtime_info
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_TPE_REPEATS = 100  # consecutive proposals of already-evaluated points before a TPE worker gives up
 MAX_SILENT_DEATHS = 3  # a point whose worker is killed this often in a row, never finishing an epoch, is given up
+WORKER_DIED = "worker died"  # how every trial of a killed worker's fail_reason begins
 
 
 @dataclass(frozen=True)
@@ -353,19 +354,19 @@ def tpe_search(study: optuna.Study, config: StudyConfig, method: str, budget: in
     that already completed or was pruned is not run again: it is told the earlier outcome (value,
     or the pruned trial's epoch scores), is marked ``duplicate_of``, costs nothing and does not
     count against the budget. The search also ends when every valid point has been evaluated
-    (completed or pruned), after ``max_failures`` failed
-    trials in a row, or when ``done()`` says so. ``evaluate(trial, point)`` runs the trial, tells
-    the study its outcome and returns its state; ``trial_attrs`` are set on every trial as soon as
-    it exists. :class:`Runner` runs real trials with it; :mod:`harness.bench_sweep` replays them.
+    (completed or pruned), after ``max_failures`` failed trials in a row, or when ``done()`` says
+    so. ``evaluate(trial, point)`` runs the trial, tells the study its outcome and returns its
+    state; ``trial_attrs`` are set on every trial as soon as it exists. :class:`Runner` runs real
+    trials with it; :mod:`harness.bench_sweep` replays them.
     """
     points = grid_points(config, method)
     pairs = sorted({f"{p['eta']:g},{p['lambda']:g}" for p in points})
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
     failures = repeats = 0
     while failures < max_failures and repeats < MAX_TPE_REPEATS and not done():
         trials = [t for t in study.get_trials(deepcopy=False) if "duplicate_of" not in t.user_attrs]
-        finished = (TrialState.COMPLETE, TrialState.PRUNED)
         evaluated = {t.user_attrs.get("point"): t for t in trials if t.state in finished}
-        active = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
+        active = sum(t.state in (*finished, TrialState.RUNNING) for t in trials)
         if active >= budget or len(evaluated) >= len(points):
             break
         trial = study.ask()
@@ -418,7 +419,7 @@ def _settle_stale(study: optuna.Study, storage: Storage, claim) -> bool:
                 attrs.get("claim") != claim.key or attrs.get("worker") != claim.stale_worker):
             continue
         if trial.state == TrialState.RUNNING:
-            _fail(storage, trial._trial_id, "worker died (claim taken over)")
+            _fail(storage, trial._trial_id, f"{WORKER_DIED} (claim taken over)")
             trial = storage.optuna.get_trial(trial._trial_id)  # it may have finished meanwhile
         done = trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
         finished |= done
@@ -433,7 +434,7 @@ def _silent_deaths(study: optuna.Study, key: str) -> int:
     for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: -t.number):
         if trial.user_attrs.get("claim") != key:
             continue
-        died = str(trial.user_attrs.get("fail_reason", "")).startswith("worker died")
+        died = str(trial.user_attrs.get("fail_reason", "")).startswith(WORKER_DIED)
         if not (trial.state == TrialState.FAIL and died and not trial.user_attrs.get("epochs")):
             break
         count += 1
@@ -461,7 +462,7 @@ def _fail_orphans(study: optuna.Study, storage: Storage) -> None:
         worker = trial.user_attrs.get("worker")
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
         if (worker is not None and worker_is_dead(worker)) or (worker is None and started < now - GRACE_SECONDS):
-            _fail(storage, trial._trial_id, "worker died")
+            _fail(storage, trial._trial_id, WORKER_DIED)
 
 
 def describe_grids(config: StudyConfig) -> list[str]:

@@ -21,6 +21,16 @@ def _default_cache() -> Path:
     return Path(os.environ.get("HARNESS_CACHE", REPO_ROOT / ".cache"))
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def _storage_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", metavar="URL", default=None,
                         help="SQLAlchemy URL of the study database (default: sqlite:///studies/harness.db in the "
@@ -60,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(report)
     report.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "latest", help="output folder")
     report.add_argument("--name", default=None, help="only the studies of this study file (its 'name')")
+    report.add_argument("--budget", type=_positive_int, default=None, metavar="N",
+                        help="the equal budget n of the 'Equal budget' section (default: the smallest grid)")
     report.add_argument("--reference", type=Path, default=None, metavar="FILE",
                         help="YAML list of published scores {method, task, metric, value (percent), source}; "
                              "shown as extra '(published)' rows")
@@ -150,8 +162,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     storage = _open_storage(args.storage)
     command = "python run_study.py report" + (f" --name {args.name}" if args.name else "") + (
         f" --storage {shlex.quote(storage.masked)}" if args.storage else "") + (
-        f" --reference {shlex.quote(str(args.reference))}" if args.reference else "")
-    path = write_report(storage, args.out, args.name, command, reference=args.reference)
+        f" --reference {shlex.quote(str(args.reference))}" if args.reference else "") + (
+        f" --budget {args.budget}" if args.budget else "")
+    path = write_report(storage, args.out, args.name, command, reference=args.reference, budget=args.budget)
     print(f"report written to {path}")
     return 0
 

@@ -78,6 +78,12 @@ class Fixed(_Strict):
     save_students: bool = False
     compile: bool = False
     teacher_cache_dtype: Literal["float32", "float16"] = "float32"
+    # How the epoch and the grid point are chosen: ``dev`` (the paper's protocol: on the reported dev set,
+    # so the reported maximum is optimistic) or ``holdout`` (a seeded, label-stratified slice of train that
+    # no model trains on; dev is then read once, at the chosen epoch of the chosen point). See harness.holdout.
+    selection: Literal["dev", "holdout"] = "dev"
+    holdout_fraction: float = Field(0.1, gt=0, lt=1)
+    holdout_max_samples: int | None = Field(None, ge=1)
     teacher: TeacherRecipe = TeacherRecipe()
 
     @field_validator("alp_scale", mode="before")
@@ -166,6 +172,9 @@ class StudyConfig(_Strict):
         payload = self.model_dump(mode="json", by_alias=True, exclude={"methods", "data_dir"})
         payload["method"] = method
         payload["search"].pop("n_trials")
+        if payload["fixed"]["selection"] == "dev":  # studies made before selection existed keep their hash
+            for key in ("selection", "holdout_fraction", "holdout_max_samples"):
+                payload["fixed"].pop(key)
         return fingerprint(payload)
 
 

@@ -29,6 +29,7 @@ from harness.config import StudyConfig
 from harness.errors import HarnessError
 from harness.encoding import EncodedSplit, encode_split
 from harness.glue import GlueSplit, get_task, load_split, subsample
+from harness.holdout import HOLDOUT_SPLIT, split_holdout
 from harness.methods import InterLayerLoss, get_method
 from harness.files import atomic_dir, publish_dir
 from harness.models import (
@@ -39,8 +40,8 @@ from harness.models import (
     load_tokenizer,
     resolve_pretrained,
 )
-from harness.train import History, Hyper, TeacherSignal, eval_batches, fit, layer_cls, pick_device, to_batch, \
-    token_lengths
+from harness.train import History, Hyper, TeacherSignal, eval_batches, fit, layer_cls, pick_device, predict, \
+    to_batch, token_lengths
 
 TEACHER_INFO = "harness_teacher.json"
 
@@ -90,19 +91,30 @@ class Experiment:
             loaded = load_split(self.task, split, data_dir)
             self.data_hashes[split] = loaded.sha256
             self.evals[split] = encode_split(loaded, self.tokenizer, fixed.max_seq_length)
+        # The split whose score chooses the epoch and the grid point (see harness.holdout).
+        self.select_split = self.task.eval_splits[0]
+        if fixed.selection == "holdout":
+            train, held = split_holdout(train, fixed.holdout_fraction, fixed.seed, fixed.holdout_max_samples,
+                                        regression=self.task.is_regression)
+            self.evals[HOLDOUT_SPLIT] = encode_split(held, self.tokenizer, fixed.max_seq_length)
+            self.select_split = HOLDOUT_SPLIT
         self.train = encode_split(subsample(train, fixed.max_train_samples, fixed.seed), self.tokenizer,
                                   fixed.max_seq_length)
-        self._full_train: GlueSplit = train
+        self._full_train: GlueSplit = train  # without the holdout slice, if any
         self.teacher: PreparedTeacher | None = None
         self._signal: TeacherSignal | None = None
+        self._teacher_dev_cls: np.ndarray | None = None
 
     # ------------------------------------------------------------------ teacher
     def teacher_key(self) -> str:
         fixed = self.config.fixed
-        return fingerprint({
+        payload = {
             "source": self.config.teacher, "task": self.task.name, "recipe": fixed.teacher.model_dump(),
             "data": self.data_hashes, "max_seq_length": fixed.max_seq_length, "seed": fixed.seed,
-        })
+        }
+        if fixed.selection == "holdout":  # the teacher never trains on the holdout slice either
+            payload["holdout"] = [fixed.holdout_fraction, fixed.holdout_max_samples]
+        return fingerprint(payload)
 
     def prepare_teacher(self) -> PreparedTeacher:
         """Fine-tune the teacher on the task, or load it from the cache."""
@@ -199,6 +211,28 @@ class Experiment:
         (tmp / "manifest.json").write_text(json.dumps(manifest))
         publish_dir(tmp, final)
 
+    def teacher_dev_cls(self) -> np.ndarray:
+        """The teacher's [CLS] vector of every layer on the first eval split, ``[n, N, H]`` (computed once)."""
+        if self._teacher_dev_cls is None:
+            data = self.evals[self.task.eval_splits[0]]
+            _, self._teacher_dev_cls = predict(self.load_teacher_model(), data, self.config.fixed.eval_batch_size,
+                                               self.pad_token_id, self.device, states=True)
+        return self._teacher_dev_cls
+
+    def alpha_probe(self, inter: InterLayerLoss):
+        """After each epoch: ALP's mean attention α over dev ``[M × N]`` and its mean entropy (nats)."""
+        teacher = torch.from_numpy(self.teacher_dev_cls())
+
+        @torch.no_grad()
+        def probe(student_cls: np.ndarray) -> dict:
+            student = torch.from_numpy(student_cls)
+            alpha = torch.cat([inter.attention(s.to(self.device), t.to(self.device)).float().cpu()
+                               for s, t in zip(student.split(1024), teacher.split(1024))])
+            entropy = torch.special.entr(alpha).sum(-1).mean()
+            return {"alpha": alpha.mean(0).tolist(), "alpha_entropy": float(entropy)}
+
+        return probe
+
     # ------------------------------------------------------------------ trials
     def run_trial(self, method: str, point: dict[str, float], seed: int | None = None, checkpoint: Path | None = None,
                   on_epoch=None, desc: str | None = None, save_to: Path | None = None) -> History:
@@ -228,9 +262,11 @@ class Experiment:
                       batch_size=fixed.batch_size, eval_batch_size=fixed.eval_batch_size, seed=seed,
                       temperature=fixed.temperature, warmup_ratio=fixed.warmup_ratio,
                       weight_decay=fixed.weight_decay, max_grad_norm=fixed.max_grad_norm)
+        probe = self.alpha_probe(inter) if inter is not None and spec.inter == "alp" else None
         history = fit(student, self.task, hyper, self.train, self.evals, self.pad_token_id, inter=inter,
                       teacher=signal, checkpoint=checkpoint, on_epoch=on_epoch, desc=desc or method,
-                      device=self.device, progress=self.progress, compile_model=fixed.compile)
+                      device=self.device, progress=self.progress, compile_model=fixed.compile,
+                      select_split=self.select_split, probe=probe)
         if save_to is not None:
             tmp = atomic_dir(save_to)
             student.save_pretrained(tmp)

@@ -513,6 +513,15 @@ class InterLayerLoss(torch.nn.Module):
             return alp_loss(student, teacher, scale=self.scale, buckets=buckets)
         raise ValueError(f"method {self.spec.key!r} has unknown inter loss {self.spec.inter!r}")
 
+    def attention(self, student_cls: Tensor, teacher_cls: Tensor) -> Tensor:
+        """ALP's attention α, ``[B, M, N]``, on [CLS] vectors ``[B, M, H_s]`` / ``[B, N, H_t]`` (ALP family
+        only; with ``alp_tokens: all`` this is α at the [CLS] position). Entries outside a bucket are 0."""
+        if self.spec.inter != "alp":
+            raise ValueError(f"method {self.spec.key!r} has no attention over teacher layers")
+        student = self.proj(student_cls) if self.proj is not None else student_cls
+        buckets = None if self.spec.mapping == "all" else [bucket for _, bucket in self.mapping]
+        return alp_attention(student, teacher_cls, scale=self.scale, buckets=buckets)
+
     def _check_inputs(self, student: Tensor, teacher: Tensor, attention_mask: Tensor | None) -> None:
         ndim = 4 if self.needs_tokens else 3
         expect_s = (self.n_student, self.student_hidden)

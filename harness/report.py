@@ -8,7 +8,7 @@ trials are counted, never scored.
 
 Scores. A trial's value is its best epoch's primary metric. A (method, task) cell of the
 comparison is the best *grid* trial (confirmation re-runs are left out), shown with every metric
-GLUE reports for the task at that trial's best epoch (MNLI matched/mismatched, MRPC and QQP
+GLUE reports for the task at that trial's reported epoch (MNLI matched/mismatched, MRPC and QQP
 F1/accuracy, STS-B Pearson/Spearman). A task's score is the mean of those metrics (the GLUE
 leaderboard's convention for multi-metric tasks) and the Average is the mean of the task scores.
 
@@ -23,14 +23,14 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pandas as pd
 
-from harness import plots
+from harness import fair_report, plots
 from harness.files import atomic_write
 from harness.glue import TASKS, TaskSpec
 from harness.methods import METHODS
@@ -40,17 +40,22 @@ from harness.storage import Storage
 
 COLUMNS = ["study", "study_file", "task", "method", "number", "state", "value", "point", "lr", "eta", "lambda",
            "seed", "confirmation", "device", "worker", "seconds", "best_epoch", "n_epochs", "fail_reason",
-           "datetime_start", "datetime_complete"]
+           "datetime_start", "datetime_complete", "trial_id", "selection", "reported_epoch", "score",
+           "equivalent_of", "alpha_entropy"]
 _SHORT = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman",
           "dev_matched": "m", "dev_mismatched": "mm"}
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the report knows: study user attributes by study name, and one row per trial."""
+    """What the report knows: study user attributes by study name, one row per trial, the stored
+    eval labels (study → split → labels) and the stored eval logits of the best grid trial of every
+    (task, method) (trial_id → split → (epoch, logits))."""
 
     studies: dict[str, dict]
     frame: pd.DataFrame
+    labels: dict = field(default_factory=dict)
+    predictions: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- loading
@@ -73,21 +78,28 @@ def load(storage: Storage, name: str | None = None) -> Snapshot:
                 continue  # a TPE proposal of an evaluated point: told the earlier value, never trained
             rows.append(_trial_row(frozen.study_name, attrs, trial))
     frame = pd.DataFrame(rows)
-    extra = sorted(set(frame.columns) - set(COLUMNS) - {"epochs"})
-    frame = frame.reindex(columns=[*COLUMNS, *extra, "epochs"])
+    extra = sorted(set(frame.columns) - set(COLUMNS) - {"epochs", "alpha"})
+    frame = frame.reindex(columns=[*COLUMNS, *extra, "alpha", "epochs"])
     frame = frame.sort_values(["study", "number"], kind="stable").reset_index(drop=True)
     frame["confirmation"] = frame["confirmation"].astype(bool)
-    for column in ("value", "lr", "eta", "lambda", "seconds"):
+    for column in ("value", "lr", "eta", "lambda", "seconds", "score", "alpha_entropy"):
         frame[column] = pd.to_numeric(frame[column]).astype(float)
-    for column in ("number", "seed", "best_epoch", "n_epochs"):
+    for column in ("number", "seed", "best_epoch", "n_epochs", "trial_id", "reported_epoch", "equivalent_of"):
         frame[column] = frame[column].astype("Int64")
-    return Snapshot(studies, frame)
+    if frame.empty:
+        return Snapshot(studies, frame)
+    picked = best_trials(frame, ["task", "method"])["trial_id"].dropna()
+    return Snapshot(studies, frame, storage.labels(), storage.predictions(int(t) for t in picked))
 
 
 def _trial_row(study: str, attrs: dict, trial: optuna.trial.FrozenTrial) -> dict:
+    """One trial; its metrics are those of its *reported* epoch (the selected one; a confirmation under
+    ``selection: dev`` reports its last), ``score`` the primary metric on dev there."""
     user = trial.user_attrs
     epochs = list(user.get("epochs") or [])
-    best = _best_epoch(epochs, user.get("best_epoch"))
+    best = _best_epoch(epochs, user.get("reported_epoch", user.get("best_epoch")))
+    spec = TASKS[attrs["task"]]
+    score = ((best.get("metrics") or {}).get(spec.eval_splits[0]) or {}).get(spec.primary_metric)
     seconds = user.get("seconds")
     if seconds is None and epochs:  # failed or still running: the epochs it finished
         seconds = sum(float(e.get("seconds") or 0.0) for e in epochs)
@@ -100,7 +112,10 @@ def _trial_row(study: str, attrs: dict, trial: optuna.trial.FrozenTrial) -> dict
         "fail_reason": user.get("fail_reason"),
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
         "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
-        "epochs": epochs,
+        "trial_id": trial._trial_id, "selection": ((attrs.get("config") or {}).get("fixed") or {}).get(
+            "selection", "dev"), "reported_epoch": best.get("epoch"), "score": score,
+        "equivalent_of": user.get("equivalent_of"), "alpha_entropy": best.get("alpha_entropy"),
+        "alpha": best.get("alpha"), "epochs": epochs,
     }
     for split, metrics in (best.get("metrics") or {}).items():
         for metric, value in metrics.items():
@@ -227,20 +242,38 @@ def comparison_rows(snapshot: Snapshot, tasks: list[str], reference: list[dict])
             if len({str(t.get("key")) for t in found.values()}) > 1:
                 notes.append(f"‡ {task}: the studies used different teachers; the teacher of {min(found)} is shown.")
     rows = [teacher] if teacher.cells else []
+    chance = Row("chance (majority class of dev)", {}, student=False)
+    for task in tasks:
+        values = fair_report.chance_values(TASKS[task], fair_report.task_labels(snapshot, task))
+        if values is not None:
+            chance.cells[task] = Cell(values)
+    rows += [chance] if chance.cells else []
     best = best_trials(frame, ["task", "method"])
     files = _done(frame).groupby(["task", "method"])["study_file"].unique()
+    flagged = set()
     for method in METHODS:
         row = Row(method, {}, student=True)
         for task in tasks:
             if (task, method) in best.index:
+                picked = best.loc[(task, method)]
                 several = len(files[(task, method)]) > 1
-                row.cells[task] = replace(trial_cell(TASKS[task], best.loc[(task, method)]), mark="‡" * several)
+                mark = "‡" * several + fair_report.shared_mark(method, (picked["lr"], picked["eta"], picked["lambda"]))
+                if fair_report.near_chance(snapshot, TASKS[task], picked["trial_id"]):
+                    mark += " ≈ chance"
+                    flagged.add(f"{method} on {task}")
+                row.cells[task] = replace(trial_cell(TASKS[task], picked), mark=mark)
                 if several:
                     names = ", ".join(sorted(files[(task, method)]))
                     notes.append(f"‡ {method} on {task}: best over the study files {names} "
                                  "(pass --name to compare one study file).")
         if row.cells:
             rows.append(row)
+    if flagged:
+        notes.append("≈ chance: within noise of always predicting the majority class (the paired bootstrap's 95 % "
+                     f"interval of the difference reaches 0): {', '.join(sorted(flagged))}.")
+    if any(" ≡ " in cell.mark for row in rows for cell in row.cells.values()):
+        notes.append("≡ KD / ≡ NKD: the method's best grid point has λ = 0 (η = 0 for KD), the same computation "
+                     "as KD's (NKD's) point; it is a shared trial, and the gain over KD (NKD) is zero.")
     sources = sorted({e["source"] for e in reference})
     for method in ["teacher", *METHODS]:
         for number, source in enumerate(sources, 1):
@@ -322,9 +355,9 @@ def study_table(snapshot: Snapshot, section: pd.DataFrame, summary: pd.DataFrame
 
 
 def markdown_report(snapshot: Snapshot, command: str, reference: list[dict] | None = None,
-                    figures: dict | None = None) -> str:
+                    figures: dict | None = None, budget: int | None = None) -> str:
     """The README text; ``reference`` as :func:`~harness.reference.load_reference` returns it, ``figures`` as
-    :func:`harness.plots.draw_all` does."""
+    :func:`harness.plots.draw_all` does, ``budget`` the equal budget n (default: the smallest grid)."""
     frame, reference, figures = snapshot.frame, reference or [], figures or {}
     lines = ["# Sweep report", ""]
     if frame.empty:
@@ -332,18 +365,24 @@ def markdown_report(snapshot: Snapshot, command: str, reference: list[dict] | No
     counts = frame["state"].value_counts()
     lines += [f"{len(snapshot.studies)} studies, {len(frame)} trials: " + ", ".join(
         f"{int(counts.get(state, 0))} {word}" for state, word in
-        (("COMPLETE", "complete"), ("FAIL", "failed"), ("PRUNED", "pruned"), ("RUNNING", "running"))) + ".", "",
-        "## Comparison (dev, best of grid)", "",
+        (("COMPLETE", "complete"), ("FAIL", "failed"), ("PRUNED", "pruned"), ("RUNNING", "running"))) + "."
+        + _shared_note(frame), ""]
+    lines += fair_report.protocol_lines(snapshot)
+    lines += ["## Comparison (dev, best of grid)", "",
         "Each cell: the method's best grid trial on the task (chosen by the primary metric; confirmation re-runs "
-        "left out), every metric GLUE reports for the task at that trial's best epoch, × 100. **Average**: mean "
+        "left out), every metric GLUE reports for the task at that trial's reported epoch (the selected one), × 100. **Average**: mean "
         "over tasks of each task's score, a multi-metric task scoring the mean of its metrics (GLUE leaderboard "
         "convention). **Bold**: best student per column (Average: among students with every task). "
         "Rows marked (published) are reference numbers, not runs of this harness.", ""]
     lines += comparison_table(snapshot, reference) + [f"Reproduce: `{command}`", ""]
     lines += [f"![{title}]({path})" for title, path in figures.get("", [])] + [""]
+    budget_lines, _ = fair_report.equal_budget(snapshot, budget, command)
+    lines += budget_lines + [f"![{title}]({path})" for title, path in figures.get("budget", [])] + [""]
     found = confirmations(frame, best_trials(frame, ["task", "method"]))
     if found:
         lines += seeds_tables(found, command)
+    lines += fair_report.paired_tests(snapshot, seed_groups(found), command)
+    lines += fair_report.alpha_section(fair_report.alpha_panels(frame), figures, command)
     lines += ["## Studies", "", "Per study: the best grid point, trial counts, compute (CPU/GPU hours from each "
               "trial's wall time and device) and time to best (cumulative trial time, in trial-number order, up "
               "to and including the best trial).", ""]
@@ -354,6 +393,14 @@ def markdown_report(snapshot: Snapshot, command: str, reference: list[dict] | No
         lines += ["", f"Reproduce: `{command}`", ""]
         lines += [f"![{title}]({path})" for title, path in figures.get((study_file, task), [])] + [""]
     return "\n".join(lines)
+
+
+def _shared_note(frame: pd.DataFrame) -> str:
+    shared = int(frame["equivalent_of"].notna().sum())
+    if not shared:
+        return ""
+    return (f" {shared} of them are shared: the same computation as another method's trial (λ = 0 ≡ KD, "
+            "η = λ = 0 ≡ NKD), trained once and copied (`equivalent_of`).")
 
 
 def _sections(frame: pd.DataFrame):
@@ -379,25 +426,29 @@ def _long_lived_objects_frozen():
 
 
 def write_report(storage: Storage, out: Path, name: str | None, command: str,
-                 reference: Path | None = None, workers: int | None = None) -> Path:
+                 reference: Path | None = None, workers: int | None = None, budget: int | None = None) -> Path:
     """Write ``README.md``, ``trials.csv`` and ``figures/*.png`` into ``out``; returns the README path.
 
-    ``workers``: processes drawing the figures (see :func:`harness.plots.render`).
+    ``workers``: processes drawing the figures (see :func:`harness.plots.render`); ``budget``: the equal
+    budget n (default: the smallest grid).
     """
     with _long_lived_objects_frozen():
-        return _write_report(storage, out, name, command, reference, workers)
+        return _write_report(storage, out, name, command, reference, workers, budget)
 
 
 def _write_report(storage: Storage, out: Path, name: str | None, command: str, reference: Path | None,
-                  workers: int | None) -> Path:
+                  workers: int | None, budget: int | None) -> Path:
     published = load_reference(reference) if reference is not None else []
     snapshot = load(storage, name)
     out.mkdir(parents=True, exist_ok=True)
     groups = seed_groups(confirmations(snapshot.frame, best_trials(snapshot.frame, ["task", "method"])))
-    figures = plots.draw_all(snapshot, _sections(snapshot.frame), groups, out, workers) \
-        if not snapshot.frame.empty else {}
-    csv = snapshot.frame.drop(columns="epochs").to_csv(index=False).encode()
+    figures = {}
+    if not snapshot.frame.empty:
+        _, curves = fair_report.equal_budget(snapshot, budget, command)
+        extra = fair_report.figure_jobs(curves, fair_report.alpha_panels(snapshot.frame))
+        figures = plots.draw_all(snapshot, _sections(snapshot.frame), groups, out, workers, extra)
+    csv = snapshot.frame.drop(columns=["epochs", "alpha"]).to_csv(index=False).encode()
     atomic_write(out / "trials.csv", lambda stream: stream.write(csv), durable=False)
-    text = markdown_report(snapshot, command, published, figures).encode()
+    text = markdown_report(snapshot, command, published, figures, budget).encode()
     atomic_write(out / "README.md", lambda stream: stream.write(text), durable=False)
     return out / "README.md"

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -68,6 +69,38 @@ results_table = sa.Table(
     sa.Column("data_sha256", sa.JSON),
     sa.Column("worker", sa.String(256)),
     sa.Column("updated_at", sa.Float),
+)
+
+
+# A point of one study that is the same computation as a point of another (harness.sharing) is
+# linked here to the owner point that trains it; the linked point's trial copies the owner's outcome.
+shared_table = sa.Table(
+    "harness_shared_points",
+    _metadata,
+    sa.Column("study_name", sa.String(512), primary_key=True),
+    sa.Column("point_key", sa.String(256), primary_key=True),
+    sa.Column("source_study", sa.String(512), nullable=False),
+    sa.Column("source_point", sa.String(256), nullable=False),
+)
+
+# Eval logits of a trial at its reported epoch (float16, C order), for paired tests over examples.
+predictions_table = sa.Table(
+    "harness_predictions",
+    _metadata,
+    sa.Column("trial_id", sa.Integer, primary_key=True),
+    sa.Column("split", sa.String(64), primary_key=True),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("shape", sa.JSON, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+# The gold labels of each study's eval splits (float32), for chance rows and paired tests.
+labels_table = sa.Table(
+    "harness_labels",
+    _metadata,
+    sa.Column("study_name", sa.String(512), primary_key=True),
+    sa.Column("split", sa.String(64), primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
 )
 
 
@@ -174,6 +207,75 @@ class Storage:
         with self.engine.begin() as connection:
             row = connection.execute(
                 sa.select(results_table).where(results_table.c.trial_id == trial_id)).mappings().first()
+        return dict(row) if row is not None else None
+
+    # ------------------------------------------------------------------ predictions and labels
+    def save_predictions(self, trial_id: int, epoch: int, predictions: dict[str, np.ndarray]) -> None:
+        """Store (replace) a trial's eval logits of ``epoch``, one row per split, as float16."""
+        with self.engine.begin() as connection:
+            connection.execute(predictions_table.delete().where(predictions_table.c.trial_id == trial_id))
+            for split, array in sorted(predictions.items()):
+                array = np.ascontiguousarray(array, dtype="<f2")
+                connection.execute(predictions_table.insert().values(
+                    trial_id=trial_id, split=split, epoch=epoch, shape=list(array.shape), data=array.tobytes()))
+
+    def predictions(self, trial_ids) -> dict[int, dict[str, tuple[int, np.ndarray]]]:
+        """``trial_id → split → (epoch, logits as float32)`` for the given trials that have them."""
+        ids = sorted({int(t) for t in trial_ids})
+        out: dict[int, dict[str, tuple[int, np.ndarray]]] = {}
+        with self.engine.begin() as connection:
+            for start in range(0, len(ids), 500):
+                rows = connection.execute(sa.select(predictions_table).where(
+                    predictions_table.c.trial_id.in_(ids[start:start + 500]))).mappings().all()
+                for row in rows:
+                    array = np.frombuffer(row["data"], dtype="<f2").reshape(row["shape"]).astype(np.float32)
+                    out.setdefault(row["trial_id"], {})[row["split"]] = (row["epoch"], array)
+        return out
+
+    def save_labels(self, study_name: str, labels: dict[str, np.ndarray]) -> None:
+        """Store a study's eval labels once (later calls change nothing)."""
+        for split, array in sorted(labels.items()):
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(labels_table.insert().values(
+                        study_name=study_name, split=split, data=np.asarray(array, dtype="<f4").tobytes()))
+            except IntegrityError:
+                pass  # stored already (by this or another worker)
+
+    def labels(self) -> dict[str, dict[str, np.ndarray]]:
+        """``study_name → split → labels`` for every study that has them."""
+        with self.engine.begin() as connection:
+            rows = connection.execute(sa.select(labels_table)).mappings().all()
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for row in rows:
+            out.setdefault(row["study_name"], {})[row["split"]] = np.frombuffer(row["data"], dtype="<f4").copy()
+        return out
+
+    # ------------------------------------------------------------------ shared points
+    def link_points(self, study_name: str, links: dict[str, tuple[str, str]]) -> None:
+        """Link points of ``study_name`` to the owner points that train them (``key → (study, key)``);
+        a point linked before keeps its link."""
+        known = self.links(study_name)
+        for key, (source_study, source_point) in sorted(links.items()):
+            if key in known:
+                continue
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(shared_table.insert().values(
+                        study_name=study_name, point_key=key, source_study=source_study, source_point=source_point))
+            except IntegrityError:
+                pass  # another worker linked it first
+
+    def links(self, study_name: str) -> dict[str, tuple[str, str]]:
+        with self.engine.begin() as connection:
+            rows = connection.execute(sa.select(shared_table).where(shared_table.c.study_name == study_name)).all()
+        return {row.point_key: (row.source_study, row.source_point) for row in rows}
+
+    def point(self, study_name: str, key: str) -> dict | None:
+        table = grid_points_table.c
+        with self.engine.begin() as connection:
+            row = connection.execute(sa.select(grid_points_table).where(
+                table.study_name == study_name, table.point_key == key)).mappings().first()
         return dict(row) if row is not None else None
 
     # ------------------------------------------------------------------ grid claims
@@ -300,6 +402,10 @@ class Claim:
 
     def interrupt(self) -> None:
         """Give the point back after Ctrl-C: an interruption uses up no attempt."""
+        self.give_back()
+
+    def give_back(self) -> None:
+        """Give the point back unused (Ctrl-C, or its shared run is busy elsewhere): no attempt is used."""
         used = 0 if self.stale_worker is not None else 1  # a fresh claim counted an attempt, a takeover did not
         self.storage._update(self.study_name, self.key, self.worker, state="free",
                              attempts=grid_points_table.c.attempts - used)

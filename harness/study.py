@@ -11,6 +11,16 @@ its point is retried, up to ``max_attempts`` attempts in all. A killed trial is 
 TPE sampling (``search.sampler: tpe``) samples ``lr`` and the (η, λ) pair from the same valid grid
 points, ``search.n_trials`` evaluated trials per method; an already-evaluated point is never
 trained again.
+
+Shared points (:mod:`harness.sharing`): a point that is the same computation as a point of an
+earlier method of the study file (λ = 0 ≡ KD, η = λ = 0 ≡ NKD) is linked to that owner point; its
+claim runs the owner point first if nobody has (in the owner's study, with the owner's claim,
+checkpoints and retries), then adds a trial that copies the outcome (``equivalent_of``). A shared
+point whose owner is being trained by another live worker is given back and waited for.
+
+The reported epoch (user attribute ``reported_epoch``): the best epoch on the selection split,
+except for seed confirmations under ``selection: dev``, which report their last epoch (a fixed
+epoch, never the maximum over dev epochs). The eval logits of that epoch are stored with the trial.
 """
 
 from __future__ import annotations
@@ -31,13 +41,19 @@ from harness.errors import HarnessError
 from harness.experiment import Experiment
 from harness.methods import get_method
 from harness.models import fingerprint
-from harness.storage import GRACE_SECONDS, Heartbeat, Storage, worker_id, worker_is_dead
+from harness.sharing import computation, grid_owners, method_order, owners
+from harness.sharing import plan as sharing_plan
+from harness.storage import GRACE_SECONDS, HEARTBEAT_SECONDS, Heartbeat, Storage, worker_id, worker_is_dead
 from harness.train import pick_device, runtime_info
 
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_TPE_REPEATS = 100  # consecutive proposals of already-evaluated points before a TPE worker gives up
 MAX_SILENT_DEATHS = 3  # a point whose worker is killed this often in a row, never finishing an epoch, is given up
 WORKER_DIED = "worker died"  # how every trial of a killed worker's fail_reason begins
+WAIT_SECONDS = HEARTBEAT_SECONDS  # how often a worker looks again at shared points that others are training
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+_COPIED = ("point", "lr", "eta", "lambda", "seed", "confirmation", "device", "precision", "compiled", "threads",
+           "versions", "teacher_key", "data_sha256", "epochs", "best_epoch", "reported_epoch", "fail_reason")
 
 
 @dataclass(frozen=True)
@@ -147,6 +163,7 @@ class Runner:
                  f"(teacher checkpoint {teacher.key})")
         for method, study in studies.items():
             self.record_teacher(study)
+            self.storage.save_labels(study.study_name, {s: d.labels for s, d in self.experiment.evals.items()})
             if self.config.search.sampler == "grid":
                 self._run_grid(study, method)
             else:
@@ -174,10 +191,14 @@ class Runner:
     def _run_grid(self, study: optuna.Study, method: str) -> None:
         points = {point_key(p): p for p in grid_points(self.config, method)}
         self.storage.ensure_points(study.study_name, points)
+        links = {key: (self.config.study_name(owner), key) for (m, key), owner in grid_owners(self.config).items()
+                 if m == method and owner != method}
+        self.storage.link_points(study.study_name, links)
         _fail_orphans(study, self.storage)
         finished = sum(row["state"] == "done" for row in self.storage.points(study.study_name) if row["point_key"]
                        in points)
-        self.log(f"{study.study_name}: {len(points)} valid grid points, {finished} finished, "
+        shared = f" ({len(links)} shared with equivalent points of other methods)" if links else ""
+        self.log(f"{study.study_name}: {len(points)} valid grid points{shared}, {finished} finished, "
                  f"{len(points) - finished} to run")
         self._run_points(study, method, set(points), self.options.n_trials or self.config.search.n_trials)
 
@@ -186,63 +207,171 @@ class Runner:
 
         Confirmation trials live in the method's study, flagged ``confirmation=True``; their seeds
         are ``fixed.seed + 1 … fixed.seed + seeds``. They are claimed like grid points, so this is
-        resumable and safe with several workers. They are never pruned.
+        resumable and safe with several workers. They are never pruned. A confirmation that is the
+        same computation (and seed) as another method's is trained once and shared.
         """
         study = open_study(self.storage, self.config, method)
         self.record_teacher(study)
-        grid = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if not t.user_attrs.get("confirmation")]
-        best = sorted(grid, key=lambda t: (-t.value, t.number))[:top]
-        if not best:
+        points = self._confirmation_points(study, top, seeds)
+        if not points:
             raise HarnessError(f"study '{study.study_name}' has no complete trial to confirm; run it first")
+        every = {method: points}
+        for other in self.config.methods:
+            if other != method and self._study_exists(other):
+                every[other] = self._confirmation_points(open_study(self.storage, self.config, other), top, seeds)
+        links = {key: (self.config.study_name(owner), key) for (m, key), owner in owners(self.config, every).items()
+                 if m == method and owner != method}
+        self.storage.ensure_points(study.study_name, points)
+        self.storage.link_points(study.study_name, links)
+        _fail_orphans(study, self.storage)
+        self.log(f"{study.study_name}: confirming the top {len(points) // seeds} configuration(s) with {seeds} "
+                 f"seed(s) each" + (f" ({len(links)} shared with other methods)" if links else ""))
+        self._run_points(study, method, set(points), None)
+
+    def _study_exists(self, method: str) -> bool:
+        name = self.config.study_name(method)
+        return any(s.study_name == name for s in optuna.get_all_study_summaries(self.storage.optuna, False))
+
+    def _confirmation_points(self, study: optuna.Study, top: int, seeds: int) -> dict[str, dict]:
+        grid = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if not t.user_attrs.get("confirmation") and "duplicate_of" not in t.user_attrs]
         points = {}
-        for trial in best:
+        for trial in sorted(grid, key=lambda t: (-t.value, t.number))[:top]:
             for offset in range(1, seeds + 1):
                 seed = self.config.fixed.seed + offset
-                params = {"lr": trial.user_attrs["lr"], "eta": trial.user_attrs["eta"],
-                          "lambda": trial.user_attrs["lambda"], "seed": seed}
-                points[f"{trial.user_attrs['point']},seed={seed}"] = params
-        self.storage.ensure_points(study.study_name, points)
-        _fail_orphans(study, self.storage)
-        self.log(f"{study.study_name}: confirming the top {len(best)} configuration(s) with {seeds} seed(s) each")
-        self._run_points(study, method, set(points), None)
+                points[f"{trial.user_attrs['point']},seed={seed}"] = {
+                    "lr": trial.user_attrs["lr"], "eta": trial.user_attrs["eta"],
+                    "lambda": trial.user_attrs["lambda"], "seed": seed}
+        return points
 
     def _run_points(self, study: optuna.Study, method: str, keys: set[str], budget: int | None) -> None:
         """Claim and run points of ``keys`` until none is left (or ``budget`` trials ran)."""
         ran = 0
+        links = self.storage.links(study.study_name)
+        waiting: set[str] = set()  # shared points whose owner point another live worker is training
         while budget is None or ran < budget:
-            claim = self.storage.claim_next(study.study_name, self.me, self.options.max_attempts, keys)
+            claim = self.storage.claim_next(study.study_name, self.me, self.options.max_attempts, keys - waiting)
             if claim is None:
-                break
-            if claim.stale_worker is not None:
-                if _settle_stale(study, self.storage, claim):
-                    claim.done()  # the dead worker had finished the trial, only the claim was left open
+                if not waiting:
+                    break
+                time.sleep(WAIT_SECONDS)
+                waiting.clear()
+                continue
+            if claim.key in links:
+                if self._run_shared(study, method, claim, links[claim.key]) is None:
+                    waiting.add(claim.key)
                     continue
-                deaths = _silent_deaths(study, claim.key)
-                if deaths >= MAX_SILENT_DEATHS:
-                    reason = (f"its worker died {deaths} times in a row before finishing an epoch (killed for "
-                              "memory?); fix the cause, then run again with --retry-failed")
-                    claim.give_up(reason)
-                    self.log(f"{study.study_name}: {claim.key}: giving up: {reason}")
-                    continue
-            params = claim.params
-            trial = self._new_trial(study, claim.key, params)
-            point = {name: trial.params[name] for name in ("lr", "eta", "lambda")}
-            claim.attach(trial._trial_id)
-            try:
-                with Heartbeat(claim):
-                    state = self._run_one(study, trial, method, point, self.checkpoint_path(study, claim.key),
-                                          seed=params.get("seed"))
-            except KeyboardInterrupt:  # the epoch checkpoint is kept: the next run resumes from it
-                _fail(self.storage, trial._trial_id, "interrupted")
-                claim.interrupt()
-                raise
-            if state == TrialState.FAIL:
-                claim.release(str(trial.user_attrs.get("fail_reason", "failed")), self.options.max_attempts)
-            else:
-                claim.done()
+            elif self._run_claim(study, method, claim) is None:
+                continue
             ran += 1
         self._mark_exhausted(study)
+
+    def _run_claim(self, study: optuna.Study, method: str, claim) -> TrialState | None:
+        """Run the trial of a claimed point; ``None`` when there was nothing to train (a dead
+        worker had finished it, or the point was given up)."""
+        if claim.stale_worker is not None:
+            if _settle_stale(study, self.storage, claim):
+                claim.done()  # the dead worker had finished the trial, only the claim was left open
+                return None
+            deaths = _silent_deaths(study, claim.key)
+            if deaths >= MAX_SILENT_DEATHS:
+                reason = (f"its worker died {deaths} times in a row before finishing an epoch (killed for "
+                          "memory?); fix the cause, then run again with --retry-failed")
+                claim.give_up(reason)
+                self.log(f"{study.study_name}: {claim.key}: giving up: {reason}")
+                return None
+        params = claim.params
+        trial = self._new_trial(study, claim.key, params)
+        point = {name: trial.params[name] for name in ("lr", "eta", "lambda")}
+        claim.attach(trial._trial_id)
+        try:
+            with Heartbeat(claim):
+                state = self._run_one(study, trial, method, point, self.checkpoint_path(study, claim.key),
+                                      seed=params.get("seed"))
+        except KeyboardInterrupt:  # the epoch checkpoint is kept: the next run resumes from it
+            _fail(self.storage, trial._trial_id, "interrupted")
+            claim.interrupt()
+            raise
+        if state == TrialState.FAIL:
+            claim.release(str(trial.user_attrs.get("fail_reason", "failed")), self.options.max_attempts)
+        else:
+            claim.done()
+        return state
+
+    def _run_shared(self, study: optuna.Study, method: str, claim, link: tuple[str, str]) -> TrialState | None:
+        """A claimed point that another study's point trains: train that one first if nobody has, then
+        copy its outcome. ``None`` (the claim given back) while another live worker trains it."""
+        source_name, source_key = link
+        if claim.stale_worker is not None and _settle_stale(study, self.storage, claim):
+            claim.done()  # the dead worker had already copied the outcome
+            return TrialState.COMPLETE
+        source_method = source_name.rsplit("/", 1)[1]
+        self.storage.ensure_points(source_name, {source_key: claim.params})
+        row = self.storage.point(source_name, source_key)
+        try:
+            if row["state"] not in ("done", "failed"):
+                source_claim = self.storage.claim_next(source_name, self.me, self.options.max_attempts, {source_key})
+                if source_claim is not None:
+                    source = open_study(self.storage, self.config, source_method)
+                    self.log(f"{study.study_name}: {claim.key} is the same computation as {source_name}; "
+                             "training it there")
+                    with Heartbeat(claim):
+                        self._run_claim(source, source_method, source_claim)
+                row = self.storage.point(source_name, source_key)
+        except KeyboardInterrupt:
+            claim.give_back()
+            raise
+        if row["state"] == "failed":
+            claim.give_up(f"its equivalent point {source_key} of {source_name} failed: {row['last_error']}")
+            return TrialState.FAIL
+        if row["state"] != "done":
+            claim.give_back()
+            return None
+        source = _finished_trial(self.storage, source_name, source_key)
+        if source is None:  # done without a finished trial cannot happen; be safe and wait
+            claim.give_back()
+            return None
+        trial_id = self._adopt(study, method, claim, source)
+        claim.attach(trial_id)
+        claim.done()
+        self.log(f"  trial of {method} {claim.key}: shared with trial_id {source._trial_id} of {source_name} "
+                 f"({source.state.name.lower()}, value {_fmt(source.value)})")
+        return source.state
+
+    def _adopt(self, study: optuna.Study, method: str, claim, source: optuna.trial.FrozenTrial) -> int:
+        """A finished trial of ``study`` that copies ``source``'s outcome, created in one write."""
+        attrs = {key: source.user_attrs[key] for key in _COPIED if key in source.user_attrs}
+        attrs.update(method=method, worker=self.me, claim=claim.key, equivalent_of=source._trial_id, seconds=0.0,
+                     shared_seconds=source.user_attrs.get("seconds"))
+        params = claim.params
+        grids = {"lr": self.config.search.lr, "eta": self.config.search.eta, "lambda": self.config.search.lambda_}
+        now = datetime.datetime.now()
+        template = optuna.trial.FrozenTrial(
+            number=-1, state=source.state, value=source.value if source.state == TrialState.COMPLETE else None,
+            datetime_start=now, datetime_complete=now, params={name: params[name] for name in grids},
+            distributions={name: optuna.distributions.CategoricalDistribution(_choices(grids[name], params[name]))
+                           for name in grids},
+            user_attrs=attrs, system_attrs={}, intermediate_values=dict(source.intermediate_values), trial_id=-1)
+        trial_id = self.storage.optuna.create_new_trial(study._study_id, template_trial=template)
+        self._record_copy(study, method, trial_id, source)
+        return trial_id
+
+    def _record_copy(self, study: optuna.Study, method: str, trial_id: int, source: optuna.trial.FrozenTrial) -> None:
+        """Our results row and the stored predictions of a trial that copies ``source``."""
+        row = self.storage.result(source._trial_id) or {}
+        number = self.storage.optuna.get_trial(trial_id).number
+        point = {name: source.user_attrs[name] for name in ("lr", "eta", "lambda")}
+        config = _trial_record(self.config, method, point, source.user_attrs.get("seed", 0))["config"]
+        self.storage.record_result(
+            trial_id, study_name=study.study_name, number=number, method=method, point_key=source.user_attrs["point"],
+            state=source.state.name, value=source.value, seed=source.user_attrs.get("seed", self.config.fixed.seed),
+            config=config, epochs=row.get("epochs"), seconds=0.0, device=row.get("device"),
+            versions=row.get("versions"), teacher_key=row.get("teacher_key"), data_sha256=row.get("data_sha256"),
+            worker=self.me)
+        stored = self.storage.predictions([source._trial_id]).get(source._trial_id)
+        if stored:
+            epoch = next(iter(stored.values()))[0]
+            self.storage.save_predictions(trial_id, epoch, {split: array for split, (_, array) in stored.items()})
 
     def _new_trial(self, study: optuna.Study, key: str, params: dict) -> optuna.Trial:
         """A RUNNING trial fixed to a claimed point, created in one write together with its owner.
@@ -282,8 +411,39 @@ class Runner:
         seed = int(fingerprint({"worker": self.me}), 16) + len(study.get_trials(deepcopy=False))
         study.sampler = optuna.samplers.TPESampler(seed=seed % 2**31)
         tpe_search(study, self.config, method, budget,
-                   lambda trial, point: self._run_one(study, trial, method, point, None),
+                   lambda trial, point: self._evaluate_tpe(study, method, trial, point),
                    self.options.max_attempts, {"worker": self.me})
+
+    def _evaluate_tpe(self, study: optuna.Study, method: str, trial: optuna.Trial, point: dict) -> TrialState:
+        """Train a TPE proposal, unless an equivalent trial of another method of the study file has
+        finished: then the proposal copies it (``equivalent_of``). Concurrent TPE workers do not
+        claim points, so two of them may still train one computation at the same moment."""
+        source = self._equivalent_finished(method, point)
+        if source is None:
+            return self._run_one(study, trial, method, point, None)
+        for key in _COPIED:
+            if key in source.user_attrs:
+                trial.set_user_attr(key, source.user_attrs[key])
+        for key, value in (("method", method), ("equivalent_of", source._trial_id), ("seconds", 0.0),
+                           ("shared_seconds", source.user_attrs.get("seconds"))):
+            trial.set_user_attr(key, value)
+        for epoch, value in sorted(source.intermediate_values.items()):
+            trial.report(value, epoch)
+        self._record_copy(study, method, trial._trial_id, source)
+        study.tell(trial, source.value if source.state == TrialState.COMPLETE else None, state=source.state)
+        self.log(f"  trial {trial.number} {method} {point_key(point)}: shared with trial_id {source._trial_id}")
+        return source.state
+
+    def _equivalent_finished(self, method: str, point: dict) -> optuna.trial.FrozenTrial | None:
+        """A finished, trained (not copied) grid trial of another method that is the same computation."""
+        what = computation(self.config, method, point)
+        for other in method_order(self.config):
+            if other == method or computation(self.config, other, point) != what or not self._study_exists(other):
+                continue
+            found = _finished_trial(self.storage, self.config.study_name(other), point_key(point))
+            if found is not None:
+                return found
+        return None
 
     # ------------------------------------------------------------------ one trial
     def _run_one(self, study: optuna.Study, trial: optuna.Trial, method: str, point: dict,
@@ -329,10 +489,16 @@ class Runner:
             return TrialState.FAIL
         seconds = time.perf_counter() - started
         trial.set_user_attr("best_epoch", history.best_epoch)
-        self._finish(study, trial, TrialState.COMPLETE, history.best_value, seconds)
+        reported = history.epochs[-1]["epoch"] if confirmation and self.experiment.select_split == \
+            self.experiment.task.eval_splits[0] else history.best_epoch
+        trial.set_user_attr("reported_epoch", reported)
+        if reported in history.predictions:
+            self.storage.save_predictions(trial._trial_id, reported, history.predictions[reported])
+        value = history.best_value if reported == history.best_epoch else history.epochs[-1]["value"]
+        self._finish(study, trial, TrialState.COMPLETE, value, seconds)
         _drop(checkpoint)
-        self.log(f"  trial {trial.number} {desc}: {self.experiment.task.primary_metric} "
-                 f"{history.best_value:.4f} (epoch {history.best_epoch}, {seconds:.0f} s)")
+        self.log(f"  trial {trial.number} {desc}: {self.experiment.select_split} {self.experiment.task.primary_metric}"
+                 f" {value:.4f} (epoch {reported}, {seconds:.0f} s)")
         return TrialState.COMPLETE
 
     def _finish(self, study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None,
@@ -401,6 +567,19 @@ def _choices(grid: tuple[float, ...], value: float) -> tuple[float, ...]:
     return grid if value in grid else tuple(sorted((*grid, value)))
 
 
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _finished_trial(storage: Storage, study_name: str, key: str) -> optuna.trial.FrozenTrial | None:
+    """The latest trained (not copied) COMPLETE or PRUNED trial of the point ``key`` of a study."""
+    study_id = storage.optuna.get_study_id_from_name(study_name)
+    found = [t for t in storage.optuna.get_all_trials(study_id, deepcopy=False, states=_FINISHED)
+             if t.user_attrs.get("claim", t.user_attrs.get("point")) == key and "equivalent_of" not in t.user_attrs
+             and "duplicate_of" not in t.user_attrs]
+    return max(found, key=lambda t: t.number) if found else None
+
+
 def _drop(checkpoint: Path | None) -> None:
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
@@ -466,15 +645,23 @@ def _fail_orphans(study: optuna.Study, storage: Storage) -> None:
 
 
 def describe_grids(config: StudyConfig) -> list[str]:
-    """One line per method: how many valid grid points it has."""
+    """One line per method: how many valid grid points it has and how many of them it trains itself
+    (the others are the same computation as another method's point; :mod:`harness.sharing`)."""
     lines = []
+    trained = sharing_plan(config)
     for method in config.methods:
         spec = get_method(method)
         if spec.searches_lambda:
             searched = "lr × η × λ with β = 1 − η − λ ≥ 0"
         else:
             searched = "lr × η" if spec.searches_eta else "lr only, η = λ = 0"
-        lines.append(f"  {method}: {len(grid_points(config, method))} grid points ({searched})")
+        size, own = trained[method]
+        shared = f", {size - own} shared (≡ {'KD/NKD' if spec.searches_lambda else 'NKD'})" if own < size else ""
+        lines.append(f"  {method}: {len(grid_points(config, method))} grid points ({searched}){shared}")
+    total, own = sum(g for g, _ in trained.values()), sum(t for _, t in trained.values())
+    if own < total:
+        lines.append(f"  {total} grid points, {own} trainings: {total - own} ({(total - own) / total:.1%}) are "
+                     "the same computation as another method's point and are trained once")
     return lines
 
 
@@ -524,9 +711,11 @@ def study_status(storage: Storage) -> list[str]:
         grid = summary.user_attrs.get("grid_size", len(points))
         finished = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
         left = sum(p["state"] != "done" for p in points) if points else max(0, grid - finished)
+        shared = sum("equivalent_of" in t.user_attrs for t in trials)
         lines.append(f"{summary.study_name}: grid {grid}, complete {count[TrialState.COMPLETE]}, "
                      f"running {count[TrialState.RUNNING]}, failed {count[TrialState.FAIL]}, "
-                     f"pruned {count[TrialState.PRUNED]}, left {left}")
+                     f"pruned {count[TrialState.PRUNED]}, left {left}"
+                     + (f", shared {shared} (copied from equivalent trials, not trained)" if shared else ""))
         for trial in trials:
             if trial.state == TrialState.RUNNING:
                 age = now - trial.datetime_start.timestamp() if trial.datetime_start else 0.0

@@ -3,7 +3,10 @@
 The loss is ``L = β·CE + η·KD + λ·L_inter`` with ``β = 1 − η − λ``. For regression (STS-B) the
 task loss is MSE and KD is MSE on the logits. Training uses AdamW with a linear warm-up and decay
 (``transformers.get_linear_schedule_with_warmup``). After every epoch the model is scored on the
-dev split(s); the value of the run is the **best epoch's** primary metric (on MNLI: matched).
+dev split(s); the value of the run is the **best epoch's** primary metric on the selection split
+(``select_split``: dev under the paper's protocol, a held-out slice of train under
+``fixed.selection: holdout``; on MNLI dev means matched). The logits of the best epoch and of the
+last epoch are kept (``History.predictions``), so that whichever epoch is reported can be stored.
 
 Determinism: the data order and the dropout masks of epoch ``e`` are functions of ``(seed, e)``
 alone (the torch RNG is re-seeded at the start of every epoch), so a run resumed from an epoch
@@ -76,16 +79,22 @@ class TeacherSignal:
 
 @dataclass
 class History:
-    """What a run produced: one record per epoch and the best epoch's value."""
+    """What a run produced: one record per epoch, the best epoch's value, and the eval logits of
+    the best and the last epoch (``predictions[epoch][split]``, float16)."""
 
     epochs: list[dict] = field(default_factory=list)
     best_value: float = -math.inf
     best_epoch: int = -1
+    predictions: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
-    def add(self, record: dict, value: float) -> None:
+    def add(self, record: dict, value: float, predictions: dict[str, np.ndarray] | None = None) -> None:
         self.epochs.append(record)
         if value > self.best_value:
             self.best_value, self.best_epoch = value, record["epoch"]
+        if predictions is not None:
+            self.predictions[record["epoch"]] = {s: p.astype(np.float16) for s, p in predictions.items()}
+        keep = {self.best_epoch, record["epoch"]}
+        self.predictions = {e: p for e, p in self.predictions.items() if e in keep}
 
 
 def runtime_info(device: torch.device, compile_model: bool = False) -> dict:
@@ -148,33 +157,45 @@ def layer_cls(hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model, data: EncodedSplit, batch_size: int, pad_token_id: int, device: torch.device) -> np.ndarray:
-    """Logits for every example of ``data``, in the original order."""
+def predict(model, data: EncodedSplit, batch_size: int, pad_token_id: int, device: torch.device,
+            states: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits for every example of ``data``, in the original order, and (``states``) the [CLS]
+    vector of every transformer layer, ``[n, L, H]``."""
     model.eval()
     amp, _ = autocast_for(device)
     lengths = token_lengths(data)
     out = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
+    cls = np.zeros((len(data), model.config.num_hidden_layers, model.config.hidden_size),
+                   dtype=np.float32) if states else None
     for index in eval_batches(lengths, batch_size):
         batch = to_batch(data, index, pad_token_id, device)
         batch.pop("labels")
         with amp:
-            logits = model(**batch).logits
-        out[index] = logits.float().cpu().numpy()
-    return out
+            output = model(**batch, output_hidden_states=states)
+        out[index] = output.logits.float().cpu().numpy()
+        if states:
+            cls[index] = layer_cls(output.hidden_states).float().cpu().numpy()
+    return out, cls
 
 
 def evaluate(model, task: TaskSpec, evals: Mapping[str, EncodedSplit], batch_size: int, pad_token_id: int,
-             device: torch.device) -> dict[str, dict[str, float]]:
-    """Metrics per eval split, e.g. ``{"dev": {"accuracy": 0.81}}``."""
-    return {
-        split: compute_metrics(task, predict(model, data, batch_size, pad_token_id, device), data.labels)
-        for split, data in evals.items()
-    }
+             device: torch.device, probe: Callable | None = None) -> tuple[dict, dict[str, np.ndarray], dict]:
+    """Metrics per eval split (e.g. ``{"dev": {"accuracy": 0.81}}``), the logits per split, and what
+    ``probe(dev [CLS] states [n, L, H])`` returns for the first eval split (``{}`` without a probe)."""
+    metrics, logits, probed = {}, {}, {}
+    for number, (split, data) in enumerate(evals.items()):
+        logits[split], cls = predict(model, data, batch_size, pad_token_id, device,
+                                     states=probe is not None and number == 0)
+        metrics[split] = compute_metrics(task, logits[split], data.labels)
+        if cls is not None:
+            probed = probe(cls)
+    return metrics, logits, probed
 
 
-def primary_value(task: TaskSpec, metrics: dict[str, dict[str, float]]) -> float:
-    """The number a trial is ranked by: the primary metric on the first eval split (MNLI: matched)."""
-    return metrics[task.eval_splits[0]][task.primary_metric]
+def primary_value(task: TaskSpec, metrics: dict[str, dict[str, float]], split: str | None = None) -> float:
+    """The number a trial is ranked by: the primary metric on ``split`` (default the first eval
+    split; MNLI: matched)."""
+    return metrics[split or task.eval_splits[0]][task.primary_metric]
 
 
 class LossTerms:
@@ -252,6 +273,8 @@ def fit(
     device: torch.device | None = None,
     progress: bool = True,
     compile_model: bool = False,
+    select_split: str | None = None,
+    probe: Callable[[np.ndarray], dict] | None = None,
 ) -> History:
     """Train ``model`` (and the inter-layer loss's projections) and score it after every epoch.
 
@@ -260,7 +283,9 @@ def fit(
     atomically there and a later call with the same path resumes after the last saved epoch.
     A non-finite loss raises :class:`FloatingPointError`. ``compile_model`` runs the training
     forward through ``torch.compile`` (off by default: it costs minutes of compilation per trial
-    on CPU and only pays off for long GPU trials).
+    on CPU and only pays off for long GPU trials). ``select_split`` names the eval split whose
+    primary metric is the epoch's value (default: the first). ``probe(cls)`` gets the student's dev
+    [CLS] states after each epoch and returns JSON-able fields for the epoch record (ALP's α).
     """
     device = device or pick_device()
     model.to(device)
@@ -295,6 +320,8 @@ def fit(
         if scaler is not None and state.get("scaler") is not None:
             scaler.load_state_dict(state["scaler"])
         history = state["history"]
+        if not hasattr(history, "predictions"):  # a checkpoint written before predictions were kept
+            history.predictions = {}
         start_epoch = len(history.epochs)
         for record in history.epochs:  # the resumed run reports the restored epochs again
             if on_epoch is not None:
@@ -334,17 +361,18 @@ def fit(
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         bar.close()
         train_seconds = time.perf_counter() - started
-        metrics = evaluate(model, task, evals, hyper.eval_batch_size, pad_token_id, device)
-        value = primary_value(task, metrics)
+        metrics, logits, probed = evaluate(model, task, evals, hyper.eval_batch_size, pad_token_id, device, probe)
+        value = primary_value(task, metrics, select_split)
         record = {
             "epoch": epoch + 1,
             "value": value,
             "metrics": metrics,
             "losses": {name: total / len(batches) for name, total in sums.items()},
+            **probed,
             "train_seconds": train_seconds,
             "seconds": time.perf_counter() - started,
         }
-        history.add(record, value)
+        history.add(record, value, logits)
         if checkpoint is not None:
             state = {
                 "model": model.state_dict(),

@@ -188,7 +188,7 @@ def test_several_study_files_in_one_database(reports):
 def test_every_table_is_followed_by_its_command(reports):
     lines = reports["text"].splitlines()
     ends = [i for i, line in enumerate(lines) if line.startswith("|") and not lines[i + 1].startswith("|")]
-    assert len(ends) == 5  # comparison, seeds, Welch tests, two study tables
+    assert len(ends) == 7  # comparison, equal budget, gain over KD, seeds, paired tests, two study tables
     for end in ends:
         after = lines[end + 1:]
         stop = next((i for i, line in enumerate(after) if line.startswith(("#", "|"))), len(after))
@@ -208,7 +208,7 @@ def test_study_tables(reports):
     assert len(mrpc) == 5
 
 
-def test_seed_statistics_and_welch_test(reports):
+def test_seed_statistics_and_paired_tests_with_holm(reports):
     rows = {tuple(cells[:3]): cells[3:] for cells in
             ([c.strip() for c in line.strip("|").split("|")] for line in _table(reports["text"], "## Seeds")[2:])}
     points = {"alp": ALP_POINT, "kd": KD_POINT, "nkd": NKD_POINT}
@@ -222,17 +222,28 @@ def test_seed_statistics_and_welch_test(reports):
                              f"[{100 * (mean - half):.2f}, {100 * (mean + half):.2f}]",
                              "" if method == "alp-runner-up" else "✓"]
     tests = {tuple(c.strip() for c in line.strip("|").split("|"))[1:3]: [c.strip() for c in line.strip("|").split("|")]
-             for line in _table(reports["text"], "Welch's t-test")[2:]}
+             for line in _table(reports["text"], "## Paired comparisons")[2:]}
     assert set(tests) == {("alp", "nkd"), ("alp", "kd")}
+    # Paired over the seeds both methods have (nkd has seeds 1 and 2 only), Holm over the two comparisons.
+    raw = {}
     for base in ("kd", "nkd"):
-        expected = stats.ttest_ind(SEEDS["alp"], SEEDS[base], equal_var=False)
+        n = len(SEEDS[base])
+        expected = stats.ttest_rel(SEEDS["alp"][:n], SEEDS[base][:n])
         row = tests[("alp", base)]
-        assert float(row[4]) == pytest.approx(expected.statistic, abs=1e-3)
+        raw[base] = expected.pvalue
+        assert row[3] == str(n)
+        delta = np.mean(np.subtract(SEEDS["alp"][:n], SEEDS[base][:n]))
+        assert row[4].startswith(f"{100 * delta:+.2f} [")
         assert float(row[5]) == pytest.approx(expected.pvalue, rel=1e-2)
-        verdict = "alp higher (p < 0.05)" if expected.pvalue < 0.05 else "not distinguishable from seed noise"
-        assert row[6] == verdict
-    assert tests[("alp", "kd")][6] == "alp higher (p < 0.05)"
-    assert tests[("alp", "nkd")][6] == "not distinguishable from seed noise"
+        assert row[7:10] == ["–", "–", "–"]  # no stored predictions in this database: no bootstrap
+    low, high = sorted(raw, key=raw.get)
+    holm = {low: min(1.0, 2 * raw[low]), high: max(min(1.0, 2 * raw[low]), raw[high])}
+    for base in ("kd", "nkd"):
+        assert float(tests[("alp", base)][6]) == pytest.approx(holm[base], rel=1e-2)
+        called = holm[base] < 0.05
+        assert tests[("alp", base)][10] == ("alp higher (seeds, Holm p < 0.05)" if called
+                                            else "not distinguishable from noise")
+    assert all(float(tests[("alp", b)][6]) >= float(tests[("alp", b)][5]) for b in raw)  # correction only raises p
 
 
 def test_a_single_seed_has_no_spread():
@@ -241,7 +252,7 @@ def test_a_single_seed_has_no_spread():
 
 
 def test_figures_exist_are_linked_and_regenerate_byte_identically(reports):
-    names = {"bars.png", "heatmap__syn__SST-2.png"} | {
+    names = {"bars.png", "heatmap__syn__SST-2.png", "budget__SST-2.png", "budget__MRPC.png"} | {
         f"{kind}__syn__{task}.png" for kind in ("lr", "history", "epochs") for task in ("SST-2", "MRPC")}
     first, second = reports["first"], reports["second"]
     assert {p.name for p in (first / "figures").iterdir()} == names

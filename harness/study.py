@@ -343,14 +343,12 @@ class Runner:
         attrs = {key: source.user_attrs[key] for key in _COPIED if key in source.user_attrs}
         attrs.update(method=method, worker=self.me, claim=claim.key, equivalent_of=source._trial_id, seconds=0.0,
                      shared_seconds=source.user_attrs.get("seconds"))
-        params = claim.params
-        grids = {"lr": self.config.search.lr, "eta": self.config.search.eta, "lambda": self.config.search.lambda_}
+        distributions = self._distributions(claim.params)
         now = datetime.datetime.now()
         template = optuna.trial.FrozenTrial(
             number=-1, state=source.state, value=source.value if source.state == TrialState.COMPLETE else None,
-            datetime_start=now, datetime_complete=now, params={name: params[name] for name in grids},
-            distributions={name: optuna.distributions.CategoricalDistribution(_choices(grids[name], params[name]))
-                           for name in grids},
+            datetime_start=now, datetime_complete=now, params={name: claim.params[name] for name in distributions},
+            distributions=distributions,
             user_attrs=attrs, system_attrs={}, intermediate_values=dict(source.intermediate_values), trial_id=-1)
         trial_id = self.storage.optuna.create_new_trial(study._study_id, template_trial=template)
         self._record_copy(study, method, trial_id, source)
@@ -379,16 +377,20 @@ class Runner:
         (``study.ask()`` followed by ``set_user_attr`` would leave an ownerless RUNNING trial if the
         worker were killed in between.)
         """
-        search = self.config.search
-        grids = {"lr": search.lr, "eta": search.eta, "lambda": search.lambda_}
-        distributions = {name: optuna.distributions.CategoricalDistribution(_choices(grids[name], params[name]))
-                         for name in grids}
+        distributions = self._distributions(params)
         template = optuna.trial.FrozenTrial(
             number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.now(),
-            datetime_complete=None, params={name: params[name] for name in grids}, distributions=distributions,
+            datetime_complete=None, params={name: params[name] for name in distributions}, distributions=distributions,
             user_attrs={"worker": self.me, "claim": key}, system_attrs={}, intermediate_values={}, trial_id=-1)
         trial_id = self.storage.optuna.create_new_trial(study._study_id, template_trial=template)
         return optuna.Trial(study, trial_id)
+
+    def _distributions(self, params: dict) -> dict:
+        """The categorical distributions of a trial fixed to ``params`` (lr, η, λ: the study file's grids)."""
+        search = self.config.search
+        grids = {"lr": search.lr, "eta": search.eta, "lambda": search.lambda_}
+        return {name: optuna.distributions.CategoricalDistribution(_choices(grids[name], params[name]))
+                for name in grids}
 
     def _mark_exhausted(self, study: optuna.Study) -> None:
         for row in self.storage.points(study.study_name):

@@ -3,6 +3,8 @@ sampling, one or two workers, and seed confirmations; copies carry the owner's o
 
 from __future__ import annotations
 
+import time
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -114,3 +116,37 @@ def test_tpe_shares_finished_equivalent_trials(tmp_path, tiny_bert, glue_dir):
     assert copied >= 1  # NKD runs first, so KD's η = 0 proposal (if any) and every later η = λ = 0 are copies
     assert trained + copied == sum(sum(t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs
                                        for t in ts) for ts in _trials(storage).values())
+
+
+def test_kills_at_random_moments_leave_one_training_per_computation(tmp_path, tiny_bert, glue_dir):
+    import random
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from test_resilience import _wait_then_kill, best_values
+
+    study_file = write_study(tmp_path / "tiny.yaml", tiny_bert, methods=METHODS, fixed={**FIXED, "epochs": 2},
+                             search=SEARCH)
+    storage = f"sqlite:///{tmp_path / 'killed.db'}"
+    command = [sys.executable, str(REPO / "run_study.py"), "run", str(study_file), "--storage", storage,
+               "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
+    rng = random.Random(11)
+    for _ in range(2):
+        started, wait = time.monotonic(), rng.uniform(4.0, 9.0)
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        _wait_then_kill(process, lambda: time.monotonic() - started > wait, limit=240)
+    final = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr
+    config = load_study(study_file)
+    for method, trials in _trials(storage).items():
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        assert len(complete) == plan(config)[method][0] and not any(t.state == TrialState.RUNNING for t in trials)
+    trained = sum("equivalent_of" not in t.user_attrs for ts in _trials(storage).values() for t in ts
+                  if t.state == TrialState.COMPLETE)
+    assert trained == 6 and _check_trained_once(config, storage) == (6, 5)
+    clean = f"sqlite:///{tmp_path / 'clean.db'}"
+    assert main(["run", str(study_file), "--storage", clean, "--data-dir", str(glue_dir), "--cache-dir",
+                 str(tmp_path / "clean-cache")]) == 0
+    assert best_values(storage) == best_values(clean)  # resumed trials give the uninterrupted numbers

@@ -383,3 +383,69 @@ def test_missing_reference_file_fails_before_writing(reports, tmp_path):
     with pytest.raises(HarnessError, match="cannot read reference file"):
         write_report(reports["storage"], tmp_path / "out", "syn", COMMAND, reference=tmp_path / "nope.yaml")
     assert not (tmp_path / "out").exists()
+
+
+def test_honest_sections_on_a_database_with_labels_predictions_and_attention(tmp_path):
+    """Protocol statement, chance row and marks, equal budget, paired bootstrap and ALP attention, from a
+    database written through the storage API (labels, predictions at the reported epoch, α per epoch)."""
+    from harness.fairness import expected_max, paired_bootstrap
+
+    storage, done = Storage(f"sqlite:///{tmp_path / 'h.db'}"), TrialState.COMPLETE
+    config = parse_study({"name": "h", "task": "SST-2", "teacher": "synthetic-teacher", "student_layers": 2,
+                          "methods": ["nkd", "kd", "alp"],
+                          "search": {"lr": [1e-5, 5e-5], "eta": [0.0, 0.5], "lambda": [0.0, 0.2]}})
+    labels = np.array([1] * 60 + [0] * 40)
+
+    def logits(correct: int) -> np.ndarray:  # right on the first `correct` examples, wrong after
+        predicted = np.where(np.arange(100) < correct, labels, 1 - labels)
+        return np.eye(2)[predicted].astype(np.float32)
+
+    def with_alpha(trial, alpha, entropy):
+        attrs = dict(trial.user_attrs)
+        attrs["epochs"] = [{**e, "alpha": alpha, "alpha_entropy": entropy} for e in attrs["epochs"]]
+        return create_trial(state=trial.state, value=trial.value, user_attrs=attrs)
+
+    rows = {"nkd": [_trial(done, _sst2(0.60), "lr=1e-05,eta=0,lambda=0")],
+            "kd": [_trial(done, _sst2(0.80), "lr=1e-05,eta=0.5,lambda=0"),
+                   _trial(done, _sst2(0.70), "lr=5e-05,eta=0.5,lambda=0")],
+            "alp": [_trial(done, _sst2(0.80), "lr=1e-05,eta=0.5,lambda=0"),
+                    with_alpha(_trial(done, _sst2(0.78), "lr=1e-05,eta=0.5,lambda=0.2"),
+                               [[0.0, 0.01, 0.99, 0.0], [0.0, 0.0, 0.02, 0.98]], 0.05)]}
+    predictions = {"nkd": [np.eye(2)[np.ones(100, dtype=int)].astype(np.float32)], "kd": [logits(80), logits(70)],
+                   "alp": [logits(80), logits(78)]}
+    for method, trials in rows.items():
+        study = open_study(storage, config, method)
+        study.set_user_attr("teacher", {"key": "t", "value": 0.9, "metrics": {"dev": {"accuracy": 0.9}}})
+        study.add_trials(trials)
+        storage.save_labels(study.study_name, {"dev": labels})
+        for trial, array in zip(study.get_trials(), predictions[method]):
+            storage.save_predictions(trial._trial_id, 2, {"dev": array})
+    text = markdown_report(load(storage), COMMAND)
+
+    assert text.index("**Protocol: selection on dev (the paper's).**") < text.index("| method |")
+    assert "**optimistic**" in text
+    table = _table(text, "## Comparison")
+    assert table[3] == "| chance (majority class of dev) | 60.00 | 60.00 |"
+    assert table[4] == "| nkd | 60.00 ≈ chance | 60.00 |"  # it predicts the majority class: no better than chance
+    assert table[5] == "| kd | **80.00** | **80.00** |"
+    assert table[6] == "| alp | **80.00 ≡ KD** | **80.00** |"  # its best point has λ = 0: KD's computation
+
+    budget = {cells[0]: cells[1] for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                              for line in _table(text, "## Equal budget")[2:])}
+    assert "n = 1" in text.split("## Equal budget", 1)[1].split("|", 1)[0]  # the smallest grid (NKD's)
+    for method, values in (("kd", [0.80, 0.70]), ("alp", [0.80, 0.78])):
+        mean, sd = expected_max(values, 1)
+        assert budget[method] == f"{100 * mean:.2f} ± {100 * sd:.2f} (2)"
+    gains = _table(text, "Gain over KD")
+    assert gains[3] == "| alp | +4.00 | +0.00 ≡ KD |"
+
+    paired = {tuple(c.strip() for c in line.strip("|").split("|"))[2]: [c.strip() for c in line.strip("|").split("|")]
+              for line in _table(text, "## Paired comparisons")[2:]}
+    expected = paired_bootstrap("accuracy", logits(80).argmax(1),
+                                np.ones(100, dtype=int), labels, 1000, 0)
+    assert paired["nkd"][7] == f"{100 * expected.delta:+.2f} [{100 * expected.low:+.2f}, {100 * expected.high:+.2f}]"
+    assert paired["kd"][7] == "+0.00 [+0.00, +0.00]" and paired["kd"][10] == "not distinguishable from noise"
+    assert paired["nkd"][10] == "alp higher (dev bootstrap, Holm p < 0.05)"
+
+    attention = _table(text, "## ALP attention")
+    assert attention[2] == "| SST-2 | alp | lr=1e-05,eta=0.5,lambda=0.2 | 0.050 | 0.99@3, 0.98@4 | yes |"

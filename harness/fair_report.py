@@ -31,6 +31,10 @@ def reported(frame: pd.DataFrame) -> pd.Series:
     return frame["score"].fillna(frame["value"])
 
 
+def _reported_one(row: pd.Series) -> float:
+    return float(row["value"] if pd.isna(row["score"]) else row["score"])
+
+
 # --------------------------------------------------------------------------- protocol
 def protocol_lines(snapshot) -> list[str]:
     """In words: which selection protocol produced the numbers, and which of them are therefore optimistic."""
@@ -133,10 +137,8 @@ def budget_curves(frame: pd.DataFrame) -> dict[tuple[str, str], dict]:
     done = grid_done(frame)
     curves = {}
     for (task, method), group in done.groupby(["task", "method"], sort=True):
-        keys, scores = group["value"].to_numpy(float), reported(group).to_numpy(float)
-        ns = list(range(1, len(group) + 1))
-        stats = [fairness.expected_selected(keys, scores, n) for n in ns]
-        curves[(task, method)] = {"n": ns, "mean": [m for m, _ in stats], "sd": [s for _, s in stats]}
+        means, sds = fairness.expected_selected_curve(group["value"].to_numpy(float), reported(group).to_numpy(float))
+        curves[(task, method)] = {"n": list(range(1, len(group) + 1)), "mean": means.tolist(), "sd": sds.tolist()}
     return curves
 
 
@@ -185,8 +187,7 @@ def equal_budget(snapshot, budget: int | None, command: str) -> tuple[list[str],
                 cells.append(f"{100 * (means[(task, method)] - means[(task, 'kd')]):+.2f}")
                 row, kd = best.get((task, method)), best.get((task, "kd"))
                 mark = shared_mark(method, (row["lr"], row["eta"], row["lambda"]))
-                gain = 0.0 if mark else float(reported(pd.DataFrame([row])).iloc[0]
-                                              - reported(pd.DataFrame([kd])).iloc[0])
+                gain = 0.0 if mark else _reported_one(row) - _reported_one(kd)
                 cells.append(f"{100 * gain:+.2f}{mark}")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines += ["", f"Reproduce: `{command}`", ""]

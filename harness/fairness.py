@@ -129,6 +129,20 @@ def expected_selected(keys: Iterable[float], reported: Iterable[float], n: int,
     return mean, math.sqrt(max(float(np.dot(probability, (ordered - mean) ** 2)), 0.0))
 
 
+def expected_selected_curve(keys: Iterable[float], reported: Iterable[float],
+                            replace: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`expected_selected` for every budget n = 1 … N (N = number of trials): (means, sds), shape [N]."""
+    keys, reported = _as_float_array(keys).reshape(-1), _as_float_array(reported).reshape(-1)
+    if keys.shape != reported.shape:
+        raise ValueError(f"expected_selected: {keys.size} keys but {reported.size} reported values")
+    _finite_sorted(keys), _finite_sorted(reported)
+    ordered = reported[np.argsort(keys, kind="stable")]
+    probability = np.stack([_max_distribution(ordered.size, n, replace) for n in range(1, ordered.size + 1)])
+    means = probability @ ordered
+    variance = (probability * (ordered[None, :] - means[:, None]) ** 2).sum(axis=1)
+    return means, np.sqrt(np.clip(variance, 0.0, None))
+
+
 # --------------------------------------------------------------------------- multiple comparisons
 
 

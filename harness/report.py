@@ -355,9 +355,10 @@ def study_table(snapshot: Snapshot, section: pd.DataFrame, summary: pd.DataFrame
 
 
 def markdown_report(snapshot: Snapshot, command: str, reference: list[dict] | None = None,
-                    figures: dict | None = None, budget: int | None = None) -> str:
+                    figures: dict | None = None, budget: int | None = None, equal: tuple | None = None) -> str:
     """The README text; ``reference`` as :func:`~harness.reference.load_reference` returns it, ``figures`` as
-    :func:`harness.plots.draw_all` does, ``budget`` the equal budget n (default: the smallest grid)."""
+    :func:`harness.plots.draw_all` does, ``budget`` the equal budget n (default: the smallest grid), ``equal``
+    the equal-budget section if already computed (:func:`harness.fair_report.equal_budget`)."""
     frame, reference, figures = snapshot.frame, reference or [], figures or {}
     lines = ["# Sweep report", ""]
     if frame.empty:
@@ -376,7 +377,7 @@ def markdown_report(snapshot: Snapshot, command: str, reference: list[dict] | No
         "Rows marked (published) are reference numbers, not runs of this harness.", ""]
     lines += comparison_table(snapshot, reference) + [f"Reproduce: `{command}`", ""]
     lines += [f"![{title}]({path})" for title, path in figures.get("", [])] + [""]
-    budget_lines, _ = fair_report.equal_budget(snapshot, budget, command)
+    budget_lines, _ = equal or fair_report.equal_budget(snapshot, budget, command)
     lines += budget_lines + [f"![{title}]({path})" for title, path in figures.get("budget", [])] + [""]
     found = confirmations(frame, best_trials(frame, ["task", "method"]))
     if found:
@@ -442,13 +443,13 @@ def _write_report(storage: Storage, out: Path, name: str | None, command: str, r
     snapshot = load(storage, name)
     out.mkdir(parents=True, exist_ok=True)
     groups = seed_groups(confirmations(snapshot.frame, best_trials(snapshot.frame, ["task", "method"])))
-    figures = {}
+    figures, equal = {}, None
     if not snapshot.frame.empty:
-        _, curves = fair_report.equal_budget(snapshot, budget, command)
-        extra = fair_report.figure_jobs(curves, fair_report.alpha_panels(snapshot.frame))
+        equal = fair_report.equal_budget(snapshot, budget, command)
+        extra = fair_report.figure_jobs(equal[1], fair_report.alpha_panels(snapshot.frame))
         figures = plots.draw_all(snapshot, _sections(snapshot.frame), groups, out, workers, extra)
     csv = snapshot.frame.drop(columns=["epochs", "alpha"]).to_csv(index=False).encode()
     atomic_write(out / "trials.csv", lambda stream: stream.write(csv), durable=False)
-    text = markdown_report(snapshot, command, published, figures, budget).encode()
+    text = markdown_report(snapshot, command, published, figures, budget, equal).encode()
     atomic_write(out / "README.md", lambda stream: stream.write(text), durable=False)
     return out / "README.md"

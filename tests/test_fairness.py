@@ -354,3 +354,13 @@ def test_expected_selected_ranks_by_keys_and_reports_other_values():
         assert mean == pytest.approx(np.mean(chosen), abs=1e-12)
         assert sd == pytest.approx(np.std(chosen), abs=1e-12)
         assert expected_selected(keys, keys, n) == pytest.approx(expected_max(keys, n), abs=1e-12)
+
+
+def test_expected_selected_curve_is_expected_selected_at_every_n():
+    from harness.fairness import expected_selected, expected_selected_curve
+
+    rng = np.random.default_rng(3)
+    keys, reported = rng.normal(size=9), rng.normal(size=9)
+    means, sds = expected_selected_curve(keys, reported)
+    for n in range(1, 10):
+        assert (means[n - 1], sds[n - 1]) == pytest.approx(expected_selected(keys, reported, n), abs=1e-12)

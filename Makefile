@@ -21,7 +21,7 @@ test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
 
 bench: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(PY) -m harness.bench --profile $(DATA_FLAG)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.trial --profile $(DATA_FLAG)
 
 clean-demo:
 	rm -f studies/harness.db studies/harness.db-* && rm -rf reports/demo

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.quiet import quiet_libraries
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,6 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.storage import parse_url
     from harness.study import Runner, RunOptions, describe_grids, run_workers
 
+    quiet_libraries(transformers=True)
+
     if args.n_trials is not None and args.n_trials < 1:
         raise HarnessError(f"--n-trials must be at least 1, got {args.n_trials}")
     if args.workers < 1:
@@ -183,6 +186,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     from harness.glue import resolve_data_dir
     from harness.study import RunOptions, confirm_studies
 
+    quiet_libraries(transformers=True)
     if args.top < 1 or args.seeds < 1:
         raise HarnessError(f"--top and --seeds must be at least 1, got {args.top} and {args.seeds}")
     storage = _open_storage(args.storage)
@@ -194,9 +198,10 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    from harness.glue import resolve_data_dir
     from harness.study import reproduce
 
-    from harness.glue import resolve_data_dir
+    quiet_libraries(transformers=True)
 
     storage = _open_storage(args.storage)
     data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), None)
@@ -204,19 +209,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print(f"trial {args.trial_id}: stored {stored}, reproduced {value:.6f}"
           + ("" if stored is None else f" (difference {value - stored:+.2e})"))
     return 0
-
-
-def quiet_libraries() -> None:
-    """Keep the console to our own progress bars and lines."""
-    import warnings
-
-    import optuna
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def main(argv: list[str] | None = None) -> int:

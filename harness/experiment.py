@@ -30,12 +30,12 @@ from harness.errors import HarnessError
 from harness.encoding import EncodedSplit, encode_split
 from harness.glue import GlueSplit, get_task, load_split, subsample
 from harness.holdout import HOLDOUT_SPLIT, split_holdout
-from harness.methods import InterLayerLoss, get_method
+from harness.losses import InterLayerLoss
+from harness.methods import get_method
 from harness.files import atomic_dir, publish_dir
 from harness.models import (
     build_student,
     check_student_depth,
-    fingerprint,
     load_config,
     load_tokenizer,
     resolve_pretrained,

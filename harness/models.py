@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -81,11 +79,6 @@ def build_student(pretrained: str, num_layers: int, num_labels: int, init: str, 
     encoder.layer = torch.nn.ModuleList(encoder.layer[j] for j in keep)
     model.config.num_hidden_layers = num_layers
     return model
-
-
-def fingerprint(payload: dict) -> str:
-    """Short stable hash of a JSON-able mapping (used as a cache key)."""
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def load_checkpoint(path: Path) -> dict | None:

@@ -416,7 +416,7 @@ def _long_lived_objects_frozen():
 
     Loading and drawing make many short-lived containers, and each full collection would scan the
     whole heap again: 0.4 s of a 4.5 s report of 1,000 trials, and half of a re-render that draws
-    nothing (``python -m harness.bench_report``). :func:`gc.freeze` moves them to the permanent
+    nothing (``python -m bench.report``). :func:`gc.freeze` moves them to the permanent
     generation; processes forked to draw figures inherit that.
     """
     gc.freeze()

@@ -40,7 +40,7 @@ from harness.config import StudyConfig, grid_points, point_key
 from harness.errors import HarnessError
 from harness.experiment import Experiment
 from harness.methods import get_method
-from harness.models import fingerprint
+from harness.hashing import fingerprint
 from harness.sharing import computation, grid_owners, method_order, owners
 from harness.sharing import plan as sharing_plan
 from harness.storage import GRACE_SECONDS, HEARTBEAT_SECONDS, Heartbeat, Storage, worker_id, worker_is_dead
@@ -525,7 +525,7 @@ def tpe_search(study: optuna.Study, config: StudyConfig, method: str, budget: in
     (completed or pruned), after ``max_failures`` failed trials in a row, or when ``done()`` says
     so. ``evaluate(trial, point)`` runs the trial, tells the study its outcome and returns its
     state; ``trial_attrs`` are set on every trial as soon as it exists. :class:`Runner` runs real
-    trials with it; :mod:`harness.bench_sweep` replays them.
+    trials with it; :mod:`bench.sweep` replays them.
     """
     points = grid_points(config, method)
     pairs = sorted({f"{p['eta']:g},{p['lambda']:g}" for p in points})
@@ -673,9 +673,9 @@ def _worker_main(index: int, config: StudyConfig, url: str, data_dir: Path | Non
     """Entry point of one worker process (spawned; everything it needs is passed in)."""
     import sys
 
-    from harness.cli import quiet_libraries
+    from harness.quiet import quiet_libraries
 
-    quiet_libraries()
+    quiet_libraries(transformers=True)
     torch.set_num_threads(threads)
     try:
         experiment = Experiment(config, data_dir, options.cache_dir, progress=False)

@@ -1,4 +1,4 @@
-"""Smoke tests of harness.bench's pieces on a tiny model; no timing is asserted anywhere."""
+"""Smoke tests of bench.trial's pieces on a tiny model; no timing is asserted anywhere."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from harness.bench import (
+from bench.trial import (
     PeakMemory,
     Settings,
     bench,
@@ -19,7 +19,8 @@ from harness.bench import (
 )
 from harness.errors import HarnessError
 from harness.experiment import Experiment
-from harness.methods import InterLayerLoss, get_method
+from harness.losses import InterLayerLoss
+from harness.methods import get_method
 from harness.models import build_student
 from harness.train import Hyper, LossTerms, TeacherSignal, to_batch
 

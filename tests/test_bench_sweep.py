@@ -1,4 +1,4 @@
-"""The sweep-cost replay (harness.bench_sweep) on synthetic grids: no model, no timing."""
+"""The sweep-cost replay (bench.sweep) on synthetic grids: no model, no timing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.bench_sweep import HEADLINE, GridTrial, Search, SweepResult, replay_shuffled, replay_tpe, tpe_config
+from bench.sweep import HEADLINE, GridTrial, Search, SweepResult, replay_shuffled, replay_tpe, tpe_config
 from harness.config import grid_points, parse_study, point_key
 
 LRS, WEIGHTS = [1e-4, 2e-4, 5e-4], [0.0, 0.2, 0.5]

@@ -9,23 +9,25 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
-from harness.methods import (
-    METHODS,
+from harness.losses import (
     InterLayerLoss,
-    MethodSpec,
     alp_attention,
     alp_context,
     alp_loss,
     alp_tokens_loss,
     ckd_loss,
-    get_method,
     kd_loss,
+    pkd_loss,
+    regression_kd_loss,
+)
+from harness.methods import (
+    METHODS,
+    MethodSpec,
+    get_method,
     layer_mapping,
     no_buckets,
-    pkd_loss,
     pkd_pairs,
     po_buckets,
-    regression_kd_loss,
 )
 
 D64 = torch.float64

@@ -10,7 +10,8 @@ import torch
 
 from harness.config import parse_study
 from harness.experiment import Experiment, read_outputs
-from harness.methods import InterLayerLoss, get_method
+from harness.losses import InterLayerLoss
+from harness.methods import get_method
 from harness.train import Hyper, LossTerms, to_batch
 
 

@@ -11,7 +11,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from harness.encoding import encode_split
 from harness.glue import get_task, load_split, subsample
-from harness.methods import METHODS, InterLayerLoss, get_method
+from harness.losses import InterLayerLoss
+from harness.methods import METHODS, get_method
 from harness.models import build_student
 from harness.train import Hyper, LossTerms, TeacherSignal, fit, to_batch, train_batches
 

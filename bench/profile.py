@@ -1,4 +1,4 @@
-"""Where the time of one student step goes: ``python -m harness.bench --profile``.
+"""Where the time of one student step goes: ``python -m bench.trial --profile``.
 
 :class:`StudentSteps` runs training steps of our student exactly as :func:`harness.train.fit` does,
 one at a time; :func:`profile_step` profiles a few of them with ``torch.profiler`` and times three
@@ -13,7 +13,8 @@ import time
 import torch
 
 from harness.experiment import Experiment
-from harness.methods import InterLayerLoss, get_method
+from harness.losses import InterLayerLoss
+from harness.methods import get_method
 from harness.models import build_student, load_config
 from harness.train import Hyper, LossTerms, to_batch, token_lengths, train_batches
 

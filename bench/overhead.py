@@ -1,6 +1,6 @@
 """Benchmark: the harness's own overhead per trial (storage + bookkeeping) as a fraction of trial time.
 
-``python -m harness.bench_overhead [--storage URL] [--train-samples N] [--trials-per-method K]``
+``python -m bench.overhead [--storage URL] [--train-samples N] [--trials-per-method K]``
 
 Runs a small real sweep (MiniLM-L6 teacher, SST-2, NKD/KD/ALP) through the same :class:`Runner`
 that ``run_study.py run`` uses and splits each trial's wall time into
@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.cli import REPO_ROOT, quiet_libraries
+from harness.cli import REPO_ROOT
+from harness.quiet import quiet_libraries
 from harness.config import parse_study
 from harness.experiment import Experiment
 from harness.storage import Storage
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-samples", type=int, default=2000)
     parser.add_argument("--trials-per-method", type=int, default=2)
     args = parser.parse_args(argv)
-    quiet_libraries()
+    quiet_libraries(transformers=True)
 
     lrs = [5e-5, 2e-5, 1e-5][: args.trials_per_method]
     config = parse_study({

@@ -1,6 +1,6 @@
 """Benchmark: how long the report takes on a synthetic database of about 1,000 trials.
 
-``python -m harness.bench_report`` builds, in a temporary folder, an SQLite database through the
+``python -m bench.report`` builds, in a temporary folder, an SQLite database through the
 harness's own storage and study API: four tasks × every method on the paper's grids (996 grid
 trials, some failed or pruned), four trials still RUNNING, and three confirmation seeds for
 nkd, kd and alp per task. It then times :func:`harness.report.write_report` and prints the
@@ -97,7 +97,7 @@ def build(folder: Path) -> tuple[Storage, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.bench_report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=None,
                         help="processes drawing the figures (default: one per usable CPU on Linux)")
     args = parser.parse_args(argv)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("again into the same folder: figures unchanged, none redrawn", "all", workers)]
         for label, target, workers in runs:
             wall, cpu = time.perf_counter(), time.process_time()
-            write_report(storage, folder / target, None, "python -m harness.bench_report", workers=workers)
+            write_report(storage, folder / target, None, "python -m bench.report", workers=workers)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             figures = len(list((folder / target / "figures").glob("*.png")))
             print(f"report of {total} trials, {figures} figures, {label}: {wall:.2f} s wall "

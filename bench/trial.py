@@ -1,6 +1,6 @@
 """Benchmark: our distillation trials against a reference KD trainer written on HF ``Trainer``.
 
-``python -m harness.bench`` runs, in one process, on the same data and the same student init:
+``python -m bench.trial`` runs, in one process, on the same data and the same student init:
 
 * **reference**: what a user would write: a ``transformers.Trainer`` subclass whose ``compute_loss``
   runs the frozen teacher under ``no_grad`` on every batch and adds the same KD + ALP loss as our ALP
@@ -15,7 +15,7 @@ Teacher fine-tuning is excluded from every timing (it is done once and cached, i
 folder); teacher outputs, checkpoints and the sweep's SQLite database live in a temporary folder, so
 every run pays the cache build afresh. Then it measures the **sweep cost to reach the exhaustive
 grid's best score** (within ``--tolerance``): the full ALP grid is run for real, and TPE with median
-pruning is replayed on it ``--sweep-replays`` times (:mod:`harness.bench_sweep`); the ratio is the
+pruning is replayed on it ``--sweep-replays`` times (:mod:`bench.sweep`); the ratio is the
 mean share of the grid's compute a replay spends until a trial reaches the best. ``--profile``
 profiles one ALP student step. The last three lines are machine-readable::
 
@@ -26,7 +26,7 @@ profiles one ALP student step. The last three lines are machine-readable::
 Timings are wall-clock and share the machine with whatever else runs: on a busy CPU they are noisy.
 A bigger setting on a GPU, e.g.::
 
-    python -m harness.bench --train-samples 20000 --epochs 3 --max-seq-length 128 --student-layers 4 \\
+    python -m bench.trial --train-samples 20000 --epochs 3 --max-seq-length 128 --student-layers 4 \\
         --teacher-train-samples 0 --teacher-epochs 3 --sweep-samples 20000 --sweep-epochs 3 \\
         --sweep-lr 1e-5 2e-5 5e-5 --sweep-eta 0 0.2 0.5 0.7 --sweep-lambda 0 0.2 0.5 0.7   # the paper's 39 points
 """
@@ -49,15 +49,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from harness.bench_profile import StudentSteps, profile_step
-from harness.bench_sweep import SweepResult, run_sweep
-from harness.cli import quiet_libraries
+from bench.profile import StudentSteps, profile_step
+from bench.sweep import SweepResult, run_sweep
+from harness.quiet import quiet_libraries
 from harness.config import StudyConfig, parse_study
 from harness.errors import HarnessError
 from harness.experiment import Experiment
 from harness.encoding import EncodedSplit
 from harness.glue import compute_metrics, resolve_data_dir
-from harness.methods import InterLayerLoss, get_method, kd_loss, regression_kd_loss
+from harness.losses import InterLayerLoss, kd_loss, regression_kd_loss
+from harness.methods import get_method
 from harness.models import build_student
 from harness.train import Hyper, autocast_for, layer_cls
 
@@ -111,7 +112,7 @@ def study_config(settings: Settings, name: str, train_samples: int, epochs: int,
         "fixed": {"epochs": epochs, "batch_size": settings.batch_size, "max_seq_length": settings.max_seq_length,
                   "max_train_samples": train_samples, "seed": settings.seed, "teacher": teacher},
         "search": {"lr": [settings.lr], "eta": [settings.eta], "lambda": [settings.lam], **search},
-    }, source="harness.bench")
+    }, source="bench.trial")
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -335,7 +336,7 @@ def result_table(results: list[RunResult], device: torch.device) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> Settings:
     d = Settings()
-    parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.trial", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default=d.task)
     parser.add_argument("--teacher", default=d.teacher, help="alias, folder or hub id (default: %(default)s)")
     parser.add_argument("--student-layers", type=int, default=d.student_layers)
@@ -460,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         settings = parse_args(argv)
-        quiet_libraries()
+        quiet_libraries(transformers=True)
         print("\n".join(bench(settings)), flush=True)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)

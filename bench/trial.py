@@ -56,7 +56,8 @@ from harness.config import StudyConfig, parse_study
 from harness.errors import HarnessError
 from harness.experiment import Experiment
 from harness.encoding import EncodedSplit
-from harness.glue import compute_metrics, resolve_data_dir
+from harness.loading import resolve_data_dir
+from harness.metrics import compute_metrics
 from harness.losses import InterLayerLoss, kd_loss, regression_kd_loss
 from harness.methods import get_method
 from harness.models import build_student

@@ -117,7 +117,7 @@ def _open_storage(url: str | None, create: bool = False):
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.config import load_study
     from harness.experiment import Experiment
-    from harness.glue import resolve_data_dir
+    from harness.loading import resolve_data_dir
     from harness.storage import parse_url
     from harness.study import Runner, RunOptions, describe_grids, run_workers
 
@@ -183,7 +183,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
-    from harness.glue import resolve_data_dir
+    from harness.loading import resolve_data_dir
     from harness.study import RunOptions, confirm_studies
 
     quiet_libraries(transformers=True)
@@ -198,7 +198,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from harness.glue import resolve_data_dir
+    from harness.loading import resolve_data_dir
     from harness.study import reproduce
 
     quiet_libraries(transformers=True)

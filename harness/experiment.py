@@ -28,7 +28,8 @@ from transformers import AutoModelForSequenceClassification
 from harness.config import StudyConfig
 from harness.errors import HarnessError
 from harness.encoding import EncodedSplit, encode_split
-from harness.glue import GlueSplit, get_task, load_split, subsample
+from harness.glue import GlueSplit, get_task, subsample
+from harness.loading import load_split
 from harness.holdout import HOLDOUT_SPLIT, split_holdout
 from harness.losses import InterLayerLoss
 from harness.methods import get_method

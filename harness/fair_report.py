@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from harness import fairness, plots
-from harness.glue import TASKS, TaskSpec, compute_metrics
+from harness.glue import TASKS, TaskSpec
+from harness.metrics import compute_metrics
 from harness.methods import METHODS, get_method
 from harness.seeds import Seeds, is_alp
 

@@ -2,7 +2,7 @@
 
 Expected maximum validation performance of a random search over a grid (Dodge et al. 2019), Holm's correction of
 a family of p-values, the paired t-test over shared seeds, a vectorised paired bootstrap over dev examples, and
-the majority-class baseline. Pure numpy + scipy; metric conventions are those of :func:`harness.glue.compute_metrics`.
+the majority-class baseline. Pure numpy + scipy; metric conventions are those of :func:`harness.metrics.compute_metrics`.
 """
 
 from __future__ import annotations
@@ -304,7 +304,7 @@ def resampled_metric(metric: str, predictions: np.ndarray, labels: np.ndarray, i
 
     ``predictions``, ``labels``: shape [n]; class ids (int) for accuracy/f1/mcc, float scores and gold scores
     for pearson/spearman. ``index``: int [B, m] of example indices in [0, n), one resample per row (m = n for a
-    bootstrap). Returns float64 [B]. Conventions equal :func:`harness.glue.compute_metrics` (sklearn/scipy):
+    bootstrap). Returns float64 [B]. Conventions equal :func:`harness.metrics.compute_metrics` (sklearn/scipy):
     f1 is binary F1 of class 1 with 0/0 → 0; mcc is sklearn's multiclass Matthews correlation, 0 where
     undefined (e.g. constant predictions); pearson/spearman are 0.0 where undefined (a constant row, m < 2),
     spearman with average ranks for ties (counted per row, not sorted) and 0.0 for a row with a NaN, as scipy's
@@ -393,7 +393,7 @@ def majority_predictions(labels: np.ndarray, regression: bool) -> np.ndarray:
 
     Classification: the most frequent class id (ties: the smallest id), int64 [n]. Regression: the mean label,
     float64 [n]; a constant prediction, so its Pearson and Spearman correlations are 0 by the convention of
-    :func:`harness.glue.compute_metrics`. It is computed from the labels of the set it is scored on (the dev set),
+    :func:`harness.metrics.compute_metrics`. It is computed from the labels of the set it is scored on (the dev set),
     as GLUE papers report the majority baseline. ValueError for empty labels.
     """
     labels = np.asarray(labels).reshape(-1)

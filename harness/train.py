@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from harness.encoding import EncodedSplit, collate
-from harness.glue import TaskSpec, compute_metrics
+from harness.glue import TaskSpec
+from harness.metrics import compute_metrics
 from harness.losses import InterLayerLoss, kd_loss, regression_kd_loss
 from harness.files import atomic_write
 from harness.models import load_checkpoint

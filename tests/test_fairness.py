@@ -22,7 +22,8 @@ from harness.fairness import (
     paired_t,
     resampled_metric,
 )
-from harness.glue import _correlation, compute_metrics, get_task
+from harness.glue import get_task
+from harness.metrics import _correlation, compute_metrics
 
 GRID = [0.70, 0.72, 0.72, 0.75, 0.68, 0.75]  # six grid scores with ties
 
@@ -216,7 +217,7 @@ def test_correlations_match_scipy_row_by_row_with_ties_and_constants(metric):
     short = rng.integers(0, n, size=(8, 5))
     expected = [_correlation(metric, scores[row], gold[row]) for row in short]
     np.testing.assert_allclose(resampled_metric(metric, scores, gold, short), expected, rtol=1e-10, atol=1e-12)
-    # Constant input (a collapsed regressor, or a resample of one example) → 0.0, as harness.glue._correlation.
+    # Constant input (a collapsed regressor, or a resample of one example) → 0.0, as harness.metrics._correlation.
     constant_rows = np.array([[4] * n, list(range(n))])
     flat = np.full(n, 2.5)
     assert list(resampled_metric(metric, flat, gold, constant_rows)) == [0.0, 0.0]

@@ -24,16 +24,9 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from harness import glue
 from harness.errors import HarnessError
 from harness.encoding import collate, encode_split
-from harness.glue import (
-    TASKS,
-    GlueSplit,
-    compute_metrics,
-    get_task,
-    hub_split_name,
-    load_split,
-    resolve_data_dir,
-    subsample,
-)
+from harness.glue import TASKS, GlueSplit, get_task, subsample
+from harness.loading import hub_split_name, load_split, resolve_data_dir
+from harness.metrics import compute_metrics
 
 SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared" / "glue"
 

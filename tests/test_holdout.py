@@ -12,7 +12,8 @@ from conftest import write_study
 from harness.cli import main
 from harness.config import load_study
 from harness.experiment import Experiment
-from harness.glue import get_task, load_split
+from harness.glue import get_task
+from harness.loading import load_split
 from harness.holdout import HOLDOUT_SPLIT, split_holdout
 from harness.report import load
 from harness.storage import Storage

@@ -10,7 +10,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from harness.encoding import encode_split
-from harness.glue import get_task, load_split, subsample
+from harness.glue import get_task, subsample
+from harness.loading import load_split
 from harness.losses import InterLayerLoss
 from harness.methods import METHODS, get_method
 from harness.models import build_student

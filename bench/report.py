@@ -21,7 +21,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState, create_trial
 
-from harness import plots
+from harness import render
 from harness.config import grid_points, parse_study, point_key
 from harness.glue import TASKS
 from harness.methods import METHODS
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         storage, total = build(folder)
         print(f"built {total} trials in {len(BENCH_TASKS) * len(METHODS)} studies in "
               f"{time.perf_counter() - started:.1f} s; load average {os.getloadavg()[0]:.2f}")
-        workers = args.workers or plots.default_workers()
+        workers = args.workers or render.default_workers()
         runs = [("one drawing process, all figures drawn", "one", 1),
                 (f"{workers} drawing processes, all figures drawn", "all", workers),
                 ("again into the same folder: figures unchanged, none redrawn", "all", workers)]

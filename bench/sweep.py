@@ -31,7 +31,9 @@ from optuna.trial import TrialState
 from harness.config import StudyConfig, grid_points, point_key
 from harness.experiment import Experiment
 from harness.storage import Storage
-from harness.study import DEFAULT_MAX_ATTEMPTS, Runner, RunOptions, pruner_for, stop_after, tpe_search
+from harness.study import DEFAULT_MAX_ATTEMPTS, Runner, RunOptions, pruner_for
+from harness.tpe import tpe_search
+from harness.trial import stop_after
 
 METHOD = "alp"
 

@@ -173,7 +173,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from harness.study import study_status
+    from harness.status import study_status
 
     storage = _open_storage(args.storage)
     lines = study_status(storage)
@@ -199,7 +199,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from harness.loading import resolve_data_dir
-    from harness.study import reproduce
+    from harness.trial import reproduce
 
     quiet_libraries(transformers=True)
 

@@ -34,6 +34,7 @@ from harness.holdout import HOLDOUT_SPLIT, split_holdout
 from harness.losses import InterLayerLoss
 from harness.methods import get_method
 from harness.files import atomic_dir, publish_dir
+from harness.hashing import fingerprint
 from harness.models import (
     build_student,
     check_student_depth,

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from harness import fairness, plots
+from harness import fairness, plots, render
 from harness.glue import TASKS, TaskSpec
 from harness.metrics import compute_metrics
 from harness.methods import METHODS, get_method
@@ -324,13 +324,13 @@ def alpha_section(panels: dict[str, list[dict]], figures: dict, command: str) ->
 
 
 def figure_jobs(budget: dict, panels: dict[str, list[dict]]) -> dict[str, list]:
-    """The section's figures as :class:`harness.plots.Job` lists: ``{"budget": …, "alpha": …}``."""
+    """The section's figures as :class:`harness.render.Job` lists: ``{"budget": …, "alpha": …}``."""
     jobs = {"budget": [], "alpha": []}
     for task, curves in (budget.get("curves") or {}).items():
-        jobs["budget"].append((f"equal budget, {task}", plots.Job(
-            f"budget__{plots.slug(task)}.png", plots.budget_curves,
+        jobs["budget"].append((f"equal budget, {task}", render.Job(
+            f"budget__{render.slug(task)}.png", plots.budget_curves,
             (task, curves, TASKS[task].primary_metric, budget["n"]))))
     for task, task_panels in panels.items():
-        jobs["alpha"].append((f"ALP attention, {task}", plots.Job(
-            f"alpha__{plots.slug(task)}.png", plots.alpha_heatmap, (task, task_panels))))
+        jobs["alpha"].append((f"ALP attention, {task}", render.Job(
+            f"alpha__{render.slug(task)}.png", plots.alpha_heatmap, (task, task_panels))))
     return jobs

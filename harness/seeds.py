@@ -57,7 +57,7 @@ def confirmations(frame: pd.DataFrame, bests: pd.DataFrame) -> dict[tuple[str, s
     the grid, so it is biased upwards. One value per seed (the last COMPLETE trial with that seed).
     The tests use the best grid trial's configuration when it was confirmed, else the one with the
     most seeds; ``bests`` is the best grid trial per (task, method), indexed by them (as
-    :func:`harness.report.best_trials` gives it).
+    :func:`harness.frame.best_trials` gives it).
     """
     out = {}
     confirmed = frame[frame["confirmation"] & (frame["state"] == "COMPLETE")]

@@ -8,15 +8,8 @@ import re
 import pytest
 import torch
 
-from bench.trial import (
-    PeakMemory,
-    Settings,
-    bench,
-    format_ratio,
-    parse_args,
-    reference_trainer_class,
-    study_config,
-)
+from bench.runs import PeakMemory, reference_trainer_class
+from bench.trial import Settings, bench, format_ratio, parse_args, study_config
 from harness.errors import HarnessError
 from harness.experiment import Experiment
 from harness.losses import InterLayerLoss

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import plots
+from harness import plots, render
 
 BUDGET = 6
 
@@ -39,17 +39,17 @@ PANELS = [
 ]
 
 
-def _jobs() -> list[plots.Job]:
-    return [plots.Job("budget__demo__SST-2.png", plots.budget_curves, ("demo / SST-2", CURVES, "accuracy", BUDGET)),
-            plots.Job("budget__demo__long.png", plots.budget_curves, ("demo / long", LONG, "accuracy", 10)),
-            plots.Job("alpha__demo__SST-2.png", plots.alpha_heatmap, ("demo / SST-2", PANELS)),
-            plots.Job("alpha__demo__one.png", plots.alpha_heatmap, ("demo / one", PANELS[2:]))]
+def _jobs() -> list[render.Job]:
+    return [render.Job("budget__demo__SST-2.png", plots.budget_curves, ("demo / SST-2", CURVES, "accuracy", BUDGET)),
+            render.Job("budget__demo__long.png", plots.budget_curves, ("demo / long", LONG, "accuracy", 10)),
+            render.Job("alpha__demo__SST-2.png", plots.alpha_heatmap, ("demo / SST-2", PANELS)),
+            render.Job("alpha__demo__one.png", plots.alpha_heatmap, ("demo / one", PANELS[2:]))]
 
 
 def test_figures_render_to_valid_pngs_with_the_same_bytes_twice(tmp_path: Path):
     first, second = tmp_path / "first", tmp_path / "second"
     for out in (first, second):
-        plots.render(out, _jobs(), workers=1)
+        render.render(out, _jobs(), workers=1)
     for job in _jobs():
         path = first / job.path
         with Image.open(path) as image:
@@ -61,12 +61,12 @@ def test_figures_render_to_valid_pngs_with_the_same_bytes_twice(tmp_path: Path):
 
 
 def test_new_prefixes_are_cleaned_as_stale(tmp_path: Path):
-    assert {"budget__", "alpha__"} <= set(plots.PREFIXES)
-    folder = tmp_path / plots.FOLDER
+    assert {"budget__", "alpha__"} <= set(render.PREFIXES)
+    folder = tmp_path / render.FOLDER
     folder.mkdir()
     for name in ("budget__old.png", "alpha__old.png", "other.png"):
         (folder / name).write_bytes(b"old")
-    plots._remove_stale(tmp_path, set())
+    render.remove_stale(tmp_path, set())
     assert sorted(p.name for p in folder.iterdir()) == ["other.png"]
 
 

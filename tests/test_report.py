@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 from scipy import stats
 
-from harness import plots
+from harness import plots, render
 from harness.config import parse_study
 from harness.errors import HarnessError
 from harness.reference import load_reference
@@ -277,7 +277,7 @@ def test_a_reused_heatmap_figure_draws_the_same_bytes_as_a_fresh_one():
 
     def png(figure) -> bytes:
         buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=plots.DPI, metadata={"Software": None})
+        figure.savefig(buffer, format="png", dpi=render.DPI, metadata={"Software": None})
         return buffer.getvalue()
 
     first = rows([0.81, 0.82, 0.83, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.91, 0.92])
@@ -303,10 +303,10 @@ def _broken_figure(value):
 
 
 def test_a_figure_that_fails_to_draw_is_raised_and_leaves_no_file(tmp_path):
-    jobs = [plots.Job("bad.png", _broken_figure, (7,)), plots.Job("also.png", _broken_figure, (8,))]
+    jobs = [render.Job("bad.png", _broken_figure, (7,)), render.Job("also.png", _broken_figure, (8,))]
     for workers in (1, 2):
         with pytest.raises(ValueError, match="cannot draw"):
-            plots.render(tmp_path, jobs, workers)
+            render.render(tmp_path, jobs, workers)
         assert not (tmp_path / "figures").exists() or not list((tmp_path / "figures").iterdir())
 
 

@@ -6,7 +6,8 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.config import grid_points, parse_study, point_key
-from harness.study import stop_after, tpe_search
+from harness.tpe import tpe_search
+from harness.trial import stop_after
 
 
 class _AlwaysPrune(optuna.pruners.BasePruner):

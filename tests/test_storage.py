@@ -173,7 +173,8 @@ def test_a_point_whose_worker_keeps_dying_before_an_epoch_is_given_up(tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    from harness.study import MAX_SILENT_DEATHS, Runner, RunOptions, _silent_deaths
+    from harness.settle import MAX_SILENT_DEATHS, silent_deaths
+    from harness.study import Runner, RunOptions
 
     storage, config, study, key = _one_point_study(tmp_path)
 
@@ -184,9 +185,9 @@ def test_a_point_whose_worker_keeps_dying_before_an_epoch_is_given_up(tmp_path):
     died(epochs=[{"epoch": 1}])  # made progress: ends the run of silent deaths
     for _ in range(MAX_SILENT_DEATHS - 1):
         died()
-    assert _silent_deaths(study, key) == MAX_SILENT_DEATHS - 1
+    assert silent_deaths(study, key) == MAX_SILENT_DEATHS - 1
     died(reason="interrupted")
-    assert _silent_deaths(study, key) == 0
+    assert silent_deaths(study, key) == 0
     for _ in range(MAX_SILENT_DEATHS):
         died()
     dead = f"{socket.gethostname()}:999999999:0"  # no such process on this host
@@ -197,7 +198,7 @@ def test_a_point_whose_worker_keeps_dying_before_an_epoch_is_given_up(tmp_path):
     (row,) = storage.points(study.study_name)
     assert row["state"] == "failed" and f"died {MAX_SILENT_DEATHS} times in a row" in row["last_error"]
     assert any("giving up" in line and "--retry-failed" in line for line in lines)
-    from harness.study import study_status
+    from harness.status import study_status
 
     assert any(line.startswith(f"    given up: {key} after 1 attempt(s): its worker died") for line in
                study_status(storage))

@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _open_storage(url: str | None, create: bool = False):
     """The study database; only ``run`` creates one (a mistyped SQLite path elsewhere is an error)."""
-    from harness.storage import Storage, default_storage
+    from harness.storage import Storage
+    from harness.urls import default_storage
 
     if url is None:
         if create:
@@ -118,8 +119,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.config import load_study
     from harness.experiment import Experiment
     from harness.loading import resolve_data_dir
-    from harness.storage import parse_url
-    from harness.study import Runner, RunOptions, describe_grids, run_workers
+    from harness.urls import parse_url
+    from harness.sharing import describe_grids
+    from harness.study import Runner, RunOptions
+    from harness.workers import run_workers
 
     quiet_libraries(transformers=True)
 

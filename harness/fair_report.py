@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from harness import fairness, plots, render
+from harness import fairness, figures_fair, render
 from harness.glue import TASKS, TaskSpec
 from harness.metrics import compute_metrics
 from harness.methods import METHODS, get_method
@@ -328,9 +328,9 @@ def figure_jobs(budget: dict, panels: dict[str, list[dict]]) -> dict[str, list]:
     jobs = {"budget": [], "alpha": []}
     for task, curves in (budget.get("curves") or {}).items():
         jobs["budget"].append((f"equal budget, {task}", render.Job(
-            f"budget__{render.slug(task)}.png", plots.budget_curves,
+            f"budget__{render.slug(task)}.png", figures_fair.budget_curves,
             (task, curves, TASKS[task].primary_metric, budget["n"]))))
     for task, task_panels in panels.items():
         jobs["alpha"].append((f"ALP attention, {task}", render.Job(
-            f"alpha__{render.slug(task)}.png", plots.alpha_heatmap, (task, task_panels))))
+            f"alpha__{render.slug(task)}.png", figures_fair.alpha_heatmap, (task, task_panels))))
     return jobs

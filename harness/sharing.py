@@ -70,3 +70,24 @@ def plan(config: StudyConfig) -> dict[str, tuple[int, int]]:
     found = grid_owners(config)
     return {m: (len(grid_points(config, m)), sum(1 for (meth, _), owner in found.items()
                                                  if meth == m and owner == m)) for m in config.methods}
+
+
+def describe_grids(config: StudyConfig) -> list[str]:
+    """One line per method: how many valid grid points it has and how many of them it trains itself
+    (the others are the same computation as another method's point; :mod:`harness.sharing`)."""
+    lines = []
+    trained = plan(config)
+    for method in config.methods:
+        spec = get_method(method)
+        if spec.searches_lambda:
+            searched = "lr × η × λ with β = 1 − η − λ ≥ 0"
+        else:
+            searched = "lr × η" if spec.searches_eta else "lr only, η = λ = 0"
+        size, own = trained[method]
+        shared = f", {size - own} shared (≡ {'KD/NKD' if spec.searches_lambda else 'NKD'})" if own < size else ""
+        lines.append(f"  {method}: {len(grid_points(config, method))} grid points ({searched}){shared}")
+    total, own = sum(g for g, _ in trained.values()), sum(t for _, t in trained.values())
+    if own < total:
+        lines.append(f"  {total} grid points, {own} trainings: {total - own} ({(total - own) / total:.1%}) are "
+                     "the same computation as another method's point and are trained once")
+    return lines

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import optuna
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError
+from sqlalchemy.exc import IntegrityError
 
 from harness.errors import HarnessError
+from harness.urls import engine_kwargs, prepare_sqlite, mask_url, parse_url
 
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 120
@@ -104,18 +104,6 @@ labels_table = sa.Table(
 )
 
 
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (never print a password)."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<malformed storage URL>"
-
-
-def default_storage(root: Path) -> str:
-    return f"sqlite:///{root / 'studies' / 'harness.db'}"
-
-
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux), or ``None`` if there is no such process."""
     try:
@@ -133,48 +121,6 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}"
 
 
-def parse_url(url: str) -> sa.URL:
-    """The parsed storage URL, its dialect and driver importable; creates nothing.
-
-    A malformed URL, an unknown dialect, a driver that is not installed or a SQLite file in a
-    folder that does not exist is a one-line :class:`HarnessError`.
-    """
-    masked = mask_url(url)
-    try:
-        parsed = make_url(url)
-        parsed.get_dialect().import_dbapi()
-    except NoSuchModuleError:
-        raise HarnessError(f"unsupported storage URL {masked!r} (allowed: any SQLAlchemy URL whose "
-                           "driver is installed: sqlite, postgresql, mysql)") from None
-    except ArgumentError:
-        raise HarnessError(f"malformed storage URL {masked!r} (expected e.g. sqlite:///path.db or "
-                           "postgresql://user:pass@host/db)") from None
-    except ModuleNotFoundError as error:
-        raise HarnessError(f"storage URL {masked!r} needs the Python package {error.name!r}, "
-                           "which is not installed") from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        folder = Path(parsed.database).parent
-        if not folder.is_dir():
-            raise HarnessError(f"storage folder {str(folder)!r} does not exist")
-    return parsed
-
-
-def _prepare_sqlite(url: sa.URL, create: bool) -> None:
-    if url.database in (None, "", ":memory:"):
-        return
-    path = Path(url.database)
-    if not create and not path.is_file():
-        raise HarnessError(f"no database at {str(path)!r} (running a study creates it; check --storage)")
-    with sqlite3.connect(path, timeout=60) as connection:
-        connection.execute("PRAGMA journal_mode=WAL")
-
-
-def _engine_kwargs(url: sa.URL) -> dict:
-    if url.get_backend_name() == "sqlite":
-        return {"connect_args": {"timeout": 60}}
-    return {"pool_pre_ping": True}
-
-
 class Storage:
     """One database: Optuna's tables and the grid-claim table."""
 
@@ -185,10 +131,10 @@ class Storage:
         parsed = parse_url(url)
         try:
             if parsed.get_backend_name() == "sqlite":
-                _prepare_sqlite(parsed, create)
-            self.engine = sa.create_engine(url, **_engine_kwargs(parsed))
+                prepare_sqlite(parsed, create)
+            self.engine = sa.create_engine(url, **engine_kwargs(parsed))
             _metadata.create_all(self.engine)
-            self.optuna = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(parsed))
+            self.optuna = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(parsed))
         except (sa.exc.DBAPIError, sqlite3.Error, RuntimeError) as error:
             reason = (str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0]
             raise HarnessError(f"cannot use storage {self.masked!r}: {reason}") from None

@@ -31,16 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import torch
 from optuna.trial import TrialState
 
 from harness.config import StudyConfig, grid_points, point_key
 from harness.errors import HarnessError
 from harness.experiment import Experiment
-from harness.methods import get_method
 from harness.hashing import fingerprint
 from harness.sharing import computation, grid_owners, method_order, owners
-from harness.sharing import plan as sharing_plan
 from harness.copies import adopt, copy_into, finished_trial
 from harness.settle import MAX_SILENT_DEATHS, fail_orphans, fail_trial, settle_stale, silent_deaths
 from harness.storage import HEARTBEAT_SECONDS, Heartbeat, Storage, worker_id
@@ -375,60 +372,6 @@ def _choices(grid: tuple[float, ...], value: float) -> tuple[float, ...]:
 
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
-
-
-def describe_grids(config: StudyConfig) -> list[str]:
-    """One line per method: how many valid grid points it has and how many of them it trains itself
-    (the others are the same computation as another method's point; :mod:`harness.sharing`)."""
-    lines = []
-    trained = sharing_plan(config)
-    for method in config.methods:
-        spec = get_method(method)
-        if spec.searches_lambda:
-            searched = "lr × η × λ with β = 1 − η − λ ≥ 0"
-        else:
-            searched = "lr × η" if spec.searches_eta else "lr only, η = λ = 0"
-        size, own = trained[method]
-        shared = f", {size - own} shared (≡ {'KD/NKD' if spec.searches_lambda else 'NKD'})" if own < size else ""
-        lines.append(f"  {method}: {len(grid_points(config, method))} grid points ({searched}){shared}")
-    total, own = sum(g for g, _ in trained.values()), sum(t for _, t in trained.values())
-    if own < total:
-        lines.append(f"  {total} grid points, {own} trainings: {total - own} ({(total - own) / total:.1%}) are "
-                     "the same computation as another method's point and are trained once")
-    return lines
-
-
-def _worker_main(index: int, config: StudyConfig, url: str, data_dir: Path | None, options: RunOptions,
-                 threads: int) -> None:
-    """Entry point of one worker process (spawned; everything it needs is passed in)."""
-    import sys
-
-    from harness.quiet import quiet_libraries
-
-    quiet_libraries(transformers=True)
-    torch.set_num_threads(threads)
-    try:
-        experiment = Experiment(config, data_dir, options.cache_dir, progress=False)
-        Runner(config, Storage(url), experiment, options, log=lambda line: print(f"[worker {index}] {line}",
-                                                                                 flush=True)).run()
-    except HarnessError as error:
-        print(f"error: [worker {index}] {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
-def run_workers(count: int, config: StudyConfig, url: str, data_dir: Path | None, options: RunOptions) -> int:
-    """Run ``count`` worker processes on this machine and wait for them; returns the worst exit code."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")
-    threads = max(1, torch.get_num_threads() // count)
-    processes = [context.Process(target=_worker_main, args=(i, config, url, data_dir, options, threads))
-                 for i in range(count)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join()
-    return max(abs(process.exitcode or 0) for process in processes)
 
 
 def confirm_studies(storage: Storage, name: str | None, top: int, seeds: int, data_dir: Path | None,

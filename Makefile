@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 GLUE ?= $(wildcard ../shared/glue)
 DATA_FLAG := $(if $(GLUE),--data-dir $(GLUE),)
 
-.PHONY: demo test bench clean-demo
+.PHONY: demo test lint bench clean-demo
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 bench: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m bench.trial --profile $(DATA_FLAG)

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from harness.cli import REPO_ROOT
-from harness.quiet import quiet_libraries
 from harness.config import parse_study
 from harness.experiment import Experiment
+from harness.quiet import quiet_libraries
 from harness.storage import Storage
 from harness.study import Runner, RunOptions
 
@@ -62,14 +62,23 @@ def main(argv: list[str] | None = None) -> None:
     quiet_libraries(transformers=True)
 
     lrs = [5e-5, 2e-5, 1e-5][: args.trials_per_method]
-    config = parse_study({
-        "name": "overhead", "task": "SST-2", "teacher": "minilm-l6", "student_layers": 2,
-        "methods": ["nkd", "kd", "alp"],
-        # The demo's teacher recipe, so that a teacher cached by `make demo` is reused.
-        "fixed": {"epochs": 1, "max_seq_length": 64, "max_train_samples": args.train_samples,
-                  "teacher": {"epochs": 1, "lr": 5e-5, "max_train_samples": 8000}},
-        "search": {"lr": lrs, "eta": [0.5], "lambda": [0.2]},
-    })
+    config = parse_study(
+        {
+            "name": "overhead",
+            "task": "SST-2",
+            "teacher": "minilm-l6",
+            "student_layers": 2,
+            "methods": ["nkd", "kd", "alp"],
+            # The demo's teacher recipe, so that a teacher cached by `make demo` is reused.
+            "fixed": {
+                "epochs": 1,
+                "max_seq_length": 64,
+                "max_train_samples": args.train_samples,
+                "teacher": {"epochs": 1, "lr": 5e-5, "max_train_samples": 8000},
+            },
+            "search": {"lr": lrs, "eta": [0.5], "lambda": [0.2]},
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         url = args.storage or f"sqlite:///{tmp}/overhead.db"
         storage = Storage(url)

@@ -25,16 +25,27 @@ class StudentSteps:
     def __init__(self, experiment: Experiment, method: str, point: dict[str, float]):
         config, fixed, self.device = experiment.config, experiment.config.fixed, experiment.device
         spec = get_method(method)
-        self.student = build_student(experiment.pretrained, config.student_layers, experiment.task.num_labels,
-                                     fixed.student_init, fixed.seed).to(self.device).train()
+        self.student = (
+            build_student(
+                experiment.pretrained, config.student_layers, experiment.task.num_labels, fixed.student_init, fixed.seed
+            )
+            .to(self.device)
+            .train()
+        )
         inter = None
         if spec.inter is not None:
             teacher_config = load_config(str(experiment.prepare_teacher().path))
-            inter = InterLayerLoss(spec, teacher_config.num_hidden_layers, config.student_layers,
-                                   self.student.config.hidden_size, teacher_config.hidden_size,
-                                   alp_scale=fixed.alp_scale).to(self.device)
-        self.hyper = Hyper(lr=point["lr"], eta=point["eta"], lam=point["lambda"], batch_size=fixed.batch_size,
-                           seed=fixed.seed)
+            inter = InterLayerLoss(
+                spec,
+                teacher_config.num_hidden_layers,
+                config.student_layers,
+                self.student.config.hidden_size,
+                teacher_config.hidden_size,
+                alp_scale=fixed.alp_scale,
+            ).to(self.device)
+        self.hyper = Hyper(
+            lr=point["lr"], eta=point["eta"], lam=point["lambda"], batch_size=fixed.batch_size, seed=fixed.seed
+        )
         signal = experiment.teacher_signal(live=False) if spec.searches_eta else None
         self.losses = LossTerms(experiment.task, self.hyper, inter, signal, self.device)
         self.params = [p for p in self.student.parameters() if p.requires_grad]
@@ -79,29 +90,35 @@ def profile_step(experiment: Experiment, point: dict[str, float], steps: int = 3
     on_vocab = sum(e.self_cpu_time_total for e in ops if vocab_shape in [list(s) for s in e.input_shapes])
     n_params = sum(p.numel() for p in steps_of.params)
     tokens = steps_of.hyper.batch_size * float(token_lengths(experiment.train).mean())
-    return "\n".join([
-        f"profile: {steps} ALP student steps ({experiment.config.student_layers} layers, batch "
-        f"{steps_of.hyper.batch_size}, cached teacher outputs) on {experiment.device.type}, "
-        f"{torch.get_num_threads()} threads: {total / steps / 1000:.0f} ms per step",
-        "  phases: " + ", ".join(f"{name} {100 * us / total:.0f}%" for name, us in phases.items()),
-        f"  ops whose input is a {vocab_shape[0]}x{vocab_shape[1]} tensor (the word embedding, its dense gradient, "
-        f"AdamW's moments): {100 * on_vocab / op_total:.0f}% of all op self time; the word embedding is "
-        f"{100 * embedding.numel() / n_params:.0f}% of the {n_params / 1e6:.1f}M trainable parameters, while a "
-        f"batch touches at most ~{tokens:.0f} of its {vocab_shape[0]} rows",
-        events.table(sort_by="self_cpu_time_total", row_limit=12),
-        *_optimizer_variants(steps_of.params, steps_of.hyper),
-        *reading(on_vocab / op_total),
-    ])
+    return "\n".join(
+        [
+            f"profile: {steps} ALP student steps ({experiment.config.student_layers} layers, batch "
+            f"{steps_of.hyper.batch_size}, cached teacher outputs) on {experiment.device.type}, "
+            f"{torch.get_num_threads()} threads: {total / steps / 1000:.0f} ms per step",
+            "  phases: " + ", ".join(f"{name} {100 * us / total:.0f}%" for name, us in phases.items()),
+            f"  ops whose input is a {vocab_shape[0]}x{vocab_shape[1]} tensor (the word embedding, its dense gradient, "
+            f"AdamW's moments): {100 * on_vocab / op_total:.0f}% of all op self time; the word embedding is "
+            f"{100 * embedding.numel() / n_params:.0f}% of the {n_params / 1e6:.1f}M trainable parameters, while a "
+            f"batch touches at most ~{tokens:.0f} of its {vocab_shape[0]} rows",
+            events.table(sort_by="self_cpu_time_total", row_limit=12),
+            *_optimizer_variants(steps_of.params, steps_of.hyper),
+            *reading(on_vocab / op_total),
+        ]
+    )
 
 
 def reading(vocab_share: float) -> list[str]:
     """What the profile says, and what could be done without changing the method's mathematics."""
     if vocab_share >= 0.4:
-        head = ["  reading: the step is dominated not by the transformer layers but by per-step work over the whole",
-                "  30k x H word-embedding matrix:"]
+        head = [
+            "  reading: the step is dominated not by the transformer layers but by per-step work over the whole",
+            "  30k x H word-embedding matrix:",
+        ]
     else:
-        head = [f"  reading: the transformer layers' matmuls dominate here; work over the 30k x H word-embedding "
-                f"matrix is {100 * vocab_share:.0f}%:"]
+        head = [
+            f"  reading: the transformer layers' matmuls dominate here; work over the 30k x H word-embedding "
+            f"matrix is {100 * vocab_share:.0f}%:"
+        ]
     return head + [
         "  embedding_dense_backward zero-fills a dense 30k x H gradient (aten::fill_) and scatters the batch's few",
         "  hundred rows into it, clip_grad_norm reads all of it again, and for-loop AdamW makes ~7 element-wise",
@@ -116,8 +133,11 @@ def reading(vocab_share: float) -> list[str]:
 def _optimizer_variants(params: list[torch.nn.Parameter], hyper: Hyper, repeats: int = 5) -> list[str]:
     """Time ``optimizer.step()`` on the current gradients with AdamW's three implementations (same update)."""
     lines = ["  optimizer.step() alone, median of 5, same AdamW update, three implementations:"]
-    for label, kwargs in (("for-loop (PyTorch's default on CPU)", {"foreach": False}), ("foreach", {"foreach": True}),
-                          ("fused", {"fused": True})):
+    for label, kwargs in (
+        ("for-loop (PyTorch's default on CPU)", {"foreach": False}),
+        ("foreach", {"foreach": True}),
+        ("fused", {"fused": True}),
+    ):
         try:
             optimizer = torch.optim.AdamW(params, lr=hyper.lr, weight_decay=hyper.weight_decay, **kwargs)
         except (RuntimeError, ValueError) as error:

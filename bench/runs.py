@@ -17,15 +17,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from harness.encoding import EncodedSplit
 from harness.errors import HarnessError
 from harness.experiment import Experiment
-from harness.encoding import EncodedSplit
-from harness.metrics import compute_metrics
 from harness.losses import InterLayerLoss, kd_loss, regression_kd_loss
 from harness.methods import get_method
+from harness.metrics import compute_metrics
 from harness.models import build_student
 from harness.train import Hyper, autocast_for, layer_cls
-
 
 # ---------------------------------------------------------------------------------------------- measuring
 
@@ -61,7 +60,7 @@ class PeakMemory:
         self._stop = threading.Event()
         self._peak = self._start = 0
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         _release_freed_memory()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -127,8 +126,17 @@ def run_ours(experiment: Experiment, method: str, point: dict[str, float], cache
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     epochs = len(history.epochs)
     steps = epochs * math.ceil(len(experiment.train) / experiment.config.fixed.batch_size)
-    return RunResult(f"{method} trial", seconds, sum(r["train_seconds"] for r in history.epochs), steps,
-                     epochs * len(experiment.train), memory.mib, history.best_value, cpu_seconds, cache_seconds)
+    return RunResult(
+        f"{method} trial",
+        seconds,
+        sum(r["train_seconds"] for r in history.epochs),
+        steps,
+        epochs * len(experiment.train),
+        memory.mib,
+        history.best_value,
+        cpu_seconds,
+        cache_seconds,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- reference
@@ -193,36 +201,80 @@ def run_reference(experiment: Experiment, point: dict[str, float], out_dir: Path
     from transformers.trainer_callback import PrinterCallback
 
     config, fixed, task, device = experiment.config, experiment.config.fixed, experiment.task, experiment.device
-    hyper = Hyper(lr=point["lr"], eta=point["eta"], lam=point["lambda"], epochs=fixed.epochs,
-                  batch_size=fixed.batch_size, seed=fixed.seed, temperature=fixed.temperature,
-                  warmup_ratio=fixed.warmup_ratio, weight_decay=fixed.weight_decay, max_grad_norm=fixed.max_grad_norm)
+    hyper = Hyper(
+        lr=point["lr"],
+        eta=point["eta"],
+        lam=point["lambda"],
+        epochs=fixed.epochs,
+        batch_size=fixed.batch_size,
+        seed=fixed.seed,
+        temperature=fixed.temperature,
+        warmup_ratio=fixed.warmup_ratio,
+        weight_decay=fixed.weight_decay,
+        max_grad_norm=fixed.max_grad_norm,
+    )
     total_steps = fixed.epochs * math.ceil(len(experiment.train) / fixed.batch_size)
     _, amp_dtype = autocast_for(device)
     with PeakMemory(device) as memory:
         started, cpu_started = time.perf_counter(), time.process_time()
-        student = build_student(experiment.pretrained, config.student_layers, task.num_labels, fixed.student_init,
-                                fixed.seed)
+        student = build_student(
+            experiment.pretrained, config.student_layers, task.num_labels, fixed.student_init, fixed.seed
+        )
         teacher = experiment.load_teacher_model()
-        inter = InterLayerLoss(get_method("alp"), teacher.config.num_hidden_layers, config.student_layers,
-                               student.config.hidden_size, teacher.config.hidden_size, alp_scale=fixed.alp_scale)
+        inter = InterLayerLoss(
+            get_method("alp"),
+            teacher.config.num_hidden_layers,
+            config.student_layers,
+            student.config.hidden_size,
+            teacher.config.hidden_size,
+            alp_scale=fixed.alp_scale,
+        )
         assert not list(inter.parameters()), "students share the teacher's hidden size, so ALP has no projection"
         args = TrainingArguments(
-            output_dir=str(out_dir), per_device_train_batch_size=fixed.batch_size,
-            per_device_eval_batch_size=fixed.eval_batch_size, learning_rate=hyper.lr, num_train_epochs=fixed.epochs,
-            warmup_steps=int(fixed.warmup_ratio * total_steps), weight_decay=fixed.weight_decay,
-            max_grad_norm=fixed.max_grad_norm, lr_scheduler_type="linear", eval_strategy="epoch",
-            save_strategy="no", logging_strategy="no", report_to="none", seed=fixed.seed, disable_tqdm=True,
-            use_cpu=device.type == "cpu", bf16=amp_dtype == torch.bfloat16, fp16=amp_dtype == torch.float16)
+            output_dir=str(out_dir),
+            per_device_train_batch_size=fixed.batch_size,
+            per_device_eval_batch_size=fixed.eval_batch_size,
+            learning_rate=hyper.lr,
+            num_train_epochs=fixed.epochs,
+            warmup_steps=int(fixed.warmup_ratio * total_steps),
+            weight_decay=fixed.weight_decay,
+            max_grad_norm=fixed.max_grad_norm,
+            lr_scheduler_type="linear",
+            eval_strategy="epoch",
+            save_strategy="no",
+            logging_strategy="no",
+            report_to="none",
+            seed=fixed.seed,
+            disable_tqdm=True,
+            use_cpu=device.type == "cpu",
+            bf16=amp_dtype == torch.bfloat16,
+            fp16=amp_dtype == torch.float16,
+        )
         eval_split = experiment.evals[task.eval_splits[0]]
         trainer = reference_trainer_class()(
-            model=student, args=args, train_dataset=_records(experiment.train), eval_dataset=_records(eval_split),
+            model=student,
+            args=args,
+            train_dataset=_records(experiment.train),
+            eval_dataset=_records(eval_split),
             data_collator=DataCollatorWithPadding(experiment.tokenizer),
             compute_metrics=lambda prediction: compute_metrics(task, prediction.predictions, prediction.label_ids),
-            teacher=teacher, inter=inter, hyper=hyper, task=task)
+            teacher=teacher,
+            inter=inter,
+            hyper=hyper,
+            task=task,
+        )
         trainer.remove_callback(PrinterCallback)  # keep the console to the bench's own lines
         train_started = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - train_started - trainer.eval_seconds
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    return RunResult("reference KD+ALP", seconds, train_seconds, trainer.state.global_step,
-                     fixed.epochs * len(experiment.train), memory.mib, max(trainer.scores), cpu_seconds)
+    return RunResult(
+        "reference KD+ALP",
+        seconds,
+        train_seconds,
+        trainer.state.global_step,
+        fixed.epochs * len(experiment.train),
+        memory.mib,
+        max(trainer.scores),
+        cpu_seconds,
+    )

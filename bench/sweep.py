@@ -91,8 +91,9 @@ class _Tally:
 
 def replay_tpe(config: StudyConfig, grid: dict[str, GridTrial], target: float, seed: int) -> Search:
     """The search ``config`` describes (TPE and its pruner), replayed on ``grid`` with sampler seed ``seed``."""
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
-                                pruner=pruner_for(config))
+    study = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner_for(config)
+    )
     tally = _Tally()
 
     def evaluate(trial: optuna.Trial, point: dict) -> TrialState:
@@ -124,8 +125,9 @@ def replay_shuffled(grid: dict[str, GridTrial], target: float, seed: int) -> Sea
     tally = _Tally()
     for key in np.random.default_rng(seed).permutation(sorted(grid)):
         known = grid[str(key)]
-        tally.charge(str(key), "failed" if known.value is None else f"{known.value:.4f}", known.seconds,
-                     len(known.epochs))
+        tally.charge(
+            str(key), "failed" if known.value is None else f"{known.value:.4f}", known.seconds, len(known.epochs)
+        )
         if known.reaches(target):
             tally.reached = True
             break
@@ -167,14 +169,18 @@ class SweepResult:
         ratios, searches = self.ratios(name), self.searches[name]
         finite = [r for r in ratios if math.isfinite(r)]
         spread = f"median {statistics.median(ratios):.3f}, range {min(ratios):.3f}–{max(ratios):.3f}"
-        return (f"{name}: mean {self.ratio(name):.3f} ({spread}); reached in {len(finite)}/{len(ratios)}, "
-                f"≤ 0.35 in {sum(r <= 0.35 for r in ratios)}/{len(ratios)}; mean epochs "
-                f"{statistics.fmean(s.epochs for s in searches):.1f} of {sum(len(t.epochs) for t in self.grid.values())}")
+        return (
+            f"{name}: mean {self.ratio(name):.3f} ({spread}); reached in {len(finite)}/{len(ratios)}, "
+            f"≤ 0.35 in {sum(r <= 0.35 for r in ratios)}/{len(ratios)}; mean epochs "
+            f"{statistics.fmean(s.epochs for s in searches):.1f} of {sum(len(t.epochs) for t in self.grid.values())}"
+        )
 
     def lines(self) -> list[str]:
-        return [f"sweep: grid of {len(self.grid)} trials, {self.grid_seconds:.0f} s, best {self.best:.4f}, target ≥ "
-                f"{self.target:.4f}; share of the grid's compute spent until a trial reaches it, over "
-                f"{len(self.searches[HEADLINE])} replays:"] + [f"  {self.describe(name)}" for name in self.searches]
+        return [
+            f"sweep: grid of {len(self.grid)} trials, {self.grid_seconds:.0f} s, best {self.best:.4f}, target ≥ "
+            f"{self.target:.4f}; share of the grid's compute spent until a trial reaches it, over "
+            f"{len(self.searches[HEADLINE])} replays:"
+        ] + [f"  {self.describe(name)}" for name in self.searches]
 
 
 def tpe_config(config: StudyConfig, pruner: str) -> StudyConfig:
@@ -182,8 +188,9 @@ def tpe_config(config: StudyConfig, pruner: str) -> StudyConfig:
     return config.model_copy(update={"search": config.search.model_copy(update={"sampler": "tpe", "pruner": pruner})})
 
 
-def run_sweep(grid_config: StudyConfig, experiment: Experiment, cache_dir: Path, tolerance: float, replays: int,
-              log=print) -> SweepResult:
+def run_sweep(
+    grid_config: StudyConfig, experiment: Experiment, cache_dir: Path, tolerance: float, replays: int, log=print
+) -> SweepResult:
     """Run ``grid_config``'s ALP grid for real, then replay every strategy on it ``replays`` times (seeds 0, 1, …)."""
     storage = Storage(f"sqlite:///{cache_dir / 'sweep.db'}")
 
@@ -192,16 +199,22 @@ def run_sweep(grid_config: StudyConfig, experiment: Experiment, cache_dir: Path,
             log(f"    {line.strip()}")
 
     search = grid_config.search
-    log(f"  grid: {len(grid_points(grid_config, METHOD))} points (lr {list(search.lr)} × η {list(search.eta)} × "
+    log(
+        f"  grid: {len(grid_points(grid_config, METHOD))} points (lr {list(search.lr)} × η {list(search.eta)} × "
         f"λ {list(search.lambda_)}, β ≥ 0), {grid_config.fixed.max_train_samples} examples × "
-        f"{grid_config.fixed.epochs} epochs")
+        f"{grid_config.fixed.epochs} epochs"
+    )
     Runner(grid_config, storage, experiment, RunOptions(cache_dir=cache_dir), log=trial_lines).run()
     grid = grid_trials(storage, grid_config.study_name(METHOD))
     storage.engine.dispose()
     target = SweepResult(grid, tolerance, {}).target
-    log(f"  grid best {target + tolerance:.4f}; replaying each search {replays} times until a trial reaches "
-        f"{target:.4f}")
-    searches = {name: [replay_tpe(tpe_config(grid_config, pruner), grid, target, seed) for seed in range(replays)]
-                for name, pruner in STRATEGIES.items()}
+    log(
+        f"  grid best {target + tolerance:.4f}; replaying each search {replays} times until a trial reaches "
+        f"{target:.4f}"
+    )
+    searches = {
+        name: [replay_tpe(tpe_config(grid_config, pruner), grid, target, seed) for seed in range(replays)]
+        for name, pruner in STRATEGIES.items()
+    }
     searches[SHUFFLED] = [replay_shuffled(grid, target, seed) for seed in range(replays)]
     return SweepResult(grid, tolerance, searches)

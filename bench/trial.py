@@ -47,12 +47,12 @@ import torch
 from bench.profile import StudentSteps, profile_step
 from bench.runs import RunResult, build_cache, run_ours, run_reference
 from bench.sweep import SweepResult, run_sweep
-from harness.quiet import quiet_libraries
 from harness.config import StudyConfig, parse_study
 from harness.errors import HarnessError
 from harness.experiment import Experiment
 from harness.loading import resolve_data_dir
 from harness.methods import get_method
+from harness.quiet import quiet_libraries
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEACHER_LR = 5e-5  # the demo's teacher recipe, so the bench reuses the demo's cached teacher
@@ -90,21 +90,39 @@ class Settings:
     def point(self, method: str) -> dict[str, float]:
         """The grid point a main run uses: NKD trains on labels only, KD has no inter-layer term."""
         spec = get_method(method)
-        return {"lr": self.lr, "eta": self.eta if spec.searches_eta else 0.0,
-                "lambda": self.lam if spec.searches_lambda else 0.0}
+        return {
+            "lr": self.lr,
+            "eta": self.eta if spec.searches_eta else 0.0,
+            "lambda": self.lam if spec.searches_lambda else 0.0,
+        }
 
 
 def study_config(settings: Settings, name: str, train_samples: int, epochs: int, **search) -> StudyConfig:
     """A validated study config for this setting; ``search`` overrides the sampler, pruner and grids."""
-    teacher = {"epochs": settings.teacher_epochs, "lr": TEACHER_LR,
-               "max_train_samples": settings.teacher_train_samples or None}
-    return parse_study({
-        "name": name, "task": settings.task, "teacher": settings.teacher, "student_layers": settings.student_layers,
-        "methods": ["alp"],
-        "fixed": {"epochs": epochs, "batch_size": settings.batch_size, "max_seq_length": settings.max_seq_length,
-                  "max_train_samples": train_samples, "seed": settings.seed, "teacher": teacher},
-        "search": {"lr": [settings.lr], "eta": [settings.eta], "lambda": [settings.lam], **search},
-    }, source="bench.trial")
+    teacher = {
+        "epochs": settings.teacher_epochs,
+        "lr": TEACHER_LR,
+        "max_train_samples": settings.teacher_train_samples or None,
+    }
+    return parse_study(
+        {
+            "name": name,
+            "task": settings.task,
+            "teacher": settings.teacher,
+            "student_layers": settings.student_layers,
+            "methods": ["alp"],
+            "fixed": {
+                "epochs": epochs,
+                "batch_size": settings.batch_size,
+                "max_seq_length": settings.max_seq_length,
+                "max_train_samples": train_samples,
+                "seed": settings.seed,
+                "teacher": teacher,
+            },
+            "search": {"lr": [settings.lr], "eta": [settings.eta], "lambda": [settings.lam], **search},
+        },
+        source="bench.trial",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -116,12 +134,16 @@ def format_ratio(value: float) -> str:
 
 def result_table(results: list[RunResult], device: torch.device) -> list[str]:
     memory = "peak MiB" if device.type == "cuda" else "peak RSS Δ MiB"
-    lines = [f"{'run':<18}{'trial s':>9}{'+cache s':>10}{'cpu s':>8}{'train s':>9}{'steps':>7}{'step ms':>9}"
-             f"{'samples/s':>11}{memory:>16}{'dev':>8}"]
+    lines = [
+        f"{'run':<18}{'trial s':>9}{'+cache s':>10}{'cpu s':>8}{'train s':>9}{'steps':>7}{'step ms':>9}"
+        f"{'samples/s':>11}{memory:>16}{'dev':>8}"
+    ]
     for r in results:
-        lines.append(f"{r.name:<18}{r.seconds:>9.1f}{r.seconds + r.cache_seconds:>10.1f}{r.cpu_seconds:>8.1f}"
-                     f"{r.train_seconds:>9.1f}{r.steps:>7}{r.step_ms:>9.0f}{r.samples_per_s:>11.1f}{r.peak_mib:>16.0f}"
-                     f"{r.dev:>8.4f}")
+        lines.append(
+            f"{r.name:<18}{r.seconds:>9.1f}{r.seconds + r.cache_seconds:>10.1f}{r.cpu_seconds:>8.1f}"
+            f"{r.train_seconds:>9.1f}{r.steps:>7}{r.step_ms:>9.0f}{r.samples_per_s:>11.1f}{r.peak_mib:>16.0f}"
+            f"{r.dev:>8.4f}"
+        )
     return lines
 
 
@@ -137,46 +159,92 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--teacher-train-samples", type=int, default=d.teacher_train_samples,
-                        help="examples the teacher is fine-tuned on, once (0: all)")
+    parser.add_argument(
+        "--teacher-train-samples",
+        type=int,
+        default=d.teacher_train_samples,
+        help="examples the teacher is fine-tuned on, once (0: all)",
+    )
     parser.add_argument("--teacher-epochs", type=int, default=d.teacher_epochs)
     parser.add_argument("--sweep-samples", type=int, default=d.sweep_samples)
     parser.add_argument("--sweep-epochs", type=int, default=d.sweep_epochs)
     parser.add_argument("--sweep-lr", type=float, nargs="+", default=d.sweep_lr)
     parser.add_argument("--sweep-eta", type=float, nargs="+", default=d.sweep_eta)
     parser.add_argument("--sweep-lambda", type=float, nargs="+", default=d.sweep_lambda)
-    parser.add_argument("--sweep-replays", type=int, default=d.sweep_replays,
-                        help="replays of the TPE search on the evaluated grid (sampler seeds 0..N-1)")
+    parser.add_argument(
+        "--sweep-replays",
+        type=int,
+        default=d.sweep_replays,
+        help="replays of the TPE search on the evaluated grid (sampler seeds 0..N-1)",
+    )
     parser.add_argument("--tolerance", type=float, default=d.tolerance, help="'reached the best' = within this")
-    parser.add_argument("--data-dir", default=None,
-                        help="GLUE folder (default: $GLUE_DIR, then ../shared/glue beside the repo if present)")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="where the fine-tuned teacher is cached (default: $HARNESS_CACHE or .cache in the repo)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="GLUE folder (default: $GLUE_DIR, then ../shared/glue beside the repo if present)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where the fine-tuned teacher is cached (default: $HARNESS_CACHE or .cache in the repo)",
+    )
     parser.add_argument("--skip-sweep", action="store_true", help="skip the sweep-cost measurement")
     parser.add_argument("--profile", action="store_true", help="profile one ALP student step (torch.profiler)")
     args = parser.parse_args(argv)
-    for name in ("student_layers", "train_samples", "epochs", "batch_size", "sweep_samples", "sweep_epochs",
-                 "sweep_replays"):
+    for name in (
+        "student_layers",
+        "train_samples",
+        "epochs",
+        "batch_size",
+        "sweep_samples",
+        "sweep_epochs",
+        "sweep_replays",
+    ):
         if getattr(args, name) < 1:
             raise HarnessError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     shared = REPO_ROOT.parent / "shared" / "glue"
     data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), str(shared) if shared.is_dir() else None)
     cache_dir = args.cache_dir or Path(os.environ.get("HARNESS_CACHE", REPO_ROOT / ".cache"))
     return Settings(
-        task=args.task, teacher=args.teacher, student_layers=args.student_layers, train_samples=args.train_samples,
-        epochs=args.epochs, max_seq_length=args.max_seq_length, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, teacher_train_samples=args.teacher_train_samples, teacher_epochs=args.teacher_epochs,
-        sweep_samples=args.sweep_samples, sweep_epochs=args.sweep_epochs, sweep_lr=tuple(args.sweep_lr),
-        sweep_eta=tuple(args.sweep_eta), sweep_lambda=tuple(args.sweep_lambda), sweep_replays=args.sweep_replays,
+        task=args.task,
+        teacher=args.teacher,
+        student_layers=args.student_layers,
+        train_samples=args.train_samples,
+        epochs=args.epochs,
+        max_seq_length=args.max_seq_length,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        teacher_train_samples=args.teacher_train_samples,
+        teacher_epochs=args.teacher_epochs,
+        sweep_samples=args.sweep_samples,
+        sweep_epochs=args.sweep_epochs,
+        sweep_lr=tuple(args.sweep_lr),
+        sweep_eta=tuple(args.sweep_eta),
+        sweep_lambda=tuple(args.sweep_lambda),
+        sweep_replays=args.sweep_replays,
         tolerance=args.tolerance,
-        data_dir=data_dir, cache_dir=cache_dir.absolute(), skip_sweep=args.skip_sweep, profile=args.profile)
+        data_dir=data_dir,
+        cache_dir=cache_dir.absolute(),
+        skip_sweep=args.skip_sweep,
+        profile=args.profile,
+    )
 
 
 def _sweep(settings: Settings, work: Path, log) -> SweepResult:
     """The ALP grid of the sweep setting, run for real; then the searches replayed on it."""
-    grid_config = study_config(settings, "bench-grid", settings.sweep_samples, settings.sweep_epochs, sampler="grid",
-                               pruner="none", lr=list(settings.sweep_lr), eta=list(settings.sweep_eta),
-                               **{"lambda": list(settings.sweep_lambda)})
+    grid_config = study_config(
+        settings,
+        "bench-grid",
+        settings.sweep_samples,
+        settings.sweep_epochs,
+        sampler="grid",
+        pruner="none",
+        lr=list(settings.sweep_lr),
+        eta=list(settings.sweep_eta),
+        **{"lambda": list(settings.sweep_lambda)},
+    )
     experiment = Experiment(grid_config, settings.data_dir, work, progress=False)
     experiment.teacher_signal(live=False)  # built here, outside the grid's cost
     return run_sweep(grid_config, experiment, work, settings.tolerance, settings.sweep_replays, log)
@@ -200,14 +268,18 @@ def bench(settings: Settings, log=print) -> list[str]:
         (work / "teachers").symlink_to(teachers, target_is_directory=True)  # fine-tuned teachers: the shared cache
         experiment = Experiment(config, settings.data_dir, work, progress=False)
         device = experiment.device
-        log(f"bench: {settings.task}, teacher {settings.teacher}, {settings.student_layers}-layer student, "
+        log(
+            f"bench: {settings.task}, teacher {settings.teacher}, {settings.student_layers}-layer student, "
             f"{len(experiment.train)} train examples × {settings.epochs} epochs, max_seq_length "
             f"{settings.max_seq_length}, batch {settings.batch_size}, lr {settings.lr:g}, η {settings.eta:g}, "
-            f"λ {settings.lam:g}; {device.type}, {torch.get_num_threads()} threads; {_load()}")
+            f"λ {settings.lam:g}; {device.type}, {torch.get_num_threads()} threads; {_load()}"
+        )
         teacher_started = time.perf_counter()
         teacher = experiment.prepare_teacher()
-        log(f"teacher ready in {time.perf_counter() - teacher_started:.0f} s (excluded from timings): dev "
-            f"{teacher.value:.4f}, key {teacher.key}")
+        log(
+            f"teacher ready in {time.perf_counter() - teacher_started:.0f} s (excluded from timings): dev "
+            f"{teacher.value:.4f}, key {teacher.key}"
+        )
         cache_seconds, cache_mib = build_cache(experiment)
         log(f"teacher-output cache built in {cache_seconds:.1f} s (peak Δ {cache_mib:.0f} MiB)")
         StudentSteps(experiment, "alp", settings.point("alp")).run(3)  # untimed: one-off kernel and allocator set-up
@@ -226,12 +298,15 @@ def bench(settings: Settings, log=print) -> list[str]:
             sweep = _sweep(settings, work, log)
         profile_text = profile_step(experiment, settings.point("alp")) if settings.profile else None
 
-    summary = ["", *result_table(results, device),
-               f"(+cache s: with the first build of the teacher-output cache, {cache_seconds:.1f} s; dev: best "
-               f"epoch's {experiment.task.primary_metric}; step ms: training time / steps, evaluation excluded)",
-               f"ALP trial / reference: {(alp.seconds + alp.cache_seconds) / reference.seconds:.3f} with the cache "
-               f"build, {alp.seconds / reference.seconds:.3f} without; steps {alp.step_ms / reference.step_ms:.3f}; "
-               f"process CPU time (without the cache build) {alp.cpu_seconds / reference.cpu_seconds:.3f}"]
+    summary = [
+        "",
+        *result_table(results, device),
+        f"(+cache s: with the first build of the teacher-output cache, {cache_seconds:.1f} s; dev: best "
+        f"epoch's {experiment.task.primary_metric}; step ms: training time / steps, evaluation excluded)",
+        f"ALP trial / reference: {(alp.seconds + alp.cache_seconds) / reference.seconds:.3f} with the cache "
+        f"build, {alp.seconds / reference.seconds:.3f} without; steps {alp.step_ms / reference.step_ms:.3f}; "
+        f"process CPU time (without the cache build) {alp.cpu_seconds / reference.cpu_seconds:.3f}",
+    ]
     sweep_ratio = math.nan
     if sweep is not None:
         sweep_ratio = sweep.ratio()
@@ -240,11 +315,13 @@ def bench(settings: Settings, log=print) -> list[str]:
         summary.append("sweep: skipped (--skip-sweep): ratio nan")
     if profile_text is not None:
         summary += ["", profile_text, ""]
-    summary += [f"wall time: {time.perf_counter() - started:.0f} s; at the end {_load()} (timings are wall-clock: other "
-                f"work on the machine slows every run, unevenly)",
-                f"ratio alp_trial/reference = {format_ratio((alp.seconds + alp.cache_seconds) / reference.seconds)}",
-                f"ratio alp_step/nkd_step = {format_ratio(alp.step_ms / nkd.step_ms)}",
-                f"ratio sweep_cost_to_best = {format_ratio(sweep_ratio)}"]
+    summary += [
+        f"wall time: {time.perf_counter() - started:.0f} s; at the end {_load()} (timings are wall-clock: other "
+        f"work on the machine slows every run, unevenly)",
+        f"ratio alp_trial/reference = {format_ratio((alp.seconds + alp.cache_seconds) / reference.seconds)}",
+        f"ratio alp_step/nkd_step = {format_ratio(alp.step_ms / nkd.step_ms)}",
+        f"ratio sweep_cost_to_best = {format_ratio(sweep_ratio)}",
+    ]
     return summary
 
 

@@ -33,59 +33,99 @@ def _positive_int(text: str) -> int:
 
 
 def _storage_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage", metavar="URL", default=None,
-                        help="SQLAlchemy URL of the study database (default: sqlite:///studies/harness.db in the "
-                             "repo; postgresql://user:pass@host/db for workers on many machines)")
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        default=None,
+        help="SQLAlchemy URL of the study database (default: sqlite:///studies/harness.db in the "
+        "repo; postgresql://user:pass@host/db for workers on many machines)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_study.py",
-        description="Optuna sweeps of knowledge-distillation methods (ALP-KD and its baselines) on GLUE.")
+        description="Optuna sweeps of knowledge-distillation methods (ALP-KD and its baselines) on GLUE.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{run,report,status,confirm,reproduce}")
 
-    run = commands.add_parser("run", help="run (or continue) the studies of a study file",
-                              description="Fine-tune the teacher once (cached), then run one trial per valid grid "
-                                          "point for every method of the study file. Re-running the same command "
-                                          "continues where it stopped: finished trials are kept.")
+    run = commands.add_parser(
+        "run",
+        help="run (or continue) the studies of a study file",
+        description="Fine-tune the teacher once (cached), then run one trial per valid grid "
+        "point for every method of the study file. Re-running the same command "
+        "continues where it stopped: finished trials are kept.",
+    )
     run.add_argument("study_file", type=Path, help="YAML study file, e.g. studies/demo.yaml")
     _storage_arg(run)
-    run.add_argument("--data-dir", default=None,
-                     help="folder with GLUE in the official layout (<DIR>/<TASK>/train.tsv); default: $GLUE_DIR, "
-                          "then the study file's data_dir, then the Hugging Face hub")
+    run.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with GLUE in the official layout (<DIR>/<TASK>/train.tsv); default: $GLUE_DIR, "
+        "then the study file's data_dir, then the Hugging Face hub",
+    )
     run.add_argument("--n-trials", type=int, default=None, help="run at most N trials per method in this call")
-    run.add_argument("--cache-dir", type=Path, default=None,
-                     help="where fine-tuned teachers, teacher outputs and epoch checkpoints live "
-                          "(default: $HARNESS_CACHE or .cache in the repo)")
+    run.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where fine-tuned teachers, teacher outputs and epoch checkpoints live "
+        "(default: $HARNESS_CACHE or .cache in the repo)",
+    )
     run.add_argument("--max-attempts", type=int, default=3, help="attempts per grid point before giving up on it")
-    run.add_argument("--retry-failed", action="store_true",
-                     help="give the grid points that were given up on (see status) a fresh set of attempts")
-    run.add_argument("--workers", type=int, default=1,
-                     help="worker processes on this machine (pin each to a GPU with CUDA_VISIBLE_DEVICES by "
-                          "running one command per GPU); the same command on other machines with the same "
-                          "--storage joins the sweep")
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="give the grid points that were given up on (see status) a fresh set of attempts",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on this machine (pin each to a GPU with CUDA_VISIBLE_DEVICES by "
+        "running one command per GPU); the same command on other machines with the same "
+        "--storage joins the sweep",
+    )
 
-    report = commands.add_parser("report", help="write the markdown report of a database",
-                                 description="Write README.md (tables), figures/*.png and trials.csv built from the "
-                                             "database alone.")
+    report = commands.add_parser(
+        "report",
+        help="write the markdown report of a database",
+        description="Write README.md (tables), figures/*.png and trials.csv built from the database alone.",
+    )
     _storage_arg(report)
     report.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "latest", help="output folder")
     report.add_argument("--name", default=None, help="only the studies of this study file (its 'name')")
-    report.add_argument("--budget", type=_positive_int, default=None, metavar="N",
-                        help="the equal budget n of the 'Equal budget' section (default: the smallest grid)")
-    report.add_argument("--reference", type=Path, default=None, metavar="FILE",
-                        help="YAML list of published scores {method, task, metric, value (percent), source}; "
-                             "shown as extra '(published)' rows")
+    report.add_argument(
+        "--budget",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="the equal budget n of the 'Equal budget' section (default: the smallest grid)",
+    )
+    report.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="YAML list of published scores {method, task, metric, value (percent), source}; "
+        "shown as extra '(published)' rows",
+    )
 
-    status = commands.add_parser("status", help="list the studies of a database and their trial counts",
-                                 description="List every study with its grid size and trial counts.")
+    status = commands.add_parser(
+        "status",
+        help="list the studies of a database and their trial counts",
+        description="List every study with its grid size and trial counts.",
+    )
     _storage_arg(status)
 
-    confirm = commands.add_parser("confirm", help="re-run the best configurations with fresh seeds",
-                                  description="For every study in the database (or those of --name), re-run the "
-                                              "K best grid configurations with S fresh seeds each, stored as "
-                                              "confirmation trials; the report then shows mean ± std over seeds "
-                                              "and a test of ALP against each baseline.")
+    confirm = commands.add_parser(
+        "confirm",
+        help="re-run the best configurations with fresh seeds",
+        description="For every study in the database (or those of --name), re-run the "
+        "K best grid configurations with S fresh seeds each, stored as "
+        "confirmation trials; the report then shows mean ± std over seeds "
+        "and a test of ALP against each baseline.",
+    )
     confirm.add_argument("--top", type=int, default=1, metavar="K")
     confirm.add_argument("--seeds", type=int, default=3, metavar="S")
     confirm.add_argument("--name", default=None, help="only the studies of this study file (its 'name')")
@@ -93,9 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     confirm.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, then the hub)")
     confirm.add_argument("--cache-dir", type=Path, default=None)
 
-    again = commands.add_parser("reproduce", help="re-run one stored trial from its stored config alone",
-                                description="Re-run one trial (by Optuna trial_id, as shown by status) from the "
-                                            "config, grid point and seed stored in the database, and compare.")
+    again = commands.add_parser(
+        "reproduce",
+        help="re-run one stored trial from its stored config alone",
+        description="Re-run one trial (by Optuna trial_id, as shown by status) from the "
+        "config, grid point and seed stored in the database, and compare.",
+    )
     again.add_argument("trial_id", type=int)
     _storage_arg(again)
     again.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, then the hub)")
@@ -119,9 +162,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.config import load_study
     from harness.experiment import Experiment
     from harness.loading import resolve_data_dir
-    from harness.urls import parse_url
     from harness.sharing import describe_grids
     from harness.study import Runner, RunOptions
+    from harness.urls import parse_url
     from harness.workers import run_workers
 
     quiet_libraries(transformers=True)
@@ -143,8 +186,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(cache_dir=cache_dir, max_attempts=args.max_attempts, n_trials=args.n_trials)
     experiment = Experiment(config, data_dir, cache_dir)  # data and teacher checked before the database is touched
     storage = _open_storage(args.storage, create=True)
-    print(f"study file {args.study_file}: task {config.task}, teacher {config.teacher}, "
-          f"{config.student_layers}-layer student, sampler {config.search.sampler}")
+    print(
+        f"study file {args.study_file}: task {config.task}, teacher {config.teacher}, "
+        f"{config.student_layers}-layer student, sampler {config.search.sampler}"
+    )
     print("\n".join(describe_grids(config)))
     print(f"storage {storage.masked}; data {data_dir or 'Hugging Face hub (nyu-mll/glue)'}")
     if args.retry_failed:  # once, before any worker starts
@@ -157,8 +202,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         code = run_workers(args.workers, config, storage.url, data_dir, options)
         if code != 0:
             return code
-    print(f"done. Report: python run_study.py report --name {config.name}"
-          + ("" if args.storage is None else f" --storage '{storage.masked}'"))
+    print(
+        f"done. Report: python run_study.py report --name {config.name}"
+        + ("" if args.storage is None else f" --storage '{storage.masked}'")
+    )
     return 0
 
 
@@ -166,10 +213,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import write_report
 
     storage = _open_storage(args.storage)
-    command = "python run_study.py report" + (f" --name {args.name}" if args.name else "") + (
-        f" --storage {shlex.quote(storage.masked)}" if args.storage else "") + (
-        f" --reference {shlex.quote(str(args.reference))}" if args.reference else "") + (
-        f" --budget {args.budget}" if args.budget else "")
+    command = (
+        "python run_study.py report"
+        + (f" --name {args.name}" if args.name else "")
+        + (f" --storage {shlex.quote(storage.masked)}" if args.storage else "")
+        + (f" --reference {shlex.quote(str(args.reference))}" if args.reference else "")
+        + (f" --budget {args.budget}" if args.budget else "")
+    )
     path = write_report(storage, args.out, args.name, command, reference=args.reference, budget=args.budget)
     print(f"report written to {path}")
     return 0
@@ -209,8 +259,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     storage = _open_storage(args.storage)
     data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), None)
     stored, value = reproduce(storage, args.trial_id, data_dir, args.cache_dir or _default_cache())
-    print(f"trial {args.trial_id}: stored {stored}, reproduced {value:.6f}"
-          + ("" if stored is None else f" (difference {value - stored:+.2e})"))
+    print(
+        f"trial {args.trial_id}: stored {stored}, reproduced {value:.6f}"
+        + ("" if stored is None else f" (difference {value - stored:+.2e})")
+    )
     return 0
 
 
@@ -220,8 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         quiet_libraries()
-        return {"run": cmd_run, "report": cmd_report, "status": cmd_status,
-                "reproduce": cmd_reproduce, "confirm": cmd_confirm}[args.command](args)
+        return {
+            "run": cmd_run,
+            "report": cmd_report,
+            "status": cmd_status,
+            "reproduce": cmd_reproduce,
+            "confirm": cmd_confirm,
+        }[args.command](args)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -14,14 +14,19 @@ import numpy as np
 import pandas as pd
 
 from harness import fair_report
+from harness.frame import Snapshot, _done, best_trials
 from harness.glue import TASKS, TaskSpec
 from harness.methods import METHODS
 
-from harness.frame import Snapshot, _done, best_trials
-
-_SHORT = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman",
-          "dev_matched": "m", "dev_mismatched": "mm"}
-
+_SHORT = {
+    "accuracy": "acc",
+    "f1": "F1",
+    "mcc": "MCC",
+    "pearson": "Pearson",
+    "spearman": "Spearman",
+    "dev_matched": "m",
+    "dev_mismatched": "mm",
+}
 
 
 # --------------------------------------------------------------------------- task metrics
@@ -81,8 +86,11 @@ def comparison_rows(snapshot: Snapshot, tasks: list[str], reference: list[dict])
     frame, notes = snapshot.frame, []
     teacher = Row("teacher", {}, student=False)
     for task in tasks:
-        found = {name: attrs["teacher"] for name, attrs in snapshot.studies.items()
-                 if attrs["task"] == task and "teacher" in attrs}
+        found = {
+            name: attrs["teacher"]
+            for name, attrs in snapshot.studies.items()
+            if attrs["task"] == task and "teacher" in attrs
+        }
         if found:
             teacher.cells[task] = teacher_cell(TASKS[task], found[min(found)])
             if len({str(t.get("key")) for t in found.values()}) > 1:
@@ -110,16 +118,22 @@ def comparison_rows(snapshot: Snapshot, tasks: list[str], reference: list[dict])
                 row.cells[task] = replace(trial_cell(TASKS[task], picked), mark=mark)
                 if several:
                     names = ", ".join(sorted(files[(task, method)]))
-                    notes.append(f"‡ {method} on {task}: best over the study files {names} "
-                                 "(pass --name to compare one study file).")
+                    notes.append(
+                        f"‡ {method} on {task}: best over the study files {names} "
+                        "(pass --name to compare one study file)."
+                    )
         if row.cells:
             rows.append(row)
     if flagged:
-        notes.append("≈ chance: within noise of always predicting the majority class (the paired bootstrap's 95 % "
-                     f"interval of the difference reaches 0): {', '.join(sorted(flagged))}.")
+        notes.append(
+            "≈ chance: within noise of always predicting the majority class (the paired bootstrap's 95 % "
+            f"interval of the difference reaches 0): {', '.join(sorted(flagged))}."
+        )
     if any(" ≡ " in cell.mark for row in rows for cell in row.cells.values()):
-        notes.append("≡ KD / ≡ NKD: the method's best grid point has λ = 0 (η = 0 for KD), the same computation "
-                     "as KD's (NKD's) point; it is a shared trial, and the gain over KD (NKD) is zero.")
+        notes.append(
+            "≡ KD / ≡ NKD: the method's best grid point has λ = 0 (η = 0 for KD), the same computation "
+            "as KD's (NKD's) point; it is a shared trial, and the gain over KD (NKD) is zero."
+        )
     sources = sorted({e["source"] for e in reference})
     for method in ["teacher", *METHODS]:
         for number, source in enumerate(sources, 1):
@@ -147,12 +161,19 @@ def _average(row: Row, tasks: list[str]) -> tuple[float | None, int]:
 def comparison_table(snapshot: Snapshot, reference: list[dict]) -> list[str]:
     tasks = [t for t in TASKS if (snapshot.frame["task"] == t).any()]
     rows, notes = comparison_rows(snapshot, tasks, reference)
-    best = {t: max((r.cells[t].score for r in rows if r.student and t in r.cells
-                    and r.cells[t].score is not None), default=None) for t in tasks}
+    best = {
+        t: max(
+            (r.cells[t].score for r in rows if r.student and t in r.cells and r.cells[t].score is not None),
+            default=None,
+        )
+        for t in tasks
+    }
     full = [_average(r, tasks)[0] for r in rows if r.student and _average(r, tasks)[1] == len(tasks)]
     best_avg = max(full, default=None)
-    lines = ["| method | " + " | ".join(task_header(TASKS[t]) for t in tasks) + " | Average |",
-             "|---|" + "---:|" * (len(tasks) + 1)]
+    lines = [
+        "| method | " + " | ".join(task_header(TASKS[t]) for t in tasks) + " | Average |",
+        "|---|" + "---:|" * (len(tasks) + 1),
+    ]
     partial = []
     for row in rows:
         cells = []
@@ -173,8 +194,8 @@ def comparison_table(snapshot: Snapshot, reference: list[dict]) -> list[str]:
         lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     lines.append("")
     if partial:
-        lines += [f"† Average over the tasks this row has, not comparable with complete rows; missing: "
-                  f"{'; '.join(partial)}.", ""]
+        lines += [
+            f"† Average over the tasks this row has, not comparable with complete rows; missing: {'; '.join(partial)}.",
+            "",
+        ]
     return lines + [note + "  " for note in notes] + ([""] if notes else [])
-
-

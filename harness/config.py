@@ -35,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.errors import HarnessError
 from harness.glue import get_task
-from harness.methods import get_method
 from harness.hashing import fingerprint
+from harness.methods import get_method
 
 PAPER_LR_GRID = (1e-5, 2e-5, 5e-5)
 PAPER_WEIGHT_GRID = (0.0, 0.2, 0.5, 0.7)

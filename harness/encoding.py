@@ -35,9 +35,7 @@ def _check_max_seq_length(tokenizer: Any, max_seq_length: int, pair: bool) -> No
     minimum = tokenizer.num_special_tokens_to_add(pair=pair) + (2 if pair else 1)
     maximum = int(getattr(tokenizer, "model_max_length", max_seq_length) or max_seq_length)
     if not minimum <= max_seq_length <= maximum:
-        raise HarnessError(
-            f"max_seq_length {max_seq_length} (allowed: {minimum}..{maximum} for this tokenizer)"
-        )
+        raise HarnessError(f"max_seq_length {max_seq_length} (allowed: {minimum}..{maximum} for this tokenizer)")
 
 
 def encode_split(split: GlueSplit, tokenizer: Any, max_seq_length: int) -> EncodedSplit:
@@ -61,15 +59,11 @@ def encode_split(split: GlueSplit, tokenizer: Any, max_seq_length: int) -> Encod
         return_attention_mask=True,
     )
     columns = [encoded[key] for key in FEATURE_KEYS]
-    features = [
-        {key: list(values) for key, values in zip(FEATURE_KEYS, row)} for row in zip(*columns)
-    ]
+    features = [{key: list(values) for key, values in zip(FEATURE_KEYS, row)} for row in zip(*columns)]
     return EncodedSplit(features=features, labels=split.labels.copy())
 
 
-def collate(
-    features: list[dict], labels: np.ndarray, pad_token_id: int
-) -> dict[str, torch.Tensor]:
+def collate(features: list[dict], labels: np.ndarray, pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch to its longest example.
 
     ``input_ids`` are padded with ``pad_token_id``, ``token_type_ids`` and
@@ -77,9 +71,7 @@ def collate(
     """
     labels = np.asarray(labels)
     if len(features) == 0 or len(features) != len(labels):
-        raise ValueError(
-            f"collate: {len(features)} features and {len(labels)} labels (need equal, > 0)"
-        )
+        raise ValueError(f"collate: {len(features)} features and {len(labels)} labels (need equal, > 0)")
     width = max(len(feature["input_ids"]) for feature in features)
     pads = {"input_ids": pad_token_id, "token_type_ids": 0, "attention_mask": 0}
     batch: dict[str, torch.Tensor] = {}

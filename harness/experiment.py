@@ -26,15 +26,15 @@ from filelock import FileLock
 from transformers import AutoModelForSequenceClassification
 
 from harness.config import StudyConfig
-from harness.errors import HarnessError
 from harness.encoding import EncodedSplit, encode_split
+from harness.errors import HarnessError
+from harness.files import atomic_dir, publish_dir
 from harness.glue import GlueSplit, get_task, subsample
-from harness.loading import load_split
+from harness.hashing import fingerprint
 from harness.holdout import HOLDOUT_SPLIT, split_holdout
+from harness.loading import load_split
 from harness.losses import InterLayerLoss
 from harness.methods import get_method
-from harness.files import atomic_dir, publish_dir
-from harness.hashing import fingerprint
 from harness.models import (
     build_student,
     check_student_depth,
@@ -42,8 +42,18 @@ from harness.models import (
     load_tokenizer,
     resolve_pretrained,
 )
-from harness.train import History, Hyper, TeacherSignal, eval_batches, fit, layer_cls, pick_device, predict, \
-    to_batch, token_lengths
+from harness.train import (
+    History,
+    Hyper,
+    TeacherSignal,
+    eval_batches,
+    fit,
+    layer_cls,
+    pick_device,
+    predict,
+    to_batch,
+    token_lengths,
+)
 
 TEACHER_INFO = "harness_teacher.json"
 
@@ -96,12 +106,14 @@ class Experiment:
         # The split whose score chooses the epoch and the grid point (see harness.holdout).
         self.select_split = self.task.eval_splits[0]
         if fixed.selection == "holdout":
-            train, held = split_holdout(train, fixed.holdout_fraction, fixed.seed, fixed.holdout_max_samples,
-                                        regression=self.task.is_regression)
+            train, held = split_holdout(
+                train, fixed.holdout_fraction, fixed.seed, fixed.holdout_max_samples, regression=self.task.is_regression
+            )
             self.evals[HOLDOUT_SPLIT] = encode_split(held, self.tokenizer, fixed.max_seq_length)
             self.select_split = HOLDOUT_SPLIT
-        self.train = encode_split(subsample(train, fixed.max_train_samples, fixed.seed), self.tokenizer,
-                                  fixed.max_seq_length)
+        self.train = encode_split(
+            subsample(train, fixed.max_train_samples, fixed.seed), self.tokenizer, fixed.max_seq_length
+        )
         self._full_train: GlueSplit = train  # without the holdout slice, if any
         self.teacher: PreparedTeacher | None = None
         self._signal: TeacherSignal | None = None
@@ -111,8 +123,12 @@ class Experiment:
     def teacher_key(self) -> str:
         fixed = self.config.fixed
         payload = {
-            "source": self.config.teacher, "task": self.task.name, "recipe": fixed.teacher.model_dump(),
-            "data": self.data_hashes, "max_seq_length": fixed.max_seq_length, "seed": fixed.seed,
+            "source": self.config.teacher,
+            "task": self.task.name,
+            "recipe": fixed.teacher.model_dump(),
+            "data": self.data_hashes,
+            "max_seq_length": fixed.max_seq_length,
+            "seed": fixed.seed,
         }
         if fixed.selection == "holdout":  # the teacher never trains on the holdout slice either
             payload["holdout"] = [fixed.holdout_fraction, fixed.holdout_max_samples]
@@ -136,24 +152,51 @@ class Experiment:
         recipe, fixed = self.config.fixed.teacher, self.config.fixed
         torch.manual_seed(fixed.seed)
         model = AutoModelForSequenceClassification.from_pretrained(self.pretrained, num_labels=self.task.num_labels)
-        train = encode_split(subsample(self._full_train, recipe.max_train_samples, fixed.seed), self.tokenizer,
-                             fixed.max_seq_length)
-        hyper = Hyper(lr=recipe.lr, epochs=recipe.epochs, batch_size=recipe.batch_size,
-                      eval_batch_size=fixed.eval_batch_size, seed=fixed.seed, warmup_ratio=recipe.warmup_ratio,
-                      weight_decay=recipe.weight_decay, max_grad_norm=fixed.max_grad_norm)
+        train = encode_split(
+            subsample(self._full_train, recipe.max_train_samples, fixed.seed), self.tokenizer, fixed.max_seq_length
+        )
+        hyper = Hyper(
+            lr=recipe.lr,
+            epochs=recipe.epochs,
+            batch_size=recipe.batch_size,
+            eval_batch_size=fixed.eval_batch_size,
+            seed=fixed.seed,
+            warmup_ratio=recipe.warmup_ratio,
+            weight_decay=recipe.weight_decay,
+            max_grad_norm=fixed.max_grad_norm,
+        )
         checkpoint = final.with_name(final.name + ".ckpt")
-        history = fit(model, self.task, hyper, train, self.evals, self.pad_token_id, checkpoint=checkpoint,
-                      desc=f"teacher {self.config.teacher}", device=self.device, progress=self.progress)
+        history = fit(
+            model,
+            self.task,
+            hyper,
+            train,
+            self.evals,
+            self.pad_token_id,
+            checkpoint=checkpoint,
+            desc=f"teacher {self.config.teacher}",
+            device=self.device,
+            progress=self.progress,
+        )
         # The teacher used for distillation is the model after its last epoch (not the best epoch).
         last = history.epochs[-1]
         tmp = atomic_dir(final)
         model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
-        (tmp / TEACHER_INFO).write_text(json.dumps({
-            "source": self.config.teacher, "task": self.task.name, "recipe": recipe.model_dump(),
-            "dev_metrics": last["metrics"], "value": last["value"], "history": history.epochs,
-            "data": self.data_hashes,
-        }, indent=2))
+        (tmp / TEACHER_INFO).write_text(
+            json.dumps(
+                {
+                    "source": self.config.teacher,
+                    "task": self.task.name,
+                    "recipe": recipe.model_dump(),
+                    "dev_metrics": last["metrics"],
+                    "value": last["value"],
+                    "history": history.epochs,
+                    "data": self.data_hashes,
+                },
+                indent=2,
+            )
+        )
         publish_dir(tmp, final)
         checkpoint.unlink(missing_ok=True)
 
@@ -195,10 +238,15 @@ class Experiment:
         n = len(self.train)
         tmp = atomic_dir(final)
         # Written straight into memory-mapped files: MNLI × BERT-base is ~14 GB of [CLS] vectors.
-        logits = np.lib.format.open_memmap(tmp / "logits.npy", mode="w+", dtype=np.float32,
-                                           shape=(n, model.config.num_labels))
-        cls = np.lib.format.open_memmap(tmp / "cls.npy", mode="w+",
-                                        dtype=np.dtype(self.config.fixed.teacher_cache_dtype), shape=(n, model.config.num_hidden_layers, model.config.hidden_size))
+        logits = np.lib.format.open_memmap(
+            tmp / "logits.npy", mode="w+", dtype=np.float32, shape=(n, model.config.num_labels)
+        )
+        cls = np.lib.format.open_memmap(
+            tmp / "cls.npy",
+            mode="w+",
+            dtype=np.dtype(self.config.fixed.teacher_cache_dtype),
+            shape=(n, model.config.num_hidden_layers, model.config.hidden_size),
+        )
         for index in eval_batches(token_lengths(self.train), self.config.fixed.eval_batch_size):
             batch = to_batch(self.train, index, self.pad_token_id, self.device)
             batch.pop("labels")
@@ -217,8 +265,14 @@ class Experiment:
         """The teacher's [CLS] vector of every layer on the first eval split, ``[n, N, H]`` (computed once)."""
         if self._teacher_dev_cls is None:
             data = self.evals[self.task.eval_splits[0]]
-            _, self._teacher_dev_cls = predict(self.load_teacher_model(), data, self.config.fixed.eval_batch_size,
-                                               self.pad_token_id, self.device, states=True)
+            _, self._teacher_dev_cls = predict(
+                self.load_teacher_model(),
+                data,
+                self.config.fixed.eval_batch_size,
+                self.pad_token_id,
+                self.device,
+                states=True,
+            )
         return self._teacher_dev_cls
 
     def alpha_probe(self, inter: InterLayerLoss):
@@ -228,16 +282,28 @@ class Experiment:
         @torch.no_grad()
         def probe(student_cls: np.ndarray) -> dict:
             student = torch.from_numpy(student_cls)
-            alpha = torch.cat([inter.attention(s.to(self.device), t.to(self.device)).float().cpu()
-                               for s, t in zip(student.split(1024), teacher.split(1024))])
+            alpha = torch.cat(
+                [
+                    inter.attention(s.to(self.device), t.to(self.device)).float().cpu()
+                    for s, t in zip(student.split(1024), teacher.split(1024))
+                ]
+            )
             entropy = torch.special.entr(alpha).sum(-1).mean()
             return {"alpha": alpha.mean(0).tolist(), "alpha_entropy": float(entropy)}
 
         return probe
 
     # ------------------------------------------------------------------ trials
-    def run_trial(self, method: str, point: dict[str, float], seed: int | None = None, checkpoint: Path | None = None,
-                  on_epoch=None, desc: str | None = None, save_to: Path | None = None) -> History:
+    def run_trial(
+        self,
+        method: str,
+        point: dict[str, float],
+        seed: int | None = None,
+        checkpoint: Path | None = None,
+        on_epoch=None,
+        desc: str | None = None,
+        save_to: Path | None = None,
+    ) -> History:
         """Distil the teacher into a fresh student with one grid point's values.
 
         With ``save_to``, the trained student (``save_pretrained``) and the trained parameters of the
@@ -249,26 +315,56 @@ class Experiment:
         seed = fixed.seed if seed is None else seed
         teacher = self.prepare_teacher()
         teacher_config = load_config(str(teacher.path))
-        student = build_student(self.pretrained, self.config.student_layers, self.task.num_labels,
-                                fixed.student_init, seed)
+        student = build_student(
+            self.pretrained, self.config.student_layers, self.task.num_labels, fixed.student_init, seed
+        )
         inter = None
         signal = None
         if spec.searches_eta:
             if spec.inter is not None:
-                inter = InterLayerLoss(spec, teacher_config.num_hidden_layers, self.config.student_layers,
-                                       student.config.hidden_size, teacher_config.hidden_size,
-                                       alp_scale=fixed.alp_scale, alp_tokens=fixed.alp_tokens)
+                inter = InterLayerLoss(
+                    spec,
+                    teacher_config.num_hidden_layers,
+                    self.config.student_layers,
+                    student.config.hidden_size,
+                    teacher_config.hidden_size,
+                    alp_scale=fixed.alp_scale,
+                    alp_tokens=fixed.alp_tokens,
+                )
             live = fixed.teacher_outputs == "live" or (inter is not None and inter.needs_tokens)
             signal = self.teacher_signal(live=live)
-        hyper = Hyper(lr=point["lr"], eta=point["eta"], lam=point["lambda"], epochs=fixed.epochs,
-                      batch_size=fixed.batch_size, eval_batch_size=fixed.eval_batch_size, seed=seed,
-                      temperature=fixed.temperature, warmup_ratio=fixed.warmup_ratio,
-                      weight_decay=fixed.weight_decay, max_grad_norm=fixed.max_grad_norm)
+        hyper = Hyper(
+            lr=point["lr"],
+            eta=point["eta"],
+            lam=point["lambda"],
+            epochs=fixed.epochs,
+            batch_size=fixed.batch_size,
+            eval_batch_size=fixed.eval_batch_size,
+            seed=seed,
+            temperature=fixed.temperature,
+            warmup_ratio=fixed.warmup_ratio,
+            weight_decay=fixed.weight_decay,
+            max_grad_norm=fixed.max_grad_norm,
+        )
         probe = self.alpha_probe(inter) if inter is not None and spec.inter == "alp" else None
-        history = fit(student, self.task, hyper, self.train, self.evals, self.pad_token_id, inter=inter,
-                      teacher=signal, checkpoint=checkpoint, on_epoch=on_epoch, desc=desc or method,
-                      device=self.device, progress=self.progress, compile_model=fixed.compile,
-                      select_split=self.select_split, probe=probe)
+        history = fit(
+            student,
+            self.task,
+            hyper,
+            self.train,
+            self.evals,
+            self.pad_token_id,
+            inter=inter,
+            teacher=signal,
+            checkpoint=checkpoint,
+            on_epoch=on_epoch,
+            desc=desc or method,
+            device=self.device,
+            progress=self.progress,
+            compile_model=fixed.compile,
+            select_split=self.select_split,
+            probe=probe,
+        )
         if save_to is not None:
             tmp = atomic_dir(save_to)
             student.save_pretrained(tmp)

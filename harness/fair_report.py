@@ -14,8 +14,8 @@ import pandas as pd
 
 from harness import fairness, figures_fair, render
 from harness.glue import TASKS, TaskSpec
-from harness.metrics import compute_metrics
 from harness.methods import METHODS, get_method
+from harness.metrics import compute_metrics
 from harness.seeds import Seeds, is_alp
 
 ONE_HOT_ENTROPY = 0.1  # nats: a mean attention entropy below this is "near one-hot" (max α ≳ 0.98)
@@ -56,10 +56,14 @@ def protocol_lines(snapshot) -> list[str]:
                 "is KD, η = 0 is NKD), so best-of-grid alone can only show ALP ≥ KD ≥ NKD; such cells are marked "
                 "≡ KD / ≡ NKD and their gain counts as zero. The **Equal budget** section compares methods at the "
                 "same number of trials; seed confirmations report a fixed epoch (the last), not a maximum over "
-                "epochs, but their configuration was still chosen on dev.")
+                "epochs, but their configuration was still chosen on dev."
+            )
         else:
-            fixed = [((snapshot.studies[s].get("config") or {}).get("fixed") or {}) for s in sorted(snapshot.studies)
-                     if s.split("/")[0] in files]
+            fixed = [
+                ((snapshot.studies[s].get("config") or {}).get("fixed") or {})
+                for s in sorted(snapshot.studies)
+                if s.split("/")[0] in files
+            ]
             fraction = fixed[0].get("holdout_fraction", 0.1) if fixed else 0.1
             cap = fixed[0].get("holdout_max_samples") if fixed else None
             size = f"{fraction:g} of the training file" + (f", at most {cap} examples" if cap else "")
@@ -68,12 +72,13 @@ def protocol_lines(snapshot) -> list[str]:
                 f"({size}) that neither the teacher nor any student trains on chooses each trial's epoch and each "
                 "cell's grid point; dev is read once, at the chosen epoch of the chosen point. The dev numbers "
                 "are not selected on, so they are **not optimistic** for the chosen configuration (they still "
-                "carry the dev set's sampling noise: see the paired tests).")
+                "carry the dev set's sampling noise: see the paired tests)."
+            )
     return lines + [""]
 
 
 def shared_mark(method: str, lr_eta_lambda: tuple[float, float, float]) -> str:
-    """" ≡ KD" / " ≡ NKD" when a method's chosen point is the same computation as KD's / NKD's."""
+    """ " ≡ KD" / " ≡ NKD" when a method's chosen point is the same computation as KD's / NKD's."""
     _, eta, lam = lr_eta_lambda
     spec = get_method(method)
     if spec.searches_lambda and lam == 0:
@@ -126,8 +131,9 @@ def near_chance(snapshot, spec: TaskSpec, trial_id) -> bool | None:
         return None
     gold = labels if spec.is_regression else labels.astype(np.int64)
     base = fairness.majority_predictions(gold, spec.is_regression)
-    result = fairness.paired_bootstrap(spec.primary_metric, _values(spec, logits), base, gold, RESAMPLES,
-                                       BOOTSTRAP_SEED)
+    result = fairness.paired_bootstrap(
+        spec.primary_metric, _values(spec, logits), base, gold, RESAMPLES, BOOTSTRAP_SEED
+    )
     return bool(result.low <= 0)
 
 
@@ -152,14 +158,19 @@ def equal_budget(snapshot, budget: int | None, command: str) -> tuple[list[str],
     n = budget or min(len(c["n"]) for c in curves.values())
     tasks = [t for t in TASKS if any(k[0] == t for k in curves)]
     methods = [m for m in METHODS if any(k[1] == m for k in curves)]
-    lines = ["## Equal budget", "",
-             f"Expected dev score of the method's chosen trial when only **n = {n}** of its grid points, drawn at "
-             "random without replacement, had been run (expected maximum validation performance, Dodge et al. "
-             "2019, closed form over the method's complete grid trials, selecting by the trial value as the sweep "
-             "does), ± its sd over draws, × 100. Every method gets the same n"
-             + (" (the smallest grid here; `report --budget N` changes it)" if budget is None else "")
-             + "; a method whose grid has no more than n points is its best of grid. (N) = complete grid trials.",
-             "", "| method | " + " | ".join(task_header(t) for t in tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    lines = [
+        "## Equal budget",
+        "",
+        f"Expected dev score of the method's chosen trial when only **n = {n}** of its grid points, drawn at "
+        "random without replacement, had been run (expected maximum validation performance, Dodge et al. "
+        "2019, closed form over the method's complete grid trials, selecting by the trial value as the sweep "
+        "does), ± its sd over draws, × 100. Every method gets the same n"
+        + (" (the smallest grid here; `report --budget N` changes it)" if budget is None else "")
+        + "; a method whose grid has no more than n points is its best of grid. (N) = complete grid trials.",
+        "",
+        "| method | " + " | ".join(task_header(t) for t in tasks) + " |",
+        "|---|" + "---:|" * len(tasks),
+    ]
     means = {}
     for method in methods:
         cells = []
@@ -175,10 +186,13 @@ def equal_budget(snapshot, budget: int | None, command: str) -> tuple[list[str],
     lines += ["", f"Reproduce: `{command}`", ""]
     if "kd" in methods:
         best = best_rows(frame)
-        lines += ["Gain over KD, × 100: at the equal budget n, and best of grid (a best point that is the same "
-                  "computation as KD's or NKD's counts as zero gain).", "",
-                  "| method | " + " | ".join(f"{t} at n = {n} | {t} best of grid" for t in tasks) + " |",
-                  "|---|" + "---:|" * (2 * len(tasks))]
+        lines += [
+            "Gain over KD, × 100: at the equal budget n, and best of grid (a best point that is the same "
+            "computation as KD's or NKD's counts as zero gain).",
+            "",
+            "| method | " + " | ".join(f"{t} at n = {n} | {t} best of grid" for t in tasks) + " |",
+            "|---|" + "---:|" * (2 * len(tasks)),
+        ]
         for method in (m for m in methods if m != "kd"):
             cells = []
             for task in tasks:
@@ -198,8 +212,11 @@ def equal_budget(snapshot, budget: int | None, command: str) -> tuple[list[str],
 
 def best_rows(frame: pd.DataFrame) -> dict[tuple[str, str], pd.Series]:
     """(task, method) → the best grid trial (ranked by value; ties: first study, earliest trial)."""
-    ranked = grid_done(frame).sort_values(["value", "study", "number"], ascending=[False, True, True],
-                                          kind="stable").drop_duplicates(["task", "method"])
+    ranked = (
+        grid_done(frame)
+        .sort_values(["value", "study", "number"], ascending=[False, True, True], kind="stable")
+        .drop_duplicates(["task", "method"])
+    )
     return {(row["task"], row["method"]): row for _, row in ranked.iterrows()}
 
 
@@ -219,29 +236,47 @@ def paired_tests(snapshot, groups: dict[tuple[str, str], Seeds], command: str) -
         present = [m for m in METHODS if (task, m) in best or (task, m) in groups]
         for alp in (m for m in present if is_alp(m)):
             for base in (m for m in present if not is_alp(m)):
-                rows.append((task, alp, base, _seed_test(groups, task, alp, base),
-                             _bootstrap_test(snapshot, spec, best.get((task, alp)), best.get((task, base)))))
+                rows.append(
+                    (
+                        task,
+                        alp,
+                        base,
+                        _seed_test(groups, task, alp, base),
+                        _bootstrap_test(snapshot, spec, best.get((task, alp)), best.get((task, base))),
+                    )
+                )
     if not rows:
         return []
     seed_holm = fairness.holm([r[3].p if r[3] is not None else math.nan for r in rows])
     boot_holm = fairness.holm([r[4].p if r[4] is not None else math.nan for r in rows])
-    lines = ["## Paired comparisons", "",
-             "ALP and each ALP variant against every baseline. **Seeds**: paired t-test over the confirmation "
-             "seeds both methods share (same seed = same data order; `run_study.py confirm`), Δ = mean of the "
-             "per-seed differences with its 95 % t-interval. **Dev bootstrap**: paired bootstrap over dev "
-             f"examples ({RESAMPLES} resamples, seed {BOOTSTRAP_SEED}) of the two best-of-grid trials' predictions "
-             "at their reported epochs, Δ with its 95 % percentile interval, p by the shifted null. "
-             "**Holm**: Holm–Bonferroni over all comparisons of this report, separately for each test. "
-             "A comparison is called only where a corrected p < 0.05; otherwise it is not distinguishable from "
-             "noise. Primary dev metric × 100.", "",
-             "| task | ALP method | baseline | seeds | Δ seeds [95 % CI] | p | Holm p | Δ dev bootstrap [95 % CI] "
-             "| p | Holm p | verdict |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "## Paired comparisons",
+        "",
+        "ALP and each ALP variant against every baseline. **Seeds**: paired t-test over the confirmation "
+        "seeds both methods share (same seed = same data order; `run_study.py confirm`), Δ = mean of the "
+        "per-seed differences with its 95 % t-interval. **Dev bootstrap**: paired bootstrap over dev "
+        f"examples ({RESAMPLES} resamples, seed {BOOTSTRAP_SEED}) of the two best-of-grid trials' predictions "
+        "at their reported epochs, Δ with its 95 % percentile interval, p by the shifted null. "
+        "**Holm**: Holm–Bonferroni over all comparisons of this report, separately for each test. "
+        "A comparison is called only where a corrected p < 0.05; otherwise it is not distinguishable from "
+        "noise. Primary dev metric × 100.",
+        "",
+        "| task | ALP method | baseline | seeds | Δ seeds [95 % CI] | p | Holm p | Δ dev bootstrap [95 % CI] "
+        "| p | Holm p | verdict |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for (task, alp, base, seed, boot), seed_p, boot_p in zip(rows, seed_holm, boot_holm):
-        seed_cells = ["–"] * 4 if seed is None else [
-            str(seed.n), _delta(seed.delta, seed.low, seed.high), _p(seed.p), _p(seed_p)]
+        seed_cells = (
+            ["–"] * 4
+            if seed is None
+            else [str(seed.n), _delta(seed.delta, seed.low, seed.high), _p(seed.p), _p(seed_p)]
+        )
         boot_cells = ["–"] * 3 if boot is None else [_delta(boot.delta, boot.low, boot.high), _p(boot.p), _p(boot_p)]
-        lines.append(f"| {task} | {alp} | {base} | " + " | ".join(seed_cells + boot_cells)
-                     + f" | {_verdict(alp, base, seed, seed_p, boot, boot_p)} |")
+        lines.append(
+            f"| {task} | {alp} | {base} | "
+            + " | ".join(seed_cells + boot_cells)
+            + f" | {_verdict(alp, base, seed, seed_p, boot, boot_p)} |"
+        )
     return lines + ["", f"Reproduce: `{command}`", ""]
 
 
@@ -261,8 +296,9 @@ def _bootstrap_test(snapshot, spec: TaskSpec, a, b) -> fairness.PairedBootstrap 
     if pa is None or pb is None or labels is None or not len(pa) == len(pb) == len(labels):
         return None
     gold = labels if spec.is_regression else labels.astype(np.int64)
-    return fairness.paired_bootstrap(spec.primary_metric, _values(spec, pa), _values(spec, pb), gold, RESAMPLES,
-                                     BOOTSTRAP_SEED)
+    return fairness.paired_bootstrap(
+        spec.primary_metric, _values(spec, pa), _values(spec, pb), gold, RESAMPLES, BOOTSTRAP_SEED
+    )
 
 
 def _delta(delta: float, low: float, high: float) -> str:
@@ -277,14 +313,18 @@ def _p(p: float) -> str:
 
 
 def _verdict(alp: str, base: str, seed, seed_p: float, boot, boot_p: float) -> str:
-    called = [(name, test.delta) for name, test, p in (("seeds", seed, seed_p), ("dev bootstrap", boot, boot_p))
-              if test is not None and not math.isnan(p) and p < fairness.ALPHA]
+    called = [
+        (name, test.delta)
+        for name, test, p in (("seeds", seed, seed_p), ("dev bootstrap", boot, boot_p))
+        if test is not None and not math.isnan(p) and p < fairness.ALPHA
+    ]
     if not called:
         if seed is None and boot is None:
             return "no test possible (no shared seeds, no stored predictions)"
         return "not distinguishable from noise"
-    return "; ".join(f"{alp if delta > 0 else base} higher ({name}, Holm p < {fairness.ALPHA})"
-                     for name, delta in called)
+    return "; ".join(
+        f"{alp if delta > 0 else base} higher ({name}, Holm p < {fairness.ALPHA})" for name, delta in called
+    )
 
 
 # --------------------------------------------------------------------------- ALP attention
@@ -298,27 +338,40 @@ def alpha_panels(frame: pd.DataFrame) -> dict[str, list[dict]]:
         if not is_alp(method):
             continue
         entropy = float(row["alpha_entropy"])
-        out.setdefault(task, []).append({"method": method, "point": str(row["point"]), "alpha": alpha,
-                                         "entropy": entropy, "one_hot": entropy < ONE_HOT_ENTROPY})
+        out.setdefault(task, []).append(
+            {
+                "method": method,
+                "point": str(row["point"]),
+                "alpha": alpha,
+                "entropy": entropy,
+                "one_hot": entropy < ONE_HOT_ENTROPY,
+            }
+        )
     return out
 
 
 def alpha_section(panels: dict[str, list[dict]], figures: dict, command: str) -> list[str]:
     if not panels:
         return []
-    lines = ["## ALP attention", "",
-             "Mean attention α over dev (student layer × teacher layer, [CLS]) of each ALP method's best grid trial "
-             f"at its reported epoch, and the mean entropy of α (nats). **Near one-hot** (entropy < "
-             f"{ONE_HOT_ENTROPY}): the softmax picks one teacher layer per example, so ALP acts as a learned "
-             "single-layer match rather than a mixture (large [CLS] dot products with `alp_scale: 1` do this; "
-             "`alp_scale: sqrt_d` tempers them).", "",
-             "| task | method | point | mean entropy | largest mean α per student layer | near one-hot |",
-             "|---|---|---|---:|---|:---:|"]
+    lines = [
+        "## ALP attention",
+        "",
+        "Mean attention α over dev (student layer × teacher layer, [CLS]) of each ALP method's best grid trial "
+        f"at its reported epoch, and the mean entropy of α (nats). **Near one-hot** (entropy < "
+        f"{ONE_HOT_ENTROPY}): the softmax picks one teacher layer per example, so ALP acts as a learned "
+        "single-layer match rather than a mixture (large [CLS] dot products with `alp_scale: 1` do this; "
+        "`alp_scale: sqrt_d` tempers them).",
+        "",
+        "| task | method | point | mean entropy | largest mean α per student layer | near one-hot |",
+        "|---|---|---|---:|---|:---:|",
+    ]
     for task in (t for t in TASKS if t in panels):
         for panel in panels[task]:
             tops = ", ".join(f"{max(row):.2f}@{int(np.argmax(row)) + 1}" for row in panel["alpha"])
-            lines.append(f"| {task} | {panel['method']} | {panel['point']} | {panel['entropy']:.3f} | {tops} | "
-                         f"{'yes' if panel['one_hot'] else 'no'} |")
+            lines.append(
+                f"| {task} | {panel['method']} | {panel['point']} | {panel['entropy']:.3f} | {tops} | "
+                f"{'yes' if panel['one_hot'] else 'no'} |"
+            )
     lines += ["", "(v@j: mean α v on teacher layer j.)", "", f"Reproduce: `{command}`", ""]
     return lines + [f"![{title}]({path})" for title, path in figures.get("alpha", [])] + [""]
 
@@ -327,10 +380,21 @@ def figure_jobs(budget: dict, panels: dict[str, list[dict]]) -> dict[str, list]:
     """The section's figures as :class:`harness.render.Job` lists: ``{"budget": …, "alpha": …}``."""
     jobs = {"budget": [], "alpha": []}
     for task, curves in (budget.get("curves") or {}).items():
-        jobs["budget"].append((f"equal budget, {task}", render.Job(
-            f"budget__{render.slug(task)}.png", figures_fair.budget_curves,
-            (task, curves, TASKS[task].primary_metric, budget["n"]))))
+        jobs["budget"].append(
+            (
+                f"equal budget, {task}",
+                render.Job(
+                    f"budget__{render.slug(task)}.png",
+                    figures_fair.budget_curves,
+                    (task, curves, TASKS[task].primary_metric, budget["n"]),
+                ),
+            )
+        )
     for task, task_panels in panels.items():
-        jobs["alpha"].append((f"ALP attention, {task}", render.Job(
-            f"alpha__{render.slug(task)}.png", figures_fair.alpha_heatmap, (task, task_panels))))
+        jobs["alpha"].append(
+            (
+                f"ALP attention, {task}",
+                render.Job(f"alpha__{render.slug(task)}.png", figures_fair.alpha_heatmap, (task, task_panels)),
+            )
+        )
     return jobs

@@ -2,7 +2,8 @@
 
 Expected maximum validation performance of a random search over a grid (Dodge et al. 2019), Holm's correction of
 a family of p-values, the paired t-test over shared seeds, a vectorised paired bootstrap over dev examples, and
-the majority-class baseline. Pure numpy + scipy; metric conventions are those of :func:`harness.metrics.compute_metrics`.
+the majority-class baseline. Pure numpy + scipy; metric conventions are those of
+:func:`harness.metrics.compute_metrics`.
 """
 
 from __future__ import annotations
@@ -65,10 +66,10 @@ def _max_distribution(size: int, n: int, replace: bool) -> np.ndarray:
         if n >= size:
             probability[-1] = 1.0
         else:
-            k = i[n - 1:]  # i >= n
+            k = i[n - 1 :]  # i >= n
             log_c = gammaln(k) - gammaln(n) - gammaln(k - n + 1)  # log C(i-1, n-1)
             log_total = gammaln(size + 1) - gammaln(n + 1) - gammaln(size - n + 1)  # log C(N, n)
-            probability[n - 1:] = np.exp(log_c - log_total)
+            probability[n - 1 :] = np.exp(log_c - log_total)
     return probability / probability.sum()
 
 
@@ -99,8 +100,9 @@ def expected_max(values: Iterable[float], n: int, replace: bool = False) -> tupl
     return mean, math.sqrt(max(variance, 0.0))
 
 
-def expected_max_curve(values: Iterable[float], ns: Iterable[int],
-                       replace: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def expected_max_curve(
+    values: Iterable[float], ns: Iterable[int], replace: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`expected_max` for every budget in ``ns``: (means, sds), two float64 arrays of shape [len(ns)]."""
     sorted_values = _finite_sorted(values)
     results = [expected_max(sorted_values, n, replace) for n in ns]
@@ -109,8 +111,9 @@ def expected_max_curve(values: Iterable[float], ns: Iterable[int],
     return means, sds
 
 
-def expected_selected(keys: Iterable[float], reported: Iterable[float], n: int,
-                      replace: bool = False) -> tuple[float, float]:
+def expected_selected(
+    keys: Iterable[float], reported: Iterable[float], n: int, replace: bool = False
+) -> tuple[float, float]:
     """Expected *reported* score of the trial chosen (by ``keys``) among ``n`` drawn at random, and its sd.
 
     The grid's trials are ranked by their selection score ``keys`` and each reports ``reported`` (under
@@ -129,8 +132,9 @@ def expected_selected(keys: Iterable[float], reported: Iterable[float], n: int,
     return mean, math.sqrt(max(float(np.dot(probability, (ordered - mean) ** 2)), 0.0))
 
 
-def expected_selected_curve(keys: Iterable[float], reported: Iterable[float],
-                            replace: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def expected_selected_curve(
+    keys: Iterable[float], reported: Iterable[float], replace: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`expected_selected` for every budget n = 1 … N (N = number of trials): (means, sds), shape [N]."""
     keys, reported = _as_float_array(keys).reshape(-1), _as_float_array(reported).reshape(-1)
     if keys.shape != reported.shape:
@@ -255,8 +259,8 @@ def _mcc(pred: np.ndarray, gold: np.ndarray, classes: int) -> np.ndarray:
     n_correct = np.trace(confusion, axis1=1, axis2=2)
     n_samples = float(m)
     cov_ytyp = n_correct * n_samples - np.einsum("ij,ij->i", t_sum, p_sum)
-    cov_ypyp = n_samples ** 2 - np.einsum("ij,ij->i", p_sum, p_sum)
-    cov_ytyt = n_samples ** 2 - np.einsum("ij,ij->i", t_sum, t_sum)
+    cov_ypyp = n_samples**2 - np.einsum("ij,ij->i", p_sum, p_sum)
+    cov_ytyt = n_samples**2 - np.einsum("ij,ij->i", t_sum, t_sum)
     product = cov_ypyp * cov_ytyt
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(product == 0, 0.0, cov_ytyp / np.sqrt(product))
@@ -337,8 +341,8 @@ def resampled_metric(metric: str, predictions: np.ndarray, labels: np.ndarray, i
     block = max(1, _CHUNK_ELEMENTS // (index.shape[1] + size))
     out = np.empty(index.shape[0], dtype=np.float64)
     for start in range(0, index.shape[0], block):
-        rows = index[start:start + block]
-        out[start:start + block] = _score_rows(metric, predictions[rows], labels[rows], size)
+        rows = index[start : start + block]
+        out[start : start + block] = _score_rows(metric, predictions[rows], labels[rows], size)
     if missing.any():  # scipy's correlation of an input with NaN is NaN, which harness.glue reports as 0.0
         out[missing[index].any(axis=1)] = 0.0
     return out
@@ -359,8 +363,9 @@ class PairedBootstrap:
     resamples: int
 
 
-def paired_bootstrap(metric: str, pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray,
-                     resamples: int = 1000, seed: int = 0) -> PairedBootstrap:
+def paired_bootstrap(
+    metric: str, pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray, resamples: int = 1000, seed: int = 0
+) -> PairedBootstrap:
     """Paired bootstrap test of two systems' predictions on the same dev set (shapes [n], as for resampled_metric).
 
     The same B = ``resamples`` index rows, ``np.random.default_rng(seed).integers(0, n, size=(B, n))``, score

@@ -63,8 +63,12 @@ def budget_curves(title: str, curves: dict[str, dict], metric: str, budget: int)
         ax.minorticks_off()
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    decorate(ax, "trials n (drawn at random from the method's grid)", f"expected best dev {metric} × 100",
-              f"{title}: equal budget (Dodge et al. 2019 expected max; band ±1 sd)")
+    decorate(
+        ax,
+        "trials n (drawn at random from the method's grid)",
+        f"expected best dev {metric} × 100",
+        f"{title}: equal budget (Dodge et al. 2019 expected max; band ±1 sd)",
+    )
     return fig
 
 
@@ -100,28 +104,48 @@ def alpha_heatmap(title: str, panels: list[dict]) -> Figure:
         image = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=1, aspect="auto")
         for (i, j), value in np.ndenumerate(grid):
             missing = math.isnan(value)
-            ax.text(j, i, "–" if missing else f"{value:.2f}", ha="center", va="center", fontsize=6.5,
-                    color="white" if not missing and value < 0.5 else "black")  # viridis is dark at the low end
+            ax.text(
+                j,
+                i,
+                "–" if missing else f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=6.5,
+                color="white" if not missing and value < 0.5 else "black",
+            )  # viridis is dark at the low end
         ax.set_xticks(range(grid.shape[1]), [str(j + 1) for j in range(grid.shape[1])])
         ax.set_yticks(range(grid.shape[0]), [str(i + 1) for i in range(grid.shape[0])])
         ax.tick_params(length=2, labelsize=7)
         line = 1.25 * 8  # one title line, in points
-        ax.set_title(f"{panel['method']} {panel['point']}\nmean entropy {panel['entropy']:.2f} nats",
-                     fontsize=8, y=1.0, pad=6 + (line if panel["one_hot"] else 0))
+        ax.set_title(
+            f"{panel['method']} {panel['point']}\nmean entropy {panel['entropy']:.2f} nats",
+            fontsize=8,
+            y=1.0,
+            pad=6 + (line if panel["one_hot"] else 0),
+        )
         if panel["one_hot"]:
-            ax.annotate(" — near one-hot", (0.5, 1.0), xycoords="axes fraction", xytext=(0, 6),
-                        textcoords="offset points", ha="center", va="baseline", fontsize=8, color="red")
+            ax.annotate(
+                " — near one-hot",
+                (0.5, 1.0),
+                xycoords="axes fraction",
+                xytext=(0, 6),
+                textcoords="offset points",
+                ha="center",
+                va="baseline",
+                fontsize=8,
+                color="red",
+            )
         if k % cols == 0:
             ax.set_ylabel("student layer", fontsize=8)
         if k + cols >= len(panels):  # nothing drawn below it
             ax.set_xlabel("teacher layer", fontsize=8)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    fig.suptitle(f"{title}: ALP attention α (mean over dev, best trial per method), one colour scale 0..1",
-                 fontsize=9)
+    fig.suptitle(f"{title}: ALP attention α (mean over dev, best trial per method), one colour scale 0..1", fontsize=9)
     right, bottom, top = 1 - right_m / width, bottom_m / height, 1 - top_m / height
-    fig.subplots_adjust(left=left / width, right=right, bottom=bottom, top=top, wspace=gap_w / panel_w,
-                        hspace=gap_h / panel_h)
+    fig.subplots_adjust(
+        left=left / width, right=right, bottom=bottom, top=top, wspace=gap_w / panel_w, hspace=gap_h / panel_h
+    )
     bar_axes = fig.add_axes((right + 0.15 / width, bottom, 0.12 / width, top - bottom))
     colorbar = fig.colorbar(image, cax=bar_axes)
     colorbar.ax.tick_params(labelsize=7)

@@ -11,8 +11,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object], durable: bool = True) -> None:

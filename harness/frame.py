@@ -17,10 +17,36 @@ from harness.glue import TASKS
 from harness.methods import METHODS
 from harness.storage import Storage
 
-COLUMNS = ["study", "study_file", "task", "method", "number", "state", "value", "point", "lr", "eta", "lambda",
-           "seed", "confirmation", "device", "worker", "seconds", "best_epoch", "n_epochs", "fail_reason",
-           "datetime_start", "datetime_complete", "trial_id", "selection", "reported_epoch", "score",
-           "equivalent_of", "alpha_entropy"]
+COLUMNS = [
+    "study",
+    "study_file",
+    "task",
+    "method",
+    "number",
+    "state",
+    "value",
+    "point",
+    "lr",
+    "eta",
+    "lambda",
+    "seed",
+    "confirmation",
+    "device",
+    "worker",
+    "seconds",
+    "best_epoch",
+    "n_epochs",
+    "fail_reason",
+    "datetime_start",
+    "datetime_complete",
+    "trial_id",
+    "selection",
+    "reported_epoch",
+    "score",
+    "equivalent_of",
+    "alpha_entropy",
+]
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -80,18 +106,35 @@ def _trial_row(study: str, attrs: dict, trial: optuna.trial.FrozenTrial) -> dict
     if seconds is None and epochs:  # failed or still running: the epochs it finished
         seconds = sum(float(e.get("seconds") or 0.0) for e in epochs)
     row = {
-        "study": study, "study_file": attrs["study_file"], "task": attrs["task"], "method": attrs["method"],
-        "number": trial.number, "state": trial.state.name, "value": trial.value, "point": user.get("point"),
-        "lr": user.get("lr"), "eta": user.get("eta"), "lambda": user.get("lambda"), "seed": user.get("seed"),
-        "confirmation": bool(user.get("confirmation", False)), "device": user.get("device"),
-        "worker": user.get("worker"), "seconds": seconds, "best_epoch": best.get("epoch"), "n_epochs": len(epochs),
+        "study": study,
+        "study_file": attrs["study_file"],
+        "task": attrs["task"],
+        "method": attrs["method"],
+        "number": trial.number,
+        "state": trial.state.name,
+        "value": trial.value,
+        "point": user.get("point"),
+        "lr": user.get("lr"),
+        "eta": user.get("eta"),
+        "lambda": user.get("lambda"),
+        "seed": user.get("seed"),
+        "confirmation": bool(user.get("confirmation", False)),
+        "device": user.get("device"),
+        "worker": user.get("worker"),
+        "seconds": seconds,
+        "best_epoch": best.get("epoch"),
+        "n_epochs": len(epochs),
         "fail_reason": user.get("fail_reason"),
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
         "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
-        "trial_id": trial._trial_id, "selection": ((attrs.get("config") or {}).get("fixed") or {}).get(
-            "selection", "dev"), "reported_epoch": best.get("epoch"), "score": score,
-        "equivalent_of": user.get("equivalent_of"), "alpha_entropy": best.get("alpha_entropy"),
-        "alpha": best.get("alpha"), "epochs": epochs,
+        "trial_id": trial._trial_id,
+        "selection": ((attrs.get("config") or {}).get("fixed") or {}).get("selection", "dev"),
+        "reported_epoch": best.get("epoch"),
+        "score": score,
+        "equivalent_of": user.get("equivalent_of"),
+        "alpha_entropy": best.get("alpha_entropy"),
+        "alpha": best.get("alpha"),
+        "epochs": epochs,
     }
     for split, metrics in (best.get("metrics") or {}).items():
         for metric, value in metrics.items():
@@ -137,11 +180,19 @@ def best_per_study(frame: pd.DataFrame) -> pd.DataFrame:
     state, grid = frame["state"], ~frame["confirmation"]
     seconds = frame["seconds"].fillna(0.0).astype(float)
     gpu = frame["device"].fillna("").astype(str).str.startswith("cuda")
-    flags = pd.DataFrame({
-        "study": frame["study"], "complete": grid & (state == "COMPLETE"), "failed": grid & (state == "FAIL"),
-        "pruned": grid & (state == "PRUNED"), "running": grid & state.isin(["RUNNING", "WAITING"]),
-        "seeds": ~grid & (state == "COMPLETE"), "cpu_hours": seconds.where(~gpu, 0.0) / 3600,
-        "gpu_hours": seconds.where(gpu, 0.0) / 3600, "hours": seconds / 3600})
+    flags = pd.DataFrame(
+        {
+            "study": frame["study"],
+            "complete": grid & (state == "COMPLETE"),
+            "failed": grid & (state == "FAIL"),
+            "pruned": grid & (state == "PRUNED"),
+            "running": grid & state.isin(["RUNNING", "WAITING"]),
+            "seeds": ~grid & (state == "COMPLETE"),
+            "cpu_hours": seconds.where(~gpu, 0.0) / 3600,
+            "gpu_hours": seconds.where(gpu, 0.0) / 3600,
+            "hours": seconds / 3600,
+        }
+    )
     summary = flags.groupby("study", sort=True).sum()
     counts = ["complete", "failed", "pruned", "running", "seeds"]
     summary[counts] = summary[counts].astype(int)
@@ -152,5 +203,3 @@ def best_per_study(frame: pd.DataFrame) -> pd.DataFrame:
     first = frame.groupby("study", sort=True)[["study_file", "task", "method"]].first()
     picked = best[["value", "lr", "eta", "lambda", "number"]].rename(columns={"lambda": "lam"})
     return first.join(summary).join(picked).reset_index()
-
-

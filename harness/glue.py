@@ -119,12 +119,8 @@ TASKS: dict[str, TaskSpec] = {
             ("entailment", "neutral", "contradiction"),
             eval_splits=("dev_matched", "dev_mismatched"),
         ),
-        _classification(
-            "QNLI", "qnli", ("question", "sentence"), ("entailment", "not_entailment")
-        ),
-        _classification(
-            "RTE", "rte", ("sentence1", "sentence2"), ("entailment", "not_entailment")
-        ),
+        _classification("QNLI", "qnli", ("question", "sentence"), ("entailment", "not_entailment")),
+        _classification("RTE", "rte", ("sentence1", "sentence2"), ("entailment", "not_entailment")),
     )
 }
 
@@ -171,9 +167,7 @@ class GlueSplit:
         """Reject texts and labels of different lengths (a bug in the caller)."""
         n = len(self.labels)
         if len(self.text_a) != n or (self.text_b is not None and len(self.text_b) != n):
-            raise ValueError(
-                f"GlueSplit {self.task}/{self.split}: text and label lengths differ"
-            )
+            raise ValueError(f"GlueSplit {self.task}/{self.split}: text and label lengths differ")
 
     def __len__(self) -> int:
         """Number of examples."""
@@ -206,5 +200,3 @@ def subsample(split: GlueSplit, n: int | None, seed: int) -> GlueSplit:
         source=split.source,
         sha256=split.sha256,
     )
-
-

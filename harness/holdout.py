@@ -21,9 +21,15 @@ REGRESSION_BINS = 10  # STS-B: stratify by deciles of the score
 def take(split: GlueSplit, keep: np.ndarray, name: str | None = None) -> GlueSplit:
     """The rows ``keep`` of ``split`` (in file order), optionally under another split name."""
     keep = np.sort(np.asarray(keep, dtype=np.int64))
-    return GlueSplit(task=split.task, split=name or split.split, text_a=[split.text_a[i] for i in keep],
-                     text_b=None if split.text_b is None else [split.text_b[i] for i in keep],
-                     labels=split.labels[keep].copy(), source=split.source, sha256=split.sha256)
+    return GlueSplit(
+        task=split.task,
+        split=name or split.split,
+        text_a=[split.text_a[i] for i in keep],
+        text_b=None if split.text_b is None else [split.text_b[i] for i in keep],
+        labels=split.labels[keep].copy(),
+        source=split.source,
+        sha256=split.sha256,
+    )
 
 
 def holdout_size(n: int, fraction: float, max_samples: int | None) -> int:
@@ -35,8 +41,9 @@ def holdout_size(n: int, fraction: float, max_samples: int | None) -> int:
     return min(size, n - 1)
 
 
-def split_holdout(train: GlueSplit, fraction: float, seed: int, max_samples: int | None = None,
-                  regression: bool = False) -> tuple[GlueSplit, GlueSplit]:
+def split_holdout(
+    train: GlueSplit, fraction: float, seed: int, max_samples: int | None = None, regression: bool = False
+) -> tuple[GlueSplit, GlueSplit]:
     """``(rest, holdout)``: a seeded, label-stratified partition of ``train`` (a pure function of its
     rows, ``fraction``, ``max_samples`` and ``seed``). Regression labels are stratified by decile."""
     n = len(train)

@@ -33,9 +33,7 @@ def _check_split(task: TaskSpec, split: str) -> None:
     """Raise HarnessError for a split the task does not have (test splits have no labels)."""
     allowed = _allowed_splits(task)
     if split not in allowed:
-        raise HarnessError(
-            f"unknown split {split!r} for {task.name} (allowed: {', '.join(allowed)})"
-        )
+        raise HarnessError(f"unknown split {split!r} for {task.name} (allowed: {', '.join(allowed)})")
 
 
 def hub_split_name(task: TaskSpec, split: str) -> str:
@@ -105,8 +103,7 @@ def _hub_labels(task: TaskSpec, values: list[Any], where: str) -> np.ndarray:
     bad = labels[(labels < 0) | (labels >= task.num_labels)]
     if bad.size:
         raise HarnessError(
-            f"{where} has label id {int(bad[0])} "
-            f"(allowed: 0..{task.num_labels - 1} for {', '.join(task.label_names)})"
+            f"{where} has label id {int(bad[0])} (allowed: 0..{task.num_labels - 1} for {', '.join(task.label_names)})"
         )
     return labels
 
@@ -139,15 +136,9 @@ _NLI2 = ("entailment", "not_entailment")
 _LAYOUTS: dict[str, _TsvLayout] = {
     "CoLA": _TsvLayout(False, 4, (3,), 1, {}, _BINARY),
     "SST-2": _TsvLayout(True, 2, (0,), 1, {0: "sentence", 1: "label"}, _BINARY),
-    "MRPC": _TsvLayout(
-        True, 5, (3, 4), 0, {0: "Quality", 3: "#1 String", 4: "#2 String"}, _BINARY
-    ),
-    "STS-B": _TsvLayout(
-        True, 10, (7, 8), 9, {7: "sentence1", 8: "sentence2", 9: "score"}, None
-    ),
-    "QQP": _TsvLayout(
-        True, 6, (3, 4), 5, {3: "question1", 4: "question2", 5: "is_duplicate"}, _BINARY
-    ),
+    "MRPC": _TsvLayout(True, 5, (3, 4), 0, {0: "Quality", 3: "#1 String", 4: "#2 String"}, _BINARY),
+    "STS-B": _TsvLayout(True, 10, (7, 8), 9, {7: "sentence1", 8: "sentence2", 9: "score"}, None),
+    "QQP": _TsvLayout(True, 6, (3, 4), 5, {3: "question1", 4: "question2", 5: "is_duplicate"}, _BINARY),
     "MNLI": _TsvLayout(
         True,
         None,
@@ -182,8 +173,7 @@ def _split_path(task: TaskSpec, split: str, data_dir: Path) -> Path:
     path = folder / f"{split}.tsv"
     if not path.is_file():
         raise HarnessError(
-            f"missing GLUE file {path} (expected {split}.tsv of {task.name} in the "
-            "official download layout)"
+            f"missing GLUE file {path} (expected {split}.tsv of {task.name} in the official download layout)"
         )
     return path
 
@@ -207,17 +197,12 @@ def _check_header(path: Path, header: list[str], layout: _TsvLayout) -> int:
     """Validate the header line and return the field count every data row must have."""
     columns = layout.columns if layout.columns is not None else len(header)
     if len(header) != columns:
-        raise HarnessError(
-            f"{path} line 1: header has {len(header)} columns (allowed: {columns})"
-        )
+        raise HarnessError(f"{path} line 1: header has {len(header)} columns (allowed: {columns})")
     for index, name in layout.header.items():
         position = index if index >= 0 else len(header) + index
         found = header[position] if 0 <= position < len(header) else ""
         if found != name:
-            raise HarnessError(
-                f"{path} line 1: header column {position + 1} is {_shorten(found)} "
-                f"(allowed: {name!r})"
-            )
+            raise HarnessError(f"{path} line 1: header column {position + 1} is {_shorten(found)} (allowed: {name!r})")
     return columns
 
 
@@ -226,8 +211,7 @@ def _parse_label(path: Path, line: int, value: str, layout: _TsvLayout) -> float
     if layout.file_labels is not None:
         if value not in layout.file_labels:
             raise HarnessError(
-                f"{path} line {line}: unknown label {_shorten(value)} "
-                f"(allowed: {', '.join(layout.file_labels)})"
+                f"{path} line {line}: unknown label {_shorten(value)} (allowed: {', '.join(layout.file_labels)})"
             )
         return layout.file_labels.index(value)
     try:
@@ -236,10 +220,7 @@ def _parse_label(path: Path, line: int, value: str, layout: _TsvLayout) -> float
         score = math.nan
     low, high = STS_B_RANGE
     if not low <= score <= high:  # also rejects NaN and infinities
-        raise HarnessError(
-            f"{path} line {line}: score {_shorten(value)} "
-            f"(allowed: a number from {low:g} to {high:g})"
-        )
+        raise HarnessError(f"{path} line {line}: score {_shorten(value)} (allowed: a number from {low:g} to {high:g})")
     return score
 
 
@@ -262,9 +243,7 @@ def _load_tsv(task: TaskSpec, split: str, data_dir: Path) -> GlueSplit:
     labels: list[float | int] = []
     for row in reader:
         if len(row) != columns:
-            raise HarnessError(
-                f"{path} line {reader.line_num}: {len(row)} columns (allowed: {columns})"
-            )
+            raise HarnessError(f"{path} line {reader.line_num}: {len(row)} columns (allowed: {columns})")
         for column, index in zip(texts, layout.text_indices):
             column.append(row[index])
         labels.append(_parse_label(path, reader.line_num, row[layout.label_index], layout))
@@ -304,5 +283,3 @@ def resolve_data_dir(cli: str | None, env: str | None, study: str | None) -> Pat
             )
         return path
     return None
-
-

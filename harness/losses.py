@@ -28,8 +28,17 @@ from torch import Tensor
 from harness.errors import HarnessError
 from harness.methods import ALP_SCALES, ALP_TOKENS, MethodSpec, layer_mapping
 
-__all__ = ["InterLayerLoss", "alp_attention", "alp_context", "alp_loss", "alp_tokens_loss", "ckd_loss", "kd_loss",
-           "pkd_loss", "regression_kd_loss"]
+__all__ = [
+    "InterLayerLoss",
+    "alp_attention",
+    "alp_context",
+    "alp_loss",
+    "alp_tokens_loss",
+    "ckd_loss",
+    "kd_loss",
+    "pkd_loss",
+    "regression_kd_loss",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,7 +265,9 @@ def _bucket_mask(buckets: list[list[int]], n_student: int, n_teacher: int, devic
 
 def _check_same_shape(name: str, a: Tensor, b: Tensor, ndim: int) -> None:
     if a.dim() != ndim or a.shape != b.shape:
-        raise ValueError(f"{name}: expected two {ndim}-d tensors of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"{name}: expected two {ndim}-d tensors of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
 
 
 def _check_layers(name: str, student: Tensor, teacher: Tensor, ndim: int) -> None:
@@ -267,7 +278,6 @@ def _check_layers(name: str, student: Tensor, teacher: Tensor, ndim: int) -> Non
         raise ValueError(
             f"{name}: batch and hidden sizes must match, got {tuple(student.shape)} and {tuple(teacher.shape)}"
         )
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,7 +330,7 @@ class InterLayerLoss(torch.nn.Module):
         self.n_student = n_student
         self.student_hidden = student_hidden
         self.teacher_hidden = teacher_hidden
-        self.scale = 1.0 if alp_scale == "1" else teacher_hidden ** -0.5
+        self.scale = 1.0 if alp_scale == "1" else teacher_hidden**-0.5
         self.needs_tokens: bool = alp_tokens == "all" and spec.inter == "alp"
         self.mapping: list[tuple[int, list[int]]] = layer_mapping(spec, n_teacher, n_student)
         self.proj: torch.nn.Linear | None = None
@@ -370,8 +380,12 @@ class InterLayerLoss(torch.nn.Module):
         expect_s = (self.n_student, self.student_hidden)
         expect_t = (self.n_teacher, self.teacher_hidden)
         if student.dim() != ndim or (student.shape[1], student.shape[-1]) != expect_s:
-            raise ValueError(f"student states must be {ndim}-d with M={expect_s[0]}, H={expect_s[1]}; got {tuple(student.shape)}")
+            raise ValueError(
+                f"student states must be {ndim}-d with M={expect_s[0]}, H={expect_s[1]}; got {tuple(student.shape)}"
+            )
         if teacher.dim() != ndim or (teacher.shape[1], teacher.shape[-1]) != expect_t:
-            raise ValueError(f"teacher states must be {ndim}-d with N={expect_t[0]}, H={expect_t[1]}; got {tuple(teacher.shape)}")
+            raise ValueError(
+                f"teacher states must be {ndim}-d with N={expect_t[0]}, H={expect_t[1]}; got {tuple(teacher.shape)}"
+            )
         if self.needs_tokens and attention_mask is None:
             raise ValueError("alp_tokens='all' needs the attention_mask")

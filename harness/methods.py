@@ -12,8 +12,18 @@ from dataclasses import dataclass
 
 from harness.errors import HarnessError
 
-__all__ = ["ALP_SCALES", "ALP_TOKENS", "METHODS", "MethodSpec", "PKD_MODES", "get_method", "layer_mapping",
-           "no_buckets", "pkd_pairs", "po_buckets"]
+__all__ = [
+    "ALP_SCALES",
+    "ALP_TOKENS",
+    "METHODS",
+    "MethodSpec",
+    "PKD_MODES",
+    "get_method",
+    "layer_mapping",
+    "no_buckets",
+    "pkd_pairs",
+    "po_buckets",
+]
 
 PKD_MODES: tuple[str, ...] = ("skip", "last")
 ALP_SCALES: tuple[str, ...] = ("1", "sqrt_d")
@@ -154,5 +164,3 @@ def layer_mapping(spec: MethodSpec, n_teacher: int, n_student: int) -> list[tupl
     if spec.mapping == "all":
         return [(i, list(range(n_teacher))) for i in range(n_student)]
     raise ValueError(f"method {spec.key!r} has unknown mapping {spec.mapping!r}")
-
-

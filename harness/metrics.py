@@ -34,26 +34,18 @@ def _correlation(kind: str, x: np.ndarray, y: np.ndarray) -> float:
 def _class_predictions(task: TaskSpec, predictions: np.ndarray, n: int) -> np.ndarray:
     """Argmax class ids from logits of shape ``[n, num_labels]``."""
     if predictions.ndim != 2 or predictions.shape != (n, task.num_labels):
-        raise ValueError(
-            f"{task.name}: expected logits of shape ({n}, {task.num_labels}), "
-            f"got {predictions.shape}"
-        )
+        raise ValueError(f"{task.name}: expected logits of shape ({n}, {task.num_labels}), got {predictions.shape}")
     return predictions.argmax(axis=-1)
 
 
 def _regression_predictions(task: TaskSpec, predictions: np.ndarray, n: int) -> np.ndarray:
     """Scores from predictions of shape ``[n]`` or ``[n, 1]``, as float64."""
     if predictions.shape not in ((n,), (n, 1)):
-        raise ValueError(
-            f"{task.name}: expected predictions of shape ({n},) or ({n}, 1), "
-            f"got {predictions.shape}"
-        )
+        raise ValueError(f"{task.name}: expected predictions of shape ({n},) or ({n}, 1), got {predictions.shape}")
     return predictions.reshape(n).astype(np.float64)
 
 
-def compute_metrics(
-    task: TaskSpec, predictions: np.ndarray, labels: np.ndarray
-) -> dict[str, float]:
+def compute_metrics(task: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Every metric in ``task.metrics`` as a plain float (fractions, not percent).
 
     Classification takes the argmax of the logits. F1 is binary F1 of class 1 (the
@@ -85,4 +77,3 @@ def compute_metrics(
         else:  # pragma: no cover - the task table only names the metrics above
             raise ValueError(f"{task.name}: no implementation for metric {name!r}")
     return results
-

@@ -37,7 +37,8 @@ def resolve_pretrained(name: str) -> str:
         return str(path.resolve())
     if path.suffix or name.startswith((".", "/", "~")):
         raise HarnessError(
-            f"teacher {name!r} is neither an alias ({', '.join(TEACHER_ALIASES)}), a folder, nor a hub id")
+            f"teacher {name!r} is neither an alias ({', '.join(TEACHER_ALIASES)}), a folder, nor a hub id"
+        )
     return name
 
 

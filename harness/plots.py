@@ -23,10 +23,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from harness.render import Job, render, slug
-from harness.render import remove_stale as _remove_stale
 from harness.glue import TASKS
 from harness.methods import METHODS, get_method
+from harness.render import Job, render, slug
+from harness.render import remove_stale as _remove_stale
 
 _EPS = 1e-9
 
@@ -71,11 +71,15 @@ class _HeatmapFigure:
         self.images, self.cells = {}, {}
         for (r, method), (c, lr) in itertools.product(enumerate(methods), enumerate(lrs)):
             ax = axes[r, c]
-            self.images[method, lr] = ax.imshow(np.full((len(etas), len(lams)), np.nan), origin="lower",
-                                                cmap="viridis", vmin=0, vmax=1, aspect="auto")
-            self.cells[method, lr] = {(i, j): ax.text(j, i, "", ha="center", va="center", fontsize=7)
-                                      for i, eta in enumerate(etas) for j, lam in enumerate(lams)
-                                      if eta + lam <= 1 + _EPS}  # β < 0: not a valid point, left blank
+            self.images[method, lr] = ax.imshow(
+                np.full((len(etas), len(lams)), np.nan), origin="lower", cmap="viridis", vmin=0, vmax=1, aspect="auto"
+            )
+            self.cells[method, lr] = {
+                (i, j): ax.text(j, i, "", ha="center", va="center", fontsize=7)
+                for i, eta in enumerate(etas)
+                for j, lam in enumerate(lams)
+                if eta + lam <= 1 + _EPS
+            }  # β < 0: not a valid point, left blank
             outer_x, outer_y = r == len(methods) - 1, c == 0  # tick labels only on the outer panels
             ax.set_xticks(range(len(lams)), [f"{v:g}" for v in lams] if outer_x else [])
             ax.set_yticks(range(len(etas)), [f"{v:g}" for v in etas] if outer_y else [])
@@ -116,8 +120,9 @@ def _union(searches: list[dict], rows: pd.DataFrame, field: str) -> list[float]:
 
 
 @functools.lru_cache(maxsize=4)
-def _heatmap_figure(methods: tuple[str, ...], lrs: tuple[float, ...], etas: tuple[float, ...],
-                    lams: tuple[float, ...]) -> _HeatmapFigure:
+def _heatmap_figure(
+    methods: tuple[str, ...], lrs: tuple[float, ...], etas: tuple[float, ...], lams: tuple[float, ...]
+) -> _HeatmapFigure:
     return _HeatmapFigure(list(methods), list(lrs), list(etas), list(lams))
 
 
@@ -140,8 +145,11 @@ def heatmaps(title: str, rows: pd.DataFrame, searches: list[dict], metric: str) 
     for (method, lr, eta, lam), value in best.items():
         panels[method, lr][etas.index(eta), lams.index(lam)] = value
     figure = _heatmap_figure(tuple(methods), tuple(lrs), tuple(etas), tuple(lams))
-    return figure.fill(f"{title}: best dev {metric} × 100 per (η, λ), one colour scale\n"
-                       "blank: β = 1 − η − λ < 0; –: no complete trial", panels)
+    return figure.fill(
+        f"{title}: best dev {metric} × 100 per (η, λ), one colour scale\n"
+        "blank: β = 1 − η − λ < 0; –: no complete trial",
+        panels,
+    )
 
 
 LR_COLUMNS = ["method", "state", "confirmation", "value", "lr"]
@@ -186,8 +194,12 @@ def history(title: str, section: pd.DataFrame, metric: str) -> Figure:
             continue
         ax.step(seconds, np.fmax.accumulate(values), where="post", label=method, color=method_color(method))
         ax.scatter(seconds, values, s=10, alpha=0.35, color=method_color(method))
-    decorate(ax, "cumulative trial compute (s, trial-number order)", f"best-so-far dev {metric} × 100",
-              f"{title}: optimisation history (dots: single trials)")
+    decorate(
+        ax,
+        "cumulative trial compute (s, trial-number order)",
+        f"best-so-far dev {metric} × 100",
+        f"{title}: optimisation history (dots: single trials)",
+    )
     return fig
 
 
@@ -203,24 +215,33 @@ def epoch_curves(title: str, section: pd.DataFrame, metric: str, top: int = 3) -
         best = done[done["method"] == method].sort_values(["value", "number"], ascending=[False, True]).head(top)
         for trial in best.to_dict("records"):
             epochs = [e for e in trial["epochs"] if e.get("value") is not None]
-            ax.plot([e["epoch"] for e in epochs], [100 * e["value"] for e in epochs], marker="o",
-                    label=f"#{trial['number']} ({trial['lr']:g}, {trial['eta']:g}, {trial['lambda']:g})")
+            ax.plot(
+                [e["epoch"] for e in epochs],
+                [100 * e["value"] for e in epochs],
+                marker="o",
+                label=f"#{trial['number']} ({trial['lr']:g}, {trial['eta']:g}, {trial['lambda']:g})",
+            )
         ax.set_title(method, fontsize=9, y=1.0)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
         if ax.lines:
             ax.legend(fontsize=6, loc="lower right")
         ax.grid(alpha=0.3)
-    for ax in axes[len(methods):]:
+    for ax in axes[len(methods) :]:
         ax.set_visible(False)
-    for ax in axes[(rows_n - 1) * cols:]:
+    for ax in axes[(rows_n - 1) * cols :]:
         ax.set_xlabel("epoch")
     for ax in axes[::cols]:
         ax.set_ylabel(f"dev {metric} × 100")
-    fig.suptitle(f"{title}: dev curves of the top-{top} trials per method (legend: trial #, (lr, η, λ))",
-                 fontsize=10)
-    fig.subplots_adjust(left=0.6 / fig.get_figwidth(), right=0.98, bottom=0.45 / fig.get_figheight(),
-                        top=1 - 0.5 / fig.get_figheight(), hspace=0.3, wspace=0.08)
+    fig.suptitle(f"{title}: dev curves of the top-{top} trials per method (legend: trial #, (lr, η, λ))", fontsize=10)
+    fig.subplots_adjust(
+        left=0.6 / fig.get_figwidth(),
+        right=0.98,
+        bottom=0.45 / fig.get_figheight(),
+        top=1 - 0.5 / fig.get_figheight(),
+        hspace=0.3,
+        wspace=0.08,
+    )
     return fig
 
 
@@ -261,18 +282,32 @@ def bars(frame: pd.DataFrame, teachers: dict[str, float], seeds: dict[str, list[
         if span:  # zoom on the differences; start at 0 for scores near or below 0 (CoLA's MCC)
             low = min(span)
             ax.set_ylim(low - 10 if low >= 10 else min(0.0, low - 5), max(span) + 5)
-    for ax in axes[len(tasks):]:
+    for ax in axes[len(tasks) :]:
         ax.set_visible(False)
-    fig.suptitle("Methods per task: plain bars = mean ± std over confirmation seeds; "
-                 "hatched = single best grid trial", fontsize=9)
-    fig.subplots_adjust(left=0.7 / fig.get_figwidth(), right=0.98, bottom=0.9 / fig.get_figheight(),
-                        top=1 - 0.6 / fig.get_figheight(), hspace=1.1 / (3.4 - 1.1), wspace=0.3)
+    fig.suptitle(
+        "Methods per task: plain bars = mean ± std over confirmation seeds; hatched = single best grid trial",
+        fontsize=9,
+    )
+    fig.subplots_adjust(
+        left=0.7 / fig.get_figwidth(),
+        right=0.98,
+        bottom=0.9 / fig.get_figheight(),
+        top=1 - 0.6 / fig.get_figheight(),
+        hspace=1.1 / (3.4 - 1.1),
+        wspace=0.3,
+    )
     return fig
 
 
 # --------------------------------------------------------------------------- all of them
-def draw_all(snapshot, sections, groups: dict, out: Path, workers: int | None = None,
-             extra: dict[str, list[tuple[str, Job]]] | None = None) -> dict:
+def draw_all(
+    snapshot,
+    sections,
+    groups: dict,
+    out: Path,
+    workers: int | None = None,
+    extra: dict[str, list[tuple[str, Job]]] | None = None,
+) -> dict:
     """Draw every figure into ``out/figures`` (see :func:`render` for ``workers``); returns
     ``{"": comparison figures, (file, task): section figures, **extra's keys}``, each a list of
     (title, relative path). ``extra``: more figures, as (title, :class:`Job`) lists by where they go."""
@@ -286,22 +321,24 @@ def draw_all(snapshot, sections, groups: dict, out: Path, workers: int | None = 
     made = {"": [("methods per task", Job("bars.png", bars, (frame[BAR_COLUMNS], teachers, seeds)))]}
     for (study_file, task), section in sections:
         metric, name, title = TASKS[task].primary_metric, slug(f"{study_file}/{task}"), f"{study_file} / {task}"
-        figs = [("score vs learning rate", Job(f"lr__{name}.png", score_vs_lr, (title, section[LR_COLUMNS], metric))),
-                ("optimisation history", Job(f"history__{name}.png", history,
-                                             (title, section[HISTORY_COLUMNS], metric))),
-                ("per-epoch dev curves", Job(f"epochs__{name}.png", epoch_curves,
-                                             (title, section[EPOCH_COLUMNS], metric)))]
+        figs = [
+            ("score vs learning rate", Job(f"lr__{name}.png", score_vs_lr, (title, section[LR_COLUMNS], metric))),
+            ("optimisation history", Job(f"history__{name}.png", history, (title, section[HISTORY_COLUMNS], metric))),
+            ("per-epoch dev curves", Job(f"epochs__{name}.png", epoch_curves, (title, section[EPOCH_COLUMNS], metric))),
+        ]
         inter = [s for s in sorted(set(section["study"])) if get_method(studies[s]["method"]).searches_lambda]
         if inter:
             searches = [(studies[s].get("config") or {}).get("search", {}) for s in inter]
             rows = section.loc[section["study"].isin(inter), HEATMAP_COLUMNS]
-            figs.append(("η × λ heatmaps per lr, inter-layer methods",
-                         Job(f"heatmap__{name}.png", heatmaps, (title, rows, searches, metric))))
+            figs.append(
+                (
+                    "η × λ heatmaps per lr, inter-layer methods",
+                    Job(f"heatmap__{name}.png", heatmaps, (title, rows, searches, metric)),
+                )
+            )
         made[(study_file, task)] = figs
     made.update(extra or {})
     jobs = [job for figs in made.values() for _, job in figs]
     render(out, jobs, workers)
     _remove_stale(out, {job.path for job in jobs})
     return {where: [(title, job.path) for title, job in figs] for where, figs in made.items()}
-
-

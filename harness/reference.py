@@ -31,8 +31,9 @@ def load_reference(path: Path) -> list[dict]:
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise HarnessError(f"reference file {str(path)!r} is not valid YAML{where}") from None
     if not isinstance(data, list) or not data:
-        raise HarnessError(f"reference file {str(path)!r}: expected a non-empty list of entries with keys "
-                           f"{', '.join(REFERENCE_KEYS)}")
+        raise HarnessError(
+            f"reference file {str(path)!r}: expected a non-empty list of entries with keys {', '.join(REFERENCE_KEYS)}"
+        )
     entries, seen = [], set()
     for index, entry in enumerate(data, 1):
         where = f"reference file {str(path)!r}, entry {index}"
@@ -40,9 +41,13 @@ def load_reference(path: Path) -> list[dict]:
             raise HarnessError(f"{where}: expected a mapping with keys {', '.join(REFERENCE_KEYS)}")
         if set(entry) != set(REFERENCE_KEYS):
             missing, unknown = sorted(set(REFERENCE_KEYS) - set(entry)), sorted(set(entry) - set(REFERENCE_KEYS))
-            raise HarnessError(f"{where}: " + "; ".join(
-                ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown key {', '.join(unknown)}"]
-                                                                          if unknown else [])))
+            raise HarnessError(
+                f"{where}: "
+                + "; ".join(
+                    ([f"missing {', '.join(missing)}"] if missing else [])
+                    + ([f"unknown key {', '.join(unknown)}"] if unknown else [])
+                )
+            )
         method, task, metric, value, source = (entry[k] for k in REFERENCE_KEYS)
         if method not in METHODS and method != "teacher":
             raise HarnessError(f"{where}: unknown method {method!r} (allowed: teacher, {', '.join(METHODS)})")
@@ -51,10 +56,15 @@ def load_reference(path: Path) -> list[dict]:
         except HarnessError as error:
             raise HarnessError(f"{where}: {error}") from None
         if metric not in spec.component_keys:
-            raise HarnessError(f"{where}: {spec.name} has no metric {metric!r} "
-                               f"(allowed: {', '.join(spec.component_keys)})")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not 1 < abs(value) <= 100:
+            raise HarnessError(
+                f"{where}: {spec.name} has no metric {metric!r} (allowed: {', '.join(spec.component_keys)})"
+            )
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or not 1 < abs(value) <= 100
+        ):
             raise HarnessError(f"{where}: value must be a percentage in (1, 100] (e.g. 91.3), got {value!r}")
         if not isinstance(source, str) or not source.strip():
             raise HarnessError(f"{where}: source must be a non-empty text naming the paper and table")
@@ -62,6 +72,7 @@ def load_reference(path: Path) -> list[dict]:
         if key in seen:
             raise HarnessError(f"{where}: {method} {spec.name} {metric} from {source!r} is listed twice")
         seen.add(key)
-        entries.append({"method": method, "task": spec.name, "metric": metric, "value": float(value),
-                        "source": source.strip()})
+        entries.append(
+            {"method": method, "task": spec.name, "metric": metric, "value": float(value), "source": source.strip()}
+        )
     return entries

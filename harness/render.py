@@ -18,9 +18,9 @@ import multiprocessing
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 import matplotlib.style
@@ -36,7 +36,7 @@ PREFIXES = ("heatmap__", "lr__", "history__", "epochs__", "bars", "budget__", "a
 KEY_FIELD = "Harness-Input"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _code(path: str) -> str:
     """The hash of a drawing module's source and of matplotlib's version."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest() + matplotlib.__version__
@@ -86,9 +86,17 @@ class Job:
 def _draw(out: Path, job: Job, key: str) -> None:
     with matplotlib.style.context("default"):
         figure = job.draw(*job.inputs)
-        atomic_write(out / job.path, functools.partial(
-            figure.savefig, format="png", dpi=DPI, metadata={"Software": None, KEY_FIELD: key},
-            pil_kwargs={"compress_level": 1}), durable=False)  # fast zlib: the PNGs stay small
+        atomic_write(
+            out / job.path,
+            functools.partial(
+                figure.savefig,
+                format="png",
+                dpi=DPI,
+                metadata={"Software": None, KEY_FIELD: key},
+                pil_kwargs={"compress_level": 1},
+            ),
+            durable=False,
+        )  # fast zlib: the PNGs stay small
 
 
 def _draw_packed(args: tuple[Path, Job, str]) -> None:

@@ -16,15 +16,14 @@ from pathlib import Path
 import pandas as pd
 
 from harness import fair_report, plots
+from harness.comparison import comparison_table
 from harness.files import atomic_write
+from harness.frame import Snapshot, best_per_study, best_trials, load
 from harness.glue import TASKS
 from harness.methods import METHODS
 from harness.reference import load_reference
 from harness.seeds import confirmations, seed_groups, seeds_tables
 from harness.storage import Storage
-
-from harness.comparison import comparison_table
-from harness.frame import Snapshot, best_per_study, best_trials, load
 
 __all__ = ["load", "markdown_report", "write_report"]
 
@@ -35,10 +34,15 @@ def _num(value, fmt: str, scale: float = 1.0) -> str:
 
 
 def study_table(snapshot: Snapshot, section: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
-    lines = ["| method | best dev | lr | η | λ | trial | complete | failed | pruned | running | seeds | CPU h "
-             "| GPU h | time to best (h) |", "|---|" + "---:|" * 13]
-    teacher = next((snapshot.studies[s]["teacher"] for s in sorted(set(section["study"]))
-                    if "teacher" in snapshot.studies[s]), None)
+    lines = [
+        "| method | best dev | lr | η | λ | trial | complete | failed | pruned | running | seeds | CPU h "
+        "| GPU h | time to best (h) |",
+        "|---|" + "---:|" * 13,
+    ]
+    teacher = next(
+        (snapshot.studies[s]["teacher"] for s in sorted(set(section["study"])) if "teacher" in snapshot.studies[s]),
+        None,
+    )
     if teacher is not None:
         lines.append(f"| teacher | {_num(teacher.get('value'), '.2f', 100)} |" + " |" * 12)
     order = {m: i for i, m in enumerate(METHODS)}
@@ -47,12 +51,19 @@ def study_table(snapshot: Snapshot, section: pd.DataFrame, summary: pd.DataFrame
             f"| {row.method} | {_num(row.value, '.2f', 100)} | {_num(row.lr, 'g')} | {_num(row.eta, 'g')} | "
             f"{_num(row.lam, 'g')} | {_num(row.number, '.0f')} | {row.complete} | {row.failed} | {row.pruned} | "
             f"{row.running} | {row.seeds} | {row.cpu_hours:.3f} | {row.gpu_hours:.3f} | "
-            f"{_num(row.time_to_best, '.3f', 1 / 3600)} |")
+            f"{_num(row.time_to_best, '.3f', 1 / 3600)} |"
+        )
     return lines
 
 
-def markdown_report(snapshot: Snapshot, command: str, reference: list[dict] | None = None,
-                    figures: dict | None = None, budget: int | None = None, equal: tuple | None = None) -> str:
+def markdown_report(
+    snapshot: Snapshot,
+    command: str,
+    reference: list[dict] | None = None,
+    figures: dict | None = None,
+    budget: int | None = None,
+    equal: tuple | None = None,
+) -> str:
     """The README text; ``reference`` as :func:`~harness.reference.load_reference` returns it, ``figures`` as
     :func:`harness.plots.draw_all` does, ``budget`` the equal budget n (default: the smallest grid), ``equal``
     the equal-budget section if already computed (:func:`harness.fair_report.equal_budget`)."""
@@ -61,17 +72,32 @@ def markdown_report(snapshot: Snapshot, command: str, reference: list[dict] | No
     if frame.empty:
         return "\n".join(lines + ["No trials in this database yet.", ""])
     counts = frame["state"].value_counts()
-    lines += [f"{len(snapshot.studies)} studies, {len(frame)} trials: " + ", ".join(
-        f"{int(counts.get(state, 0))} {word}" for state, word in
-        (("COMPLETE", "complete"), ("FAIL", "failed"), ("PRUNED", "pruned"), ("RUNNING", "running"))) + "."
-        + _shared_note(frame), ""]
+    lines += [
+        f"{len(snapshot.studies)} studies, {len(frame)} trials: "
+        + ", ".join(
+            f"{int(counts.get(state, 0))} {word}"
+            for state, word in (
+                ("COMPLETE", "complete"),
+                ("FAIL", "failed"),
+                ("PRUNED", "pruned"),
+                ("RUNNING", "running"),
+            )
+        )
+        + "."
+        + _shared_note(frame),
+        "",
+    ]
     lines += fair_report.protocol_lines(snapshot)
-    lines += ["## Comparison (dev, best of grid)", "",
+    lines += [
+        "## Comparison (dev, best of grid)",
+        "",
         "Each cell: the method's best grid trial on the task (chosen by the primary metric; confirmation re-runs "
-        "left out), every metric GLUE reports for the task at that trial's reported epoch (the selected one), × 100. **Average**: mean "
-        "over tasks of each task's score, a multi-metric task scoring the mean of its metrics (GLUE leaderboard "
-        "convention). **Bold**: best student per column (Average: among students with every task). "
-        "Rows marked (published) are reference numbers, not runs of this harness.", ""]
+        "left out), every metric GLUE reports for the task at that trial's reported epoch (the selected one), "
+        "× 100. **Average**: mean over tasks of each task's score, a multi-metric task scoring the mean of its "
+        "metrics (GLUE leaderboard convention). **Bold**: best student per column (Average: among students "
+        "with every task). Rows marked (published) are reference numbers, not runs of this harness.",
+        "",
+    ]
     lines += comparison_table(snapshot, reference) + [f"Reproduce: `{command}`", ""]
     lines += [f"![{title}]({path})" for title, path in figures.get("", [])] + [""]
     budget_lines, _ = equal or fair_report.equal_budget(snapshot, budget, command)
@@ -81,9 +107,14 @@ def markdown_report(snapshot: Snapshot, command: str, reference: list[dict] | No
         lines += seeds_tables(found, command)
     lines += fair_report.paired_tests(snapshot, seed_groups(found), command)
     lines += fair_report.alpha_section(fair_report.alpha_panels(frame), figures, command)
-    lines += ["## Studies", "", "Per study: the best grid point, trial counts, compute (CPU/GPU hours from each "
-              "trial's wall time and device) and time to best (cumulative trial time, in trial-number order, up "
-              "to and including the best trial).", ""]
+    lines += [
+        "## Studies",
+        "",
+        "Per study: the best grid point, trial counts, compute (CPU/GPU hours from each "
+        "trial's wall time and device) and time to best (cumulative trial time, in trial-number order, up "
+        "to and including the best trial).",
+        "",
+    ]
     summary = best_per_study(frame)
     for (study_file, task), section in _sections(frame):
         lines += [f"### {study_file} / {task} (dev, {TASKS[task].primary_metric} × 100)", ""]
@@ -97,8 +128,10 @@ def _shared_note(frame: pd.DataFrame) -> str:
     shared = int(frame["equivalent_of"].notna().sum())
     if not shared:
         return ""
-    return (f" {shared} of them are shared: the same computation as another method's trial (λ = 0 ≡ KD, "
-            "η = λ = 0 ≡ NKD), trained once and copied (`equivalent_of`).")
+    return (
+        f" {shared} of them are shared: the same computation as another method's trial (λ = 0 ≡ KD, "
+        "η = λ = 0 ≡ NKD), trained once and copied (`equivalent_of`)."
+    )
 
 
 def _sections(frame: pd.DataFrame):
@@ -123,8 +156,15 @@ def _long_lived_objects_frozen():
         gc.unfreeze()
 
 
-def write_report(storage: Storage, out: Path, name: str | None, command: str,
-                 reference: Path | None = None, workers: int | None = None, budget: int | None = None) -> Path:
+def write_report(
+    storage: Storage,
+    out: Path,
+    name: str | None,
+    command: str,
+    reference: Path | None = None,
+    workers: int | None = None,
+    budget: int | None = None,
+) -> Path:
     """Write ``README.md``, ``trials.csv`` and ``figures/*.png`` into ``out``; returns the README path.
 
     ``workers``: processes drawing the figures (see :func:`harness.render.render`); ``budget``: the equal
@@ -134,8 +174,15 @@ def write_report(storage: Storage, out: Path, name: str | None, command: str,
         return _write_report(storage, out, name, command, reference, workers, budget)
 
 
-def _write_report(storage: Storage, out: Path, name: str | None, command: str, reference: Path | None,
-                  workers: int | None, budget: int | None) -> Path:
+def _write_report(
+    storage: Storage,
+    out: Path,
+    name: str | None,
+    command: str,
+    reference: Path | None,
+    workers: int | None,
+    budget: int | None,
+) -> Path:
     published = load_reference(reference) if reference is not None else []
     snapshot = load(storage, name)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,4 +197,3 @@ def _write_report(storage: Storage, out: Path, name: str | None, command: str, r
     text = markdown_report(snapshot, command, published, figures, budget, equal).encode()
     atomic_write(out / "README.md", lambda stream: stream.write(text), durable=False)
     return out / "README.md"
-

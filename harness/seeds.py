@@ -83,21 +83,28 @@ def is_alp(method: str) -> bool:
 
 
 def seeds_tables(found: dict[tuple[str, str], list[Seeds]], command: str) -> list[str]:
-    lines = ["## Seeds of the best configurations", "",
-             "Confirmation re-runs (different seeds) of the confirmed configurations; the grid trial that "
-             "selected a configuration is left out (as the best of its grid it is biased upwards). Primary dev "
-             "metric × 100 at each run's reported epoch (under `selection: dev` the last epoch, a fixed one; under "
-             "`holdout` the epoch the holdout chose); std with ddof = 1; 95 % interval of the mean from the "
-             "t-distribution. "
-             "✓: the configuration the tests below use (the best of the grid).", "",
-             "| task | method | configuration | seeds | mean ± std | 95 % CI | tested |",
-             "|---|---|---|---:|---:|---:|:---:|"]
-    for (task, method), groups in sorted(found.items(), key=lambda kv: (list(TASKS).index(kv[0][0]),
-                                                                         list(METHODS).index(kv[0][1]))):
+    lines = [
+        "## Seeds of the best configurations",
+        "",
+        "Confirmation re-runs (different seeds) of the confirmed configurations; the grid trial that "
+        "selected a configuration is left out (as the best of its grid it is biased upwards). Primary dev "
+        "metric × 100 at each run's reported epoch (under `selection: dev` the last epoch, a fixed one; under "
+        "`holdout` the epoch the holdout chose); std with ddof = 1; 95 % interval of the mean from the "
+        "t-distribution. "
+        "✓: the configuration the tests below use (the best of the grid).",
+        "",
+        "| task | method | configuration | seeds | mean ± std | 95 % CI | tested |",
+        "|---|---|---|---:|---:|---:|:---:|",
+    ]
+    for (task, method), groups in sorted(
+        found.items(), key=lambda kv: (list(TASKS).index(kv[0][0]), list(METHODS).index(kv[0][1]))
+    ):
         for index, group in enumerate(groups):
             low, high = group.interval()
             spread = "–" if group.n < 2 else f"{100 * group.mean:.2f} ± {100 * group.std:.2f}"
             interval = "–" if group.n < 2 else f"[{100 * low:.2f}, {100 * high:.2f}]"
-            lines.append(f"| {task} | {method} | {group.point} | {group.n} | {spread} | {interval} | "
-                         f"{'✓' if index == 0 else ''} |")
+            lines.append(
+                f"| {task} | {method} | {group.point} | {group.n} | {spread} | {interval} | "
+                f"{'✓' if index == 0 else ''} |"
+            )
     return lines + ["", f"Reproduce: `{command}`", ""]

@@ -28,7 +28,8 @@ def settle_stale(study: optuna.Study, storage: Storage, claim) -> bool:
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
         if trial._trial_id != claim.stale_trial_id and (
-                attrs.get("claim") != claim.key or attrs.get("worker") != claim.stale_worker):
+            attrs.get("claim") != claim.key or attrs.get("worker") != claim.stale_worker
+        ):
             continue
         if trial.state == TrialState.RUNNING:
             fail_trial(storage, trial._trial_id, f"{WORKER_DIED} (claim taken over)")

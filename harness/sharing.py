@@ -41,7 +41,8 @@ def computation(config: StudyConfig, method: str, point: dict) -> tuple:
 def method_order(config: StudyConfig) -> list[str]:
     """Owner precedence: nkd, kd, then the study file's order."""
     return [m for m in _CANONICAL_FIRST if m in config.methods] + [
-        m for m in config.methods if m not in _CANONICAL_FIRST]
+        m for m in config.methods if m not in _CANONICAL_FIRST
+    ]
 
 
 def owners(config: StudyConfig, keys: dict[str, dict[str, dict]]) -> dict[tuple[str, str], str]:
@@ -68,8 +69,10 @@ def grid_owners(config: StudyConfig) -> dict[tuple[str, str], str]:
 def plan(config: StudyConfig) -> dict[str, tuple[int, int]]:
     """method → (grid points, trainings after sharing), in the study file's order."""
     found = grid_owners(config)
-    return {m: (len(grid_points(config, m)), sum(1 for (meth, _), owner in found.items()
-                                                 if meth == m and owner == m)) for m in config.methods}
+    return {
+        m: (len(grid_points(config, m)), sum(1 for (meth, _), owner in found.items() if meth == m and owner == m))
+        for m in config.methods
+    }
 
 
 def describe_grids(config: StudyConfig) -> list[str]:
@@ -88,6 +91,8 @@ def describe_grids(config: StudyConfig) -> list[str]:
         lines.append(f"  {method}: {len(grid_points(config, method))} grid points ({searched}){shared}")
     total, own = sum(g for g, _ in trained.values()), sum(t for _, t in trained.values())
     if own < total:
-        lines.append(f"  {total} grid points, {own} trainings: {total - own} ({(total - own) / total:.1%}) are "
-                     "the same computation as another method's point and are trained once")
+        lines.append(
+            f"  {total} grid points, {own} trainings: {total - own} ({(total - own) / total:.1%}) are "
+            "the same computation as another method's point and are trained once"
+        )
     return lines

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from harness.errors import HarnessError
-from harness.urls import engine_kwargs, prepare_sqlite, mask_url, parse_url
+from harness.urls import engine_kwargs, mask_url, parse_url, prepare_sqlite
 
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 120
@@ -145,14 +145,18 @@ class Storage:
         fields["updated_at"] = time.time()
         with self.engine.begin() as connection:
             updated = connection.execute(
-                results_table.update().where(results_table.c.trial_id == trial_id).values(**fields)).rowcount
+                results_table.update().where(results_table.c.trial_id == trial_id).values(**fields)
+            ).rowcount
             if not updated:
                 connection.execute(results_table.insert().values(trial_id=trial_id, **fields))
 
     def result(self, trial_id: int) -> dict | None:
         with self.engine.begin() as connection:
-            row = connection.execute(
-                sa.select(results_table).where(results_table.c.trial_id == trial_id)).mappings().first()
+            row = (
+                connection.execute(sa.select(results_table).where(results_table.c.trial_id == trial_id))
+                .mappings()
+                .first()
+            )
         return dict(row) if row is not None else None
 
     # ------------------------------------------------------------------ predictions and labels
@@ -162,8 +166,11 @@ class Storage:
             connection.execute(predictions_table.delete().where(predictions_table.c.trial_id == trial_id))
             for split, array in sorted(predictions.items()):
                 array = np.ascontiguousarray(array, dtype="<f2")
-                connection.execute(predictions_table.insert().values(
-                    trial_id=trial_id, split=split, epoch=epoch, shape=list(array.shape), data=array.tobytes()))
+                connection.execute(
+                    predictions_table.insert().values(
+                        trial_id=trial_id, split=split, epoch=epoch, shape=list(array.shape), data=array.tobytes()
+                    )
+                )
 
     def predictions(self, trial_ids) -> dict[int, dict[str, tuple[int, np.ndarray]]]:
         """``trial_id → split → (epoch, logits as float32)`` for the given trials that have them."""
@@ -171,8 +178,13 @@ class Storage:
         out: dict[int, dict[str, tuple[int, np.ndarray]]] = {}
         with self.engine.begin() as connection:
             for start in range(0, len(ids), 500):
-                rows = connection.execute(sa.select(predictions_table).where(
-                    predictions_table.c.trial_id.in_(ids[start:start + 500]))).mappings().all()
+                rows = (
+                    connection.execute(
+                        sa.select(predictions_table).where(predictions_table.c.trial_id.in_(ids[start : start + 500]))
+                    )
+                    .mappings()
+                    .all()
+                )
                 for row in rows:
                     array = np.frombuffer(row["data"], dtype="<f2").reshape(row["shape"]).astype(np.float32)
                     out.setdefault(row["trial_id"], {})[row["split"]] = (row["epoch"], array)
@@ -183,8 +195,11 @@ class Storage:
         for split, array in sorted(labels.items()):
             try:
                 with self.engine.begin() as connection:
-                    connection.execute(labels_table.insert().values(
-                        study_name=study_name, split=split, data=np.asarray(array, dtype="<f4").tobytes()))
+                    connection.execute(
+                        labels_table.insert().values(
+                            study_name=study_name, split=split, data=np.asarray(array, dtype="<f4").tobytes()
+                        )
+                    )
             except IntegrityError:
                 pass  # stored already (by this or another worker)
 
@@ -207,8 +222,11 @@ class Storage:
                 continue
             try:
                 with self.engine.begin() as connection:
-                    connection.execute(shared_table.insert().values(
-                        study_name=study_name, point_key=key, source_study=source_study, source_point=source_point))
+                    connection.execute(
+                        shared_table.insert().values(
+                            study_name=study_name, point_key=key, source_study=source_study, source_point=source_point
+                        )
+                    )
             except IntegrityError:
                 pass  # another worker linked it first
 
@@ -220,24 +238,34 @@ class Storage:
     def point(self, study_name: str, key: str) -> dict | None:
         table = grid_points_table.c
         with self.engine.begin() as connection:
-            row = connection.execute(sa.select(grid_points_table).where(
-                table.study_name == study_name, table.point_key == key)).mappings().first()
+            row = (
+                connection.execute(
+                    sa.select(grid_points_table).where(table.study_name == study_name, table.point_key == key)
+                )
+                .mappings()
+                .first()
+            )
         return dict(row) if row is not None else None
 
     # ------------------------------------------------------------------ grid claims
     def ensure_points(self, study_name: str, points: dict[str, dict]) -> None:
         """Insert the grid points that are not there yet (idempotent, safe under concurrency)."""
         with self.engine.begin() as connection:
-            known = set(connection.execute(
-                sa.select(grid_points_table.c.point_key).where(grid_points_table.c.study_name == study_name)
-            ).scalars())
+            known = set(
+                connection.execute(
+                    sa.select(grid_points_table.c.point_key).where(grid_points_table.c.study_name == study_name)
+                ).scalars()
+            )
         for key, params in points.items():
             if key in known:
                 continue
             try:
                 with self.engine.begin() as connection:
-                    connection.execute(grid_points_table.insert().values(
-                        study_name=study_name, point_key=key, params=json.dumps(params), state="free", attempts=0))
+                    connection.execute(
+                        grid_points_table.insert().values(
+                            study_name=study_name, point_key=key, params=json.dumps(params), state="free", attempts=0
+                        )
+                    )
             except IntegrityError:
                 pass  # another worker inserted it first
 
@@ -245,15 +273,23 @@ class Storage:
         """Free every failed point of the study, with its attempts reset; returns how many."""
         table = grid_points_table.c
         with self.engine.begin() as connection:
-            return connection.execute(grid_points_table.update().where(
-                table.study_name == study_name, table.state == "failed").values(state="free", attempts=0)).rowcount
+            return connection.execute(
+                grid_points_table.update()
+                .where(table.study_name == study_name, table.state == "failed")
+                .values(state="free", attempts=0)
+            ).rowcount
 
     def points(self, study_name: str) -> list[dict]:
         with self.engine.begin() as connection:
-            rows = connection.execute(
-                sa.select(grid_points_table).where(grid_points_table.c.study_name == study_name)
-                .order_by(grid_points_table.c.point_key)
-            ).mappings().all()
+            rows = (
+                connection.execute(
+                    sa.select(grid_points_table)
+                    .where(grid_points_table.c.study_name == study_name)
+                    .order_by(grid_points_table.c.point_key)
+                )
+                .mappings()
+                .all()
+            )
         return [dict(row) for row in rows]
 
     @staticmethod
@@ -268,36 +304,60 @@ class Storage:
             # A free point has attempts left; a stale claim is always taken over (a killed worker
             # does not use up an attempt: only a trial that raised does).
             candidates = [
-                row for row in self.points(study_name)
+                row
+                for row in self.points(study_name)
                 if (keys is None or row["point_key"] in keys)
-                and ((row["state"] == "free" and row["attempts"] < max_attempts)
-                     or (row["state"] == "claimed" and self._is_stale(row, now)))
+                and (
+                    (row["state"] == "free" and row["attempts"] < max_attempts)
+                    or (row["state"] == "claimed" and self._is_stale(row, now))
+                )
             ]
             if not candidates:
                 return None
             row = candidates[0]
             table = grid_points_table.c
             with self.engine.begin() as connection:
-                won = connection.execute(
-                    grid_points_table.update()
-                    .where(table.study_name == study_name, table.point_key == row["point_key"],
-                           table.state == row["state"], table.attempts == row["attempts"],
-                           _same(table.worker, row["worker"]), _same(table.heartbeat_at, row["heartbeat_at"]))
-                    .values(state="claimed", worker=me, heartbeat_at=now,
-                            attempts=table.attempts + (1 if row["state"] == "free" else 0))
-                ).rowcount == 1
+                won = (
+                    connection.execute(
+                        grid_points_table.update()
+                        .where(
+                            table.study_name == study_name,
+                            table.point_key == row["point_key"],
+                            table.state == row["state"],
+                            table.attempts == row["attempts"],
+                            _same(table.worker, row["worker"]),
+                            _same(table.heartbeat_at, row["heartbeat_at"]),
+                        )
+                        .values(
+                            state="claimed",
+                            worker=me,
+                            heartbeat_at=now,
+                            attempts=table.attempts + (1 if row["state"] == "free" else 0),
+                        )
+                    ).rowcount
+                    == 1
+                )
             if won:
                 stale = row["state"] == "claimed"
-                return Claim(self, study_name, row["point_key"], json.loads(row["params"]), me,
-                             attempts=row["attempts"] + (0 if stale else 1),
-                             stale_trial_id=row["trial_id"] if stale else None,
-                             stale_worker=row["worker"] if stale else None)
+                return Claim(
+                    self,
+                    study_name,
+                    row["point_key"],
+                    json.loads(row["params"]),
+                    me,
+                    attempts=row["attempts"] + (0 if stale else 1),
+                    stale_trial_id=row["trial_id"] if stale else None,
+                    stale_worker=row["worker"] if stale else None,
+                )
 
     def _update(self, study_name: str, key: str, me: str, **values) -> None:
         table = grid_points_table.c
         with self.engine.begin() as connection:
-            connection.execute(grid_points_table.update().where(
-                table.study_name == study_name, table.point_key == key, table.worker == me).values(**values))
+            connection.execute(
+                grid_points_table.update()
+                .where(table.study_name == study_name, table.point_key == key, table.worker == me)
+                .values(**values)
+            )
 
 
 def _same(column, value):
@@ -343,8 +403,13 @@ class Claim:
 
     def release(self, error: str, max_attempts: int) -> None:
         """Give the point back after a failed trial; after ``max_attempts`` it is marked failed for good."""
-        self.storage._update(self.study_name, self.key, self.worker,
-                             state="failed" if self.attempts >= max_attempts else "free", last_error=error[:2000])
+        self.storage._update(
+            self.study_name,
+            self.key,
+            self.worker,
+            state="failed" if self.attempts >= max_attempts else "free",
+            last_error=error[:2000],
+        )
 
     def interrupt(self) -> None:
         """Give the point back after Ctrl-C: an interruption uses up no attempt."""
@@ -353,8 +418,9 @@ class Claim:
     def give_back(self) -> None:
         """Give the point back unused (Ctrl-C, or its shared run is busy elsewhere): no attempt is used."""
         used = 0 if self.stale_worker is not None else 1  # a fresh claim counted an attempt, a takeover did not
-        self.storage._update(self.study_name, self.key, self.worker, state="free",
-                             attempts=grid_points_table.c.attempts - used)
+        self.storage._update(
+            self.study_name, self.key, self.worker, state="free", attempts=grid_points_table.c.attempts - used
+        )
 
     def give_up(self, error: str) -> None:
         """Mark the point failed now, whatever its attempts (``run --retry-failed`` frees it again)."""

@@ -4,9 +4,10 @@ Grid sampling does not use Optuna's ``GridSampler`` (which counts failed trials 
 hand one point to two workers): the points of a study are rows of ``harness_grid_points`` and a
 worker claims one atomically (:mod:`harness.storage`), then creates a RUNNING Optuna trial fixed
 to that point, together with its owner, in one write (:meth:`Runner._new_trial`). So a study ends
-with exactly one finished trial per grid point, whatever is killed when. A trial that raised is recorded FAIL with its reason and
-its point is retried, up to ``max_attempts`` attempts in all. A killed trial is marked FAIL
-("worker died") when its point is reclaimed, and the new trial resumes from the epoch checkpoint.
+with exactly one finished trial per grid point, whatever is killed when. A trial that raised is
+recorded FAIL with its reason and its point is retried, up to ``max_attempts`` attempts in all.
+A killed trial is marked FAIL ("worker died") when its point is reclaimed, and the new trial
+resumes from the epoch checkpoint.
 
 TPE sampling (``search.sampler: tpe``) samples ``lr`` and the (η, λ) pair from the same valid grid
 points, ``search.n_trials`` evaluated trials per method; an already-evaluated point is never
@@ -34,18 +35,19 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.config import StudyConfig, grid_points, point_key
+from harness.copies import adopt, copy_into, finished_trial
 from harness.errors import HarnessError
 from harness.experiment import Experiment
 from harness.hashing import fingerprint
-from harness.sharing import computation, grid_owners, method_order, owners
-from harness.copies import adopt, copy_into, finished_trial
 from harness.settle import MAX_SILENT_DEATHS, fail_orphans, fail_trial, settle_stale, silent_deaths
+from harness.sharing import computation, grid_owners, method_order, owners
 from harness.storage import HEARTBEAT_SECONDS, Heartbeat, Storage, worker_id
 from harness.tpe import tpe_search
 from harness.trial import TrialRunner
 
 DEFAULT_MAX_ATTEMPTS = 3
 WAIT_SECONDS = HEARTBEAT_SECONDS  # how often a worker looks again at shared points that others are training
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -57,8 +59,9 @@ class RunOptions:
 def open_study(storage: Storage, config: StudyConfig, method: str) -> optuna.Study:
     """Create or load the method's study; refuse a name reused with a different set-up."""
     name = config.study_name(method)
-    study = optuna.create_study(study_name=name, storage=storage.optuna, direction="maximize",
-                                load_if_exists=True, pruner=pruner_for(config))
+    study = optuna.create_study(
+        study_name=name, storage=storage.optuna, direction="maximize", load_if_exists=True, pruner=pruner_for(config)
+    )
     want = config.fingerprint(method)
     have = study.user_attrs.get("fingerprint")
     if have is None:
@@ -72,7 +75,8 @@ def open_study(storage: Storage, config: StudyConfig, method: str) -> optuna.Stu
     elif have != want:
         raise HarnessError(
             f"study '{name}' already exists in {storage.masked} with a different set-up "
-            f"(fingerprint {have} vs {want}); use another 'name' in the study file or another --storage")
+            f"(fingerprint {have} vs {want}); use another 'name' in the study file or another --storage"
+        )
     return study
 
 
@@ -93,8 +97,7 @@ def pruner_for(config: StudyConfig) -> optuna.pruners.BasePruner:
 class Runner:
     """Runs the methods of one study file against one storage, in this process."""
 
-    def __init__(self, config: StudyConfig, storage: Storage, experiment: Experiment, options: RunOptions,
-                 log=print):
+    def __init__(self, config: StudyConfig, storage: Storage, experiment: Experiment, options: RunOptions, log=print):
         self.config, self.storage, self.experiment, self.options, self.log = config, storage, experiment, options, log
         self.me = worker_id()
         self.trials = TrialRunner(config, storage, experiment, options.cache_dir, log)
@@ -103,14 +106,15 @@ class Runner:
         """One trial (:meth:`harness.trial.TrialRunner.run`); a method, so that benchmarks can time it."""
         return self.trials.run(*args, **kwargs)
 
-
     def run(self) -> None:
         studies = {method: open_study(self.storage, self.config, method) for method in self.config.methods}
         for study in studies.values():
             self.check_teacher(study)  # before any fine-tuning: the key is known without it
         teacher = self.experiment.prepare_teacher()
-        self.log(f"teacher {self.config.teacher} on {self.config.task}: dev {teacher.value:.4f} "
-                 f"(teacher checkpoint {teacher.key})")
+        self.log(
+            f"teacher {self.config.teacher} on {self.config.task}: dev {teacher.value:.4f} "
+            f"(teacher checkpoint {teacher.key})"
+        )
         for method, study in studies.items():
             self.record_teacher(study)
             self.storage.save_labels(study.study_name, {s: d.labels for s, d in self.experiment.evals.items()})
@@ -127,29 +131,43 @@ class Runner:
             raise HarnessError(
                 f"study '{study.study_name}' was run with teacher checkpoint {stored['key']} (data "
                 f"{_short(stored.get('data'))}), this run would use {key} (data "
-                f"{_short(self.experiment.data_hashes)}); use the same GLUE files (--data-dir) and study file")
+                f"{_short(self.experiment.data_hashes)}); use the same GLUE files (--data-dir) and study file"
+            )
 
     def record_teacher(self, study: optuna.Study) -> None:
         """Store the fine-tuned teacher (checkpoint id, dev scores, data hashes) with a new study."""
         self.check_teacher(study)
         if "teacher" not in study.user_attrs:
             teacher = self.experiment.prepare_teacher()
-            study.set_user_attr("teacher", {"key": teacher.key, "value": teacher.value,
-                                            "metrics": teacher.dev_metrics, "data": self.experiment.data_hashes})
+            study.set_user_attr(
+                "teacher",
+                {
+                    "key": teacher.key,
+                    "value": teacher.value,
+                    "metrics": teacher.dev_metrics,
+                    "data": self.experiment.data_hashes,
+                },
+            )
 
     # ------------------------------------------------------------------ grid
     def _run_grid(self, study: optuna.Study, method: str) -> None:
         points = {point_key(p): p for p in grid_points(self.config, method)}
         self.storage.ensure_points(study.study_name, points)
-        links = {key: (self.config.study_name(owner), key) for (m, key), owner in grid_owners(self.config).items()
-                 if m == method and owner != method}
+        links = {
+            key: (self.config.study_name(owner), key)
+            for (m, key), owner in grid_owners(self.config).items()
+            if m == method and owner != method
+        }
         self.storage.link_points(study.study_name, links)
         fail_orphans(study, self.storage)
-        finished = sum(row["state"] == "done" for row in self.storage.points(study.study_name) if row["point_key"]
-                       in points)
+        finished = sum(
+            row["state"] == "done" for row in self.storage.points(study.study_name) if row["point_key"] in points
+        )
         shared = f" ({len(links)} shared with equivalent points of other methods)" if links else ""
-        self.log(f"{study.study_name}: {len(points)} valid grid points{shared}, {finished} finished, "
-                 f"{len(points) - finished} to run")
+        self.log(
+            f"{study.study_name}: {len(points)} valid grid points{shared}, {finished} finished, "
+            f"{len(points) - finished} to run"
+        )
         self._run_points(study, method, set(points), self.options.n_trials or self.config.search.n_trials)
 
     def confirm(self, method: str, top: int, seeds: int) -> None:
@@ -169,13 +187,18 @@ class Runner:
         for other in self.config.methods:
             if other != method and self._study_exists(other):
                 every[other] = self._confirmation_points(open_study(self.storage, self.config, other), top, seeds)
-        links = {key: (self.config.study_name(owner), key) for (m, key), owner in owners(self.config, every).items()
-                 if m == method and owner != method}
+        links = {
+            key: (self.config.study_name(owner), key)
+            for (m, key), owner in owners(self.config, every).items()
+            if m == method and owner != method
+        }
         self.storage.ensure_points(study.study_name, points)
         self.storage.link_points(study.study_name, links)
         fail_orphans(study, self.storage)
-        self.log(f"{study.study_name}: confirming the top {len(points) // seeds} configuration(s) with {seeds} "
-                 f"seed(s) each" + (f" ({len(links)} shared with other methods)" if links else ""))
+        self.log(
+            f"{study.study_name}: confirming the top {len(points) // seeds} configuration(s) with {seeds} "
+            f"seed(s) each" + (f" ({len(links)} shared with other methods)" if links else "")
+        )
         self._run_points(study, method, set(points), None)
 
     def _study_exists(self, method: str) -> bool:
@@ -183,15 +206,21 @@ class Runner:
         return any(s.study_name == name for s in optuna.get_all_study_summaries(self.storage.optuna, False))
 
     def _confirmation_points(self, study: optuna.Study, top: int, seeds: int) -> dict[str, dict]:
-        grid = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if not t.user_attrs.get("confirmation") and "duplicate_of" not in t.user_attrs]
+        grid = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if not t.user_attrs.get("confirmation") and "duplicate_of" not in t.user_attrs
+        ]
         points = {}
         for trial in sorted(grid, key=lambda t: (-t.value, t.number))[:top]:
             for offset in range(1, seeds + 1):
                 seed = self.config.fixed.seed + offset
                 points[f"{trial.user_attrs['point']},seed={seed}"] = {
-                    "lr": trial.user_attrs["lr"], "eta": trial.user_attrs["eta"],
-                    "lambda": trial.user_attrs["lambda"], "seed": seed}
+                    "lr": trial.user_attrs["lr"],
+                    "eta": trial.user_attrs["eta"],
+                    "lambda": trial.user_attrs["lambda"],
+                    "seed": seed,
+                }
         return points
 
     def _run_points(self, study: optuna.Study, method: str, keys: set[str], budget: int | None) -> None:
@@ -225,8 +254,10 @@ class Runner:
                 return None
             deaths = silent_deaths(study, claim.key)
             if deaths >= MAX_SILENT_DEATHS:
-                reason = (f"its worker died {deaths} times in a row before finishing an epoch (killed for "
-                          "memory?); fix the cause, then run again with --retry-failed")
+                reason = (
+                    f"its worker died {deaths} times in a row before finishing an epoch (killed for "
+                    "memory?); fix the cause, then run again with --retry-failed"
+                )
                 claim.give_up(reason)
                 self.log(f"{study.study_name}: {claim.key}: giving up: {reason}")
                 return None
@@ -236,8 +267,9 @@ class Runner:
         claim.attach(trial._trial_id)
         try:
             with Heartbeat(claim):
-                state = self._run_one(study, trial, method, point, self.trials.checkpoint_path(study, claim.key),
-                                      seed=params.get("seed"))
+                state = self._run_one(
+                    study, trial, method, point, self.trials.checkpoint_path(study, claim.key), seed=params.get("seed")
+                )
         except KeyboardInterrupt:  # the epoch checkpoint is kept: the next run resumes from it
             fail_trial(self.storage, trial._trial_id, "interrupted")
             claim.interrupt()
@@ -263,8 +295,9 @@ class Runner:
                 source_claim = self.storage.claim_next(source_name, self.me, self.options.max_attempts, {source_key})
                 if source_claim is not None:
                     source = open_study(self.storage, self.config, source_method)
-                    self.log(f"{study.study_name}: {claim.key} is the same computation as {source_name}; "
-                             "training it there")
+                    self.log(
+                        f"{study.study_name}: {claim.key} is the same computation as {source_name}; training it there"
+                    )
                     with Heartbeat(claim):
                         self._run_claim(source, source_method, source_claim)
                 row = self.storage.point(source_name, source_key)
@@ -281,14 +314,16 @@ class Runner:
         if source is None:  # done without a finished trial cannot happen; be safe and wait
             claim.give_back()
             return None
-        trial_id = adopt(self.storage, self.config, self.me, study, method, claim, self._distributions(claim.params),
-                         source)
+        trial_id = adopt(
+            self.storage, self.config, self.me, study, method, claim, self._distributions(claim.params), source
+        )
         claim.attach(trial_id)
         claim.done()
-        self.log(f"  trial of {method} {claim.key}: shared with trial_id {source._trial_id} of {source_name} "
-                 f"({source.state.name.lower()}, value {_fmt(source.value)})")
+        self.log(
+            f"  trial of {method} {claim.key}: shared with trial_id {source._trial_id} of {source_name} "
+            f"({source.state.name.lower()}, value {_fmt(source.value)})"
+        )
         return source.state
-
 
     def _new_trial(self, study: optuna.Study, key: str, params: dict) -> optuna.Trial:
         """A RUNNING trial fixed to a claimed point, created in one write together with its owner.
@@ -298,9 +333,18 @@ class Runner:
         """
         distributions = self._distributions(params)
         template = optuna.trial.FrozenTrial(
-            number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.now(),
-            datetime_complete=None, params={name: params[name] for name in distributions}, distributions=distributions,
-            user_attrs={"worker": self.me, "claim": key}, system_attrs={}, intermediate_values={}, trial_id=-1)
+            number=-1,
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=datetime.datetime.now(),
+            datetime_complete=None,
+            params={name: params[name] for name in distributions},
+            distributions=distributions,
+            user_attrs={"worker": self.me, "claim": key},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=-1,
+        )
         trial_id = self.storage.optuna.create_new_trial(study._study_id, template_trial=template)
         return optuna.Trial(study, trial_id)
 
@@ -308,14 +352,17 @@ class Runner:
         """The categorical distributions of a trial fixed to ``params`` (lr, η, λ: the study file's grids)."""
         search = self.config.search
         grids = {"lr": search.lr, "eta": search.eta, "lambda": search.lambda_}
-        return {name: optuna.distributions.CategoricalDistribution(_choices(grids[name], params[name]))
-                for name in grids}
+        return {
+            name: optuna.distributions.CategoricalDistribution(_choices(grids[name], params[name])) for name in grids
+        }
 
     def _mark_exhausted(self, study: optuna.Study) -> None:
         for row in self.storage.points(study.study_name):
             if row["state"] == "failed":
-                self.log(f"{study.study_name}: {row['point_key']} failed {row['attempts']} times, giving up on it "
-                         f"(last error: {row['last_error']})")
+                self.log(
+                    f"{study.study_name}: {row['point_key']} failed {row['attempts']} times, giving up on it "
+                    f"(last error: {row['last_error']})"
+                )
 
     # ------------------------------------------------------------------ tpe
     def _run_tpe(self, study: optuna.Study, method: str) -> None:
@@ -331,9 +378,15 @@ class Runner:
         self.log(f"{study.study_name}: TPE over {len(points)} valid grid points, budget {budget} trials")
         seed = int(fingerprint({"worker": self.me}), 16) + len(study.get_trials(deepcopy=False))
         study.sampler = optuna.samplers.TPESampler(seed=seed % 2**31)
-        tpe_search(study, self.config, method, budget,
-                   lambda trial, point: self._evaluate_tpe(study, method, trial, point),
-                   self.options.max_attempts, {"worker": self.me})
+        tpe_search(
+            study,
+            self.config,
+            method,
+            budget,
+            lambda trial, point: self._evaluate_tpe(study, method, trial, point),
+            self.options.max_attempts,
+            {"worker": self.me},
+        )
 
     def _evaluate_tpe(self, study: optuna.Study, method: str, trial: optuna.Trial, point: dict) -> TrialState:
         """Train a TPE proposal, unless an equivalent trial of another method of the study file has
@@ -374,14 +427,16 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
-def confirm_studies(storage: Storage, name: str | None, top: int, seeds: int, data_dir: Path | None,
-                    options: RunOptions, log=print) -> None:
+def confirm_studies(
+    storage: Storage, name: str | None, top: int, seeds: int, data_dir: Path | None, options: RunOptions, log=print
+) -> None:
     """Seed confirmations for every study in the database (optionally of one study file), from the DB alone."""
     from harness.config import parse_study
 
     groups: dict[str, tuple[StudyConfig, list[str]]] = {}
-    for summary in sorted(optuna.get_all_study_summaries(storage.optuna, include_best_trial=False),
-                          key=lambda s: s.study_name):
+    for summary in sorted(
+        optuna.get_all_study_summaries(storage.optuna, include_best_trial=False), key=lambda s: s.study_name
+    ):
         attrs = summary.user_attrs
         if "config" not in attrs or (name is not None and summary.study_name.split("/")[0] != name):
             continue

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -12,9 +12,16 @@ from harness.config import StudyConfig, grid_points, point_key
 MAX_TPE_REPEATS = 100  # consecutive proposals of already-evaluated points before a TPE worker gives up
 
 
-def tpe_search(study: optuna.Study, config: StudyConfig, method: str, budget: int,
-               evaluate: Callable[[optuna.Trial, dict], TrialState], max_failures: int,
-               trial_attrs: dict | None = None, done: Callable[[], bool] = lambda: False) -> None:
+def tpe_search(
+    study: optuna.Study,
+    config: StudyConfig,
+    method: str,
+    budget: int,
+    evaluate: Callable[[optuna.Trial, dict], TrialState],
+    max_failures: int,
+    trial_attrs: dict | None = None,
+    done: Callable[[], bool] = lambda: False,
+) -> None:
     """Let the study's sampler propose valid grid points of ``method`` until ``budget`` trials are evaluated.
 
     The sampler chooses lr and the (η, λ) pair as categorical values, so every proposal is a valid

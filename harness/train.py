@@ -34,10 +34,10 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from harness.encoding import EncodedSplit, collate
-from harness.glue import TaskSpec
-from harness.metrics import compute_metrics
-from harness.losses import InterLayerLoss, kd_loss, regression_kd_loss
 from harness.files import atomic_write
+from harness.glue import TaskSpec
+from harness.losses import InterLayerLoss, kd_loss, regression_kd_loss
+from harness.metrics import compute_metrics
 from harness.models import load_checkpoint
 
 GROUP_CHUNK = 50
@@ -102,8 +102,12 @@ def runtime_info(device: torch.device, compile_model: bool = False) -> dict:
     """How a run executes, stored with each trial."""
     _, dtype = autocast_for(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return {"device": f"{device.type}:{name}", "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
-            "compiled": compile_model, "threads": torch.get_num_threads()}
+    return {
+        "device": f"{device.type}:{name}",
+        "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
+        "compiled": compile_model,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def pick_device() -> torch.device:
@@ -158,16 +162,20 @@ def layer_cls(hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model, data: EncodedSplit, batch_size: int, pad_token_id: int, device: torch.device,
-            states: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def predict(
+    model, data: EncodedSplit, batch_size: int, pad_token_id: int, device: torch.device, states: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Logits for every example of ``data``, in the original order, and (``states``) the [CLS]
     vector of every transformer layer, ``[n, L, H]``."""
     model.eval()
     amp, _ = autocast_for(device)
     lengths = token_lengths(data)
     out = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
-    cls = np.zeros((len(data), model.config.num_hidden_layers, model.config.hidden_size),
-                   dtype=np.float32) if states else None
+    cls = (
+        np.zeros((len(data), model.config.num_hidden_layers, model.config.hidden_size), dtype=np.float32)
+        if states
+        else None
+    )
     for index in eval_batches(lengths, batch_size):
         batch = to_batch(data, index, pad_token_id, device)
         batch.pop("labels")
@@ -179,14 +187,22 @@ def predict(model, data: EncodedSplit, batch_size: int, pad_token_id: int, devic
     return out, cls
 
 
-def evaluate(model, task: TaskSpec, evals: Mapping[str, EncodedSplit], batch_size: int, pad_token_id: int,
-             device: torch.device, probe: Callable | None = None) -> tuple[dict, dict[str, np.ndarray], dict]:
+def evaluate(
+    model,
+    task: TaskSpec,
+    evals: Mapping[str, EncodedSplit],
+    batch_size: int,
+    pad_token_id: int,
+    device: torch.device,
+    probe: Callable | None = None,
+) -> tuple[dict, dict[str, np.ndarray], dict]:
     """Metrics per eval split (e.g. ``{"dev": {"accuracy": 0.81}}``), the logits per split, and what
     ``probe(dev [CLS] states [n, L, H])`` returns for the first eval split (``{}`` without a probe)."""
     metrics, logits, probed = {}, {}, {}
     for number, (split, data) in enumerate(evals.items()):
-        logits[split], cls = predict(model, data, batch_size, pad_token_id, device,
-                                     states=probe is not None and number == 0)
+        logits[split], cls = predict(
+            model, data, batch_size, pad_token_id, device, states=probe is not None and number == 0
+        )
         metrics[split] = compute_metrics(task, logits[split], data.labels)
         if cls is not None:
             probed = probe(cls)
@@ -202,8 +218,14 @@ def primary_value(task: TaskSpec, metrics: dict[str, dict[str, float]], split: s
 class LossTerms:
     """Computes the three loss terms of one batch; ``teacher`` is ``None`` for NKD and teachers."""
 
-    def __init__(self, task: TaskSpec, hyper: Hyper, inter: InterLayerLoss | None, teacher: TeacherSignal | None,
-                 device: torch.device):
+    def __init__(
+        self,
+        task: TaskSpec,
+        hyper: Hyper,
+        inter: InterLayerLoss | None,
+        teacher: TeacherSignal | None,
+        device: torch.device,
+    ):
         self.task, self.hyper, self.inter, self.teacher, self.device = task, hyper, inter, teacher, device
         self.needs_states = inter is not None and teacher is not None
 
@@ -236,8 +258,11 @@ class LossTerms:
                 out = self.teacher.live(**batch, output_hidden_states=self.needs_states)
             states = None
             if self.needs_states:
-                states = torch.stack(out.hidden_states[1:], dim=1).float() if self.inter.needs_tokens else layer_cls(
-                    out.hidden_states).float()
+                states = (
+                    torch.stack(out.hidden_states[1:], dim=1).float()
+                    if self.inter.needs_tokens
+                    else layer_cls(out.hidden_states).float()
+                )
             return out.logits.float(), states
         sorted_index = np.sort(index)
         inverse = np.searchsorted(sorted_index, index)
@@ -299,8 +324,9 @@ def fit(
         params += [p for p in inter.parameters() if p.requires_grad]
     # fused AdamW: the same update in one pass per tensor (profiled: 5 ms instead of 57 ms per step on
     # CPU, most of it the 30k x H word embedding and its moments); see README, "Where the time goes".
-    optimizer = torch.optim.AdamW(params, lr=hyper.lr, weight_decay=hyper.weight_decay,
-                                  fused=device.type in ("cpu", "cuda"))
+    optimizer = torch.optim.AdamW(
+        params, lr=hyper.lr, weight_decay=hyper.weight_decay, fused=device.type in ("cpu", "cuda")
+    )
     steps_per_epoch = math.ceil(len(train) / hyper.batch_size)
     total_steps = steps_per_epoch * hyper.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(hyper.warmup_ratio * total_steps), total_steps)
@@ -335,8 +361,13 @@ def fit(
         model.train()
         sums: dict[str, float] = {}
         batches = train_batches(lengths, hyper.batch_size, hyper.seed, epoch)
-        bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{hyper.epochs}", leave=False, dynamic_ncols=True,
-                   disable=not progress)
+        bar = tqdm(
+            batches,
+            desc=f"{desc} epoch {epoch + 1}/{hyper.epochs}",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not progress,
+        )
         for index in bar:
             batch = to_batch(train, index, pad_token_id, device)
             with amp:

@@ -23,8 +23,13 @@ def _trial_record(config: StudyConfig, method: str, point: dict, seed: int) -> d
     resolved = config.model_dump(mode="json", by_alias=True)
     resolved["methods"] = [method]
     return {
-        "method": method, "point": point_key(point), "lr": point["lr"], "eta": point["eta"],
-        "lambda": point["lambda"], "seed": seed, "worker": worker_id(),
+        "method": method,
+        "point": point_key(point),
+        "lr": point["lr"],
+        "eta": point["eta"],
+        "lambda": point["lambda"],
+        "seed": seed,
+        "worker": worker_id(),
         **runtime_info(pick_device(), config.fixed.compile),
         "versions": {"torch": torch.__version__, "optuna": optuna.__version__, "python": platform.python_version()},
         "config": resolved,
@@ -58,21 +63,39 @@ class TrialRunner:
     """Runs single trials of one study file's methods in this process (the experiment is built by the caller)."""
 
     def __init__(self, config: StudyConfig, storage: Storage, experiment, cache_dir: Path, log=print):
-        self.config, self.storage, self.experiment, self.cache_dir, self.log = config, storage, experiment, cache_dir, log
+        self.config, self.storage, self.experiment, self.cache_dir, self.log = (
+            config,
+            storage,
+            experiment,
+            cache_dir,
+            log,
+        )
 
     def folder(self, study: optuna.Study) -> str:
         """Where a study's epoch checkpoints and saved students live: keyed by everything that
         determines the trials (set-up fingerprint, teacher checkpoint, storage), so a checkpoint is
         never resumed into a different run."""
-        return fingerprint({"storage": self.storage.url, "study": study.study_name,
-                            "fingerprint": study.user_attrs.get("fingerprint"),
-                            "teacher": self.experiment.teacher.key if self.experiment.teacher else None})
+        return fingerprint(
+            {
+                "storage": self.storage.url,
+                "study": study.study_name,
+                "fingerprint": study.user_attrs.get("fingerprint"),
+                "teacher": self.experiment.teacher.key if self.experiment.teacher else None,
+            }
+        )
 
     def checkpoint_path(self, study: optuna.Study, key: str) -> Path:
         return self.cache_dir / "checkpoints" / self.folder(study) / f"{key}.pt"
 
-    def run(self, study: optuna.Study, trial: optuna.Trial, method: str, point: dict,
-                 checkpoint: Path | None, seed: int | None = None) -> TrialState:
+    def run(
+        self,
+        study: optuna.Study,
+        trial: optuna.Trial,
+        method: str,
+        point: dict,
+        checkpoint: Path | None,
+        seed: int | None = None,
+    ) -> TrialState:
         """Run one trial; ``seed`` other than ``None`` makes it a confirmation of ``point``."""
         confirmation = seed is not None
         seed = self.config.fixed.seed if seed is None else seed
@@ -83,10 +106,20 @@ class TrialRunner:
             if key != "config":
                 trial.set_user_attr(key, value)
         self.storage.record_result(
-            trial._trial_id, study_name=study.study_name, number=trial.number, method=method,
-            point_key=record["point"], state="RUNNING", seed=seed, config=record["config"], device=record["device"],
-            versions=record["versions"], teacher_key=record["teacher_key"], data_sha256=record["data_sha256"],
-            worker=record["worker"])
+            trial._trial_id,
+            study_name=study.study_name,
+            number=trial.number,
+            method=method,
+            point_key=record["point"],
+            state="RUNNING",
+            seed=seed,
+            config=record["config"],
+            device=record["device"],
+            versions=record["versions"],
+            teacher_key=record["teacher_key"],
+            data_sha256=record["data_sha256"],
+            worker=record["worker"],
+        )
         started = time.perf_counter()
         desc = f"{method} {point_key(point)}" + (f" seed {seed}" if confirmation else "")
         save_to = None
@@ -95,8 +128,9 @@ class TrialRunner:
             trial.set_user_attr("student_path", str(save_to))
         try:
             reporter = _epoch_reporter(trial, self.storage, self.config.fixed.epochs, prune=not confirmation)
-            history = self.experiment.run_trial(method, point, seed=seed, checkpoint=checkpoint, save_to=save_to,
-                                                on_epoch=reporter, desc=desc)
+            history = self.experiment.run_trial(
+                method, point, seed=seed, checkpoint=checkpoint, save_to=save_to, on_epoch=reporter, desc=desc
+            )
         except optuna.TrialPruned:
             self.finish(study, trial, TrialState.PRUNED, None, time.perf_counter() - started)
             self.log(f"  trial {trial.number} {desc}: pruned")
@@ -114,20 +148,26 @@ class TrialRunner:
             return TrialState.FAIL
         seconds = time.perf_counter() - started
         trial.set_user_attr("best_epoch", history.best_epoch)
-        reported = history.epochs[-1]["epoch"] if confirmation and self.experiment.select_split == \
-            self.experiment.task.eval_splits[0] else history.best_epoch
+        reported = (
+            history.epochs[-1]["epoch"]
+            if confirmation and self.experiment.select_split == self.experiment.task.eval_splits[0]
+            else history.best_epoch
+        )
         trial.set_user_attr("reported_epoch", reported)
         if reported in history.predictions:
             self.storage.save_predictions(trial._trial_id, reported, history.predictions[reported])
         value = history.best_value if reported == history.best_epoch else history.epochs[-1]["value"]
         self.finish(study, trial, TrialState.COMPLETE, value, seconds)
         _drop(checkpoint)
-        self.log(f"  trial {trial.number} {desc}: {self.experiment.select_split} {self.experiment.task.primary_metric}"
-                 f" {value:.4f} (epoch {reported}, {seconds:.0f} s)")
+        self.log(
+            f"  trial {trial.number} {desc}: {self.experiment.select_split} {self.experiment.task.primary_metric}"
+            f" {value:.4f} (epoch {reported}, {seconds:.0f} s)"
+        )
         return TrialState.COMPLETE
 
-    def finish(self, study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None,
-                seconds: float) -> None:
+    def finish(
+        self, study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None, seconds: float
+    ) -> None:
         """Our row first, then Optuna's: a kill in between leaves a RUNNING trial, which is re-run
         (and our row is corrected when its point is taken over)."""
         trial.set_user_attr("seconds", seconds)

@@ -40,14 +40,18 @@ def parse_url(url: str) -> sa.URL:
         parsed = make_url(url)
         parsed.get_dialect().import_dbapi()
     except NoSuchModuleError:
-        raise HarnessError(f"unsupported storage URL {masked!r} (allowed: any SQLAlchemy URL whose "
-                           "driver is installed: sqlite, postgresql, mysql)") from None
+        raise HarnessError(
+            f"unsupported storage URL {masked!r} (allowed: any SQLAlchemy URL whose "
+            "driver is installed: sqlite, postgresql, mysql)"
+        ) from None
     except ArgumentError:
-        raise HarnessError(f"malformed storage URL {masked!r} (expected e.g. sqlite:///path.db or "
-                           "postgresql://user:pass@host/db)") from None
+        raise HarnessError(
+            f"malformed storage URL {masked!r} (expected e.g. sqlite:///path.db or postgresql://user:pass@host/db)"
+        ) from None
     except ModuleNotFoundError as error:
-        raise HarnessError(f"storage URL {masked!r} needs the Python package {error.name!r}, "
-                           "which is not installed") from None
+        raise HarnessError(
+            f"storage URL {masked!r} needs the Python package {error.name!r}, which is not installed"
+        ) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         folder = Path(parsed.database).parent
         if not folder.is_dir():

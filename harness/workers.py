@@ -14,8 +14,9 @@ from harness.storage import Storage
 from harness.study import Runner, RunOptions
 
 
-def _worker_main(index: int, config: StudyConfig, url: str, data_dir: Path | None, options: RunOptions,
-                 threads: int) -> None:
+def _worker_main(
+    index: int, config: StudyConfig, url: str, data_dir: Path | None, options: RunOptions, threads: int
+) -> None:
     """Entry point of one worker process (spawned; everything it needs is passed in)."""
     import sys
 
@@ -25,8 +26,9 @@ def _worker_main(index: int, config: StudyConfig, url: str, data_dir: Path | Non
     torch.set_num_threads(threads)
     try:
         experiment = Experiment(config, data_dir, options.cache_dir, progress=False)
-        Runner(config, Storage(url), experiment, options, log=lambda line: print(f"[worker {index}] {line}",
-                                                                                 flush=True)).run()
+        Runner(
+            config, Storage(url), experiment, options, log=lambda line: print(f"[worker {index}] {line}", flush=True)
+        ).run()
     except HarnessError as error:
         print(f"error: [worker {index}] {error}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -38,8 +40,9 @@ def run_workers(count: int, config: StudyConfig, url: str, data_dir: Path | None
 
     context = multiprocessing.get_context("spawn")
     threads = max(1, torch.get_num_threads() // count)
-    processes = [context.Process(target=_worker_main, args=(i, config, url, data_dir, options, threads))
-                 for i in range(count)]
+    processes = [
+        context.Process(target=_worker_main, args=(i, config, url, data_dir, options, threads)) for i in range(count)
+    ]
     for process in processes:
         process.start()
     for process in processes:

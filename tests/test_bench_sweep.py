@@ -14,8 +14,17 @@ LRS, WEIGHTS = [1e-4, 2e-4, 5e-4], [0.0, 0.2, 0.5]
 
 
 def _config(pruner: str = "median"):
-    return parse_study({"name": "t", "task": "SST-2", "teacher": "synthetic", "student_layers": 2, "methods": ["alp"],
-                        "fixed": {"epochs": 3}, "search": {"sampler": "tpe", "pruner": pruner, "lr": LRS, "eta": WEIGHTS, "lambda": WEIGHTS}})
+    return parse_study(
+        {
+            "name": "t",
+            "task": "SST-2",
+            "teacher": "synthetic",
+            "student_layers": 2,
+            "methods": ["alp"],
+            "fixed": {"epochs": 3},
+            "search": {"sampler": "tpe", "pruner": pruner, "lr": LRS, "eta": WEIGHTS, "lambda": WEIGHTS},
+        }
+    )
 
 
 def _grid(seed: int = 0) -> dict[str, GridTrial]:
@@ -38,7 +47,7 @@ def test_the_shuffled_grid_walks_a_seeded_permutation_until_a_trial_reaches_the_
     best = max(t.value for t in grid.values())
     search = replay_shuffled(grid, best, seed=3)
     order = [str(k) for k in np.random.default_rng(3).permutation(sorted(grid))]
-    assert [point for point, _, _ in search.steps] == order[:len(search.steps)]
+    assert [point for point, _, _ in search.steps] == order[: len(search.steps)]
     assert search.reached and grid[search.steps[-1][0]].value == best
     assert search.seconds == pytest.approx(sum(grid[p].seconds for p, _, _ in search.steps))
     missed = replay_shuffled(grid, best + 1, seed=3)
@@ -67,8 +76,10 @@ def test_a_tpe_replay_charges_what_each_trial_would_cost_and_never_reruns_a_poin
 
 
 def test_a_point_that_failed_in_the_grid_fails_in_the_replay_too():
-    grid = {key: GridTrial(t.seconds, t.epochs[:1], None) if key.startswith("lr=0.0001,") else t
-            for key, t in _grid().items()}
+    grid = {
+        key: GridTrial(t.seconds, t.epochs[:1], None) if key.startswith("lr=0.0001,") else t
+        for key, t in _grid().items()
+    }
     search = replay_tpe(_config(), grid, max(t.value for t in grid.values() if t.value is not None), seed=0)
     failed = [(point, seconds) for point, outcome, seconds in search.steps if outcome == "failed"]
     assert all(point.startswith("lr=0.0001,") and seconds == grid[point].seconds for point, seconds in failed)
@@ -86,7 +97,9 @@ def test_the_sweep_ratio_is_the_mean_share_of_the_grid_and_inf_when_a_replay_nev
 
 
 def test_tpe_config_changes_only_the_sampler_and_the_pruner():
-    config = _config("none").model_copy(update={"search": _config("none").search.model_copy(update={"sampler": "grid"})})
+    config = _config("none").model_copy(
+        update={"search": _config("none").search.model_copy(update={"sampler": "grid"})}
+    )
     halving = tpe_config(config, "halving")
     assert (halving.search.sampler, halving.search.pruner) == ("tpe", "halving")
     assert halving.model_dump(exclude={"search"}) == config.model_dump(exclude={"search"})

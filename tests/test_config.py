@@ -23,8 +23,16 @@ def test_paper_grid_counts():
     config = parse_study(study())
     counts = {method: len(grid_points(config, method)) for method in config.methods}
     # NKD: lr only; KD: lr × η; inter-layer methods: lr × (η, λ) pairs with η + λ ≤ 1, 13 pairs.
-    assert counts == {"nkd": 3, "kd": 12, "pkd-skip": 39, "pkd-last": 39, "ckd": 39, "alp": 39, "alp-no": 39,
-                      "alp-po": 39}
+    assert counts == {
+        "nkd": 3,
+        "kd": 12,
+        "pkd-skip": 39,
+        "pkd-last": 39,
+        "ckd": 39,
+        "alp": 39,
+        "alp-no": 39,
+        "alp-po": 39,
+    }
     for point in grid_points(config, "alp"):
         assert point["eta"] + point["lambda"] <= 1.0 + 1e-9
     assert {"lr": 1e-5, "eta": 0.5, "lambda": 0.5} in grid_points(config, "alp")
@@ -47,18 +55,21 @@ def test_fingerprint_changes_with_setup_but_not_budget():
     assert base.fingerprint("alp") != parse_study(study(fixed={"epochs": 4})).fingerprint("alp")
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"methods": []}, "methods"),
-    ({"methods": ["kd", "kd"]}, "lists a method twice"),
-    ({"search": {"eta": [1.5]}}, r"loss weights must lie in \[0, 1\]"),
-    ({"search": {"lr": []}}, "must list at least one value"),
-    ({"search": {"lr": [-1e-5]}}, "learning rates must be positive"),
-    ({"fixed": {"temperature": float("inf")}}, "fixed.temperature"),
-    ({"search": {"sampler": "random"}}, "search.sampler"),
-    ({"fixed": {"alp_scale": "2"}}, "fixed.alp_scale"),
-    ({"fixed": {"epochs": 0}}, "fixed.epochs"),
-    ({"name": "a/b"}, "name"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"methods": []}, "methods"),
+        ({"methods": ["kd", "kd"]}, "lists a method twice"),
+        ({"search": {"eta": [1.5]}}, r"loss weights must lie in \[0, 1\]"),
+        ({"search": {"lr": []}}, "must list at least one value"),
+        ({"search": {"lr": [-1e-5]}}, "learning rates must be positive"),
+        ({"fixed": {"temperature": float("inf")}}, "fixed.temperature"),
+        ({"search": {"sampler": "random"}}, "search.sampler"),
+        ({"fixed": {"alp_scale": "2"}}, "fixed.alp_scale"),
+        ({"fixed": {"epochs": 0}}, "fixed.epochs"),
+        ({"name": "a/b"}, "name"),
+    ],
+)
 def test_invalid_values_are_one_line_errors(change, message):
     with pytest.raises(HarnessError, match=message) as info:
         parse_study(study(**change), source="s.yaml")

@@ -6,8 +6,9 @@ import optuna
 import pandas as pd
 import pytest
 
-from conftest import run_cli, write_study
 from harness.cli import main
+
+from conftest import run_cli, write_study
 
 
 def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
@@ -21,8 +22,10 @@ def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
     assert "nkd: 2 grid points" in first.stdout
     assert "kd: 2 grid points" in first.stdout
     assert "alp: 2 grid points" in first.stdout  # η=0.5 with λ=0.7 is invalid (β < 0)
-    kept = {s.study_name: s.get_trials()[0] for s in
-            (optuna.load_study(study_name=f"tiny/SST-2/{m}", storage=storage) for m in ("nkd", "kd", "alp"))}
+    kept = {
+        s.study_name: s.get_trials()[0]
+        for s in (optuna.load_study(study_name=f"tiny/SST-2/{m}", storage=storage) for m in ("nkd", "kd", "alp"))
+    }
 
     # Running the same command again continues: finished trials are kept, nothing runs twice.
     second = run_cli("run", str(study_file), *common)
@@ -64,8 +67,21 @@ def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
 
     # Seed confirmations of the best configuration: stored as flagged trials, resumable, never duplicated.
     for _ in range(2):
-        confirm = run_cli("confirm", "--top", "1", "--seeds", "2", "--storage", storage, "--name", "tiny",
-                          "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache"))
+        confirm = run_cli(
+            "confirm",
+            "--top",
+            "1",
+            "--seeds",
+            "2",
+            "--storage",
+            storage,
+            "--name",
+            "tiny",
+            "--data-dir",
+            str(glue_dir),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        )
         assert confirm.returncode == 0, confirm.stderr
     for method in ("nkd", "kd", "alp"):
         trials = optuna.load_study(study_name=f"tiny/SST-2/{method}", storage=storage).get_trials()
@@ -112,16 +128,36 @@ def test_missing_inputs_are_one_line(tmp_path, tiny_bert, capsys):
     assert "no-glue" in capsys.readouterr().err
     empty = tmp_path / "empty-glue"
     empty.mkdir()
-    code = main(["run", str(study_file), "--data-dir", str(empty), "--storage", f"sqlite:///{tmp_path / 'y.db'}",
-                 "--cache-dir", str(tmp_path / "cache")])
+    code = main(
+        [
+            "run",
+            str(study_file),
+            "--data-dir",
+            str(empty),
+            "--storage",
+            f"sqlite:///{tmp_path / 'y.db'}",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert code == 2 and "SST-2" in capsys.readouterr().err
     assert not (tmp_path / "y.db").exists()  # nothing half-written: the database is opened after the inputs check
 
 
 def test_student_deeper_than_teacher_is_refused_before_fine_tuning(tmp_path, tiny_bert, glue_dir, capsys):
     study_file = write_study(tmp_path / "deep.yaml", tiny_bert, student_layers=5)
-    code = main(["run", str(study_file), "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--data-dir", str(glue_dir),
-                 "--cache-dir", str(tmp_path / "cache")])
+    code = main(
+        [
+            "run",
+            str(study_file),
+            "--storage",
+            f"sqlite:///{tmp_path / 'x.db'}",
+            "--data-dir",
+            str(glue_dir),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert code == 2
     assert "student_layers=5 exceeds the teacher's 4 layers (allowed: 1..4)" in capsys.readouterr().err
     assert not (tmp_path / "cache" / "teachers").exists() and not (tmp_path / "x.db").exists()
@@ -129,8 +165,11 @@ def test_student_deeper_than_teacher_is_refused_before_fine_tuning(tmp_path, tin
 
 def test_bad_storage_url_is_one_line_without_traceback(tmp_path, tiny_bert):
     study_file = write_study(tmp_path / "ok.yaml", tiny_bert)
-    for url, expected in [("nosuchdb://x", "unsupported storage URL"), ("not a url", "malformed storage URL"),
-                          (f"sqlite:///{tmp_path}/missing/dir/x.db", "does not exist")]:
+    for url, expected in [
+        ("nosuchdb://x", "unsupported storage URL"),
+        ("not a url", "malformed storage URL"),
+        (f"sqlite:///{tmp_path}/missing/dir/x.db", "does not exist"),
+    ]:
         result = run_cli("run", str(study_file), "--storage", url)
         assert result.returncode == 2
         assert expected in result.stderr and "Traceback" not in result.stderr
@@ -142,20 +181,38 @@ def test_reading_commands_never_create_a_database(tmp_path):
     for args in (["report", "--out", str(tmp_path / "out")], ["status"], ["confirm"], ["reproduce", "1"]):
         result = run_cli(*args, "--storage", url)
         assert result.returncode == 2 and "Traceback" not in result.stderr, args
-        assert result.stderr.strip() == f"error: no database at '{tmp_path / 'typo.db'}' (running a study creates " \
-                                        "it; check --storage)"
+        assert (
+            result.stderr.strip() == f"error: no database at '{tmp_path / 'typo.db'}' (running a study creates "
+            "it; check --storage)"
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_tpe_sweep_evaluates_each_point_once_and_respects_the_budget(tmp_path, tiny_bert, glue_dir):
-    study_file = write_study(tmp_path / "tpe.yaml", tiny_bert, methods=["alp"],
-                             fixed={"epochs": 1, "max_seq_length": 32, "max_train_samples": 32,
-                                    "eval_batch_size": 512, "teacher": {"epochs": 1, "max_train_samples": 32}},
-                             search={"sampler": "tpe", "n_trials": 3, "lr": [1e-4, 5e-5], "eta": [0.2, 0.5],
-                                     "lambda": [0.2]})
+    study_file = write_study(
+        tmp_path / "tpe.yaml",
+        tiny_bert,
+        methods=["alp"],
+        fixed={
+            "epochs": 1,
+            "max_seq_length": 32,
+            "max_train_samples": 32,
+            "eval_batch_size": 512,
+            "teacher": {"epochs": 1, "max_train_samples": 32},
+        },
+        search={"sampler": "tpe", "n_trials": 3, "lr": [1e-4, 5e-5], "eta": [0.2, 0.5], "lambda": [0.2]},
+    )
     storage = f"sqlite:///{tmp_path / 'tpe.db'}"
-    result = run_cli("run", str(study_file), "--storage", storage, "--data-dir", str(glue_dir),
-                     "--cache-dir", str(tmp_path / "cache"))
+    result = run_cli(
+        "run",
+        str(study_file),
+        "--storage",
+        storage,
+        "--data-dir",
+        str(glue_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
     assert result.returncode == 0, result.stderr
     trials = optuna.load_study(study_name="tiny/SST-2/alp", storage=storage).get_trials()
     trained = [t for t in trials if "duplicate_of" not in t.user_attrs]

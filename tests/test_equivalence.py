@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import write_study
 from harness.config import load_study
 from harness.experiment import Experiment
 from harness.methods import METHODS, get_method
+
+from conftest import write_study
 
 INTER = [m for m in METHODS if get_method(m).inter is not None]
 SHARED_TERMS = ("ce", "kd", "total")
@@ -21,9 +22,18 @@ SHARED_TERMS = ("ce", "kd", "total")
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory, tiny_bert, glue_dir):
     folder = tmp_path_factory.mktemp("equivalence")
-    path = write_study(folder / "tiny.yaml", tiny_bert, methods=list(METHODS),
-                       fixed={"epochs": 2, "max_seq_length": 32, "max_train_samples": 64, "eval_batch_size": 256,
-                              "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64}})
+    path = write_study(
+        folder / "tiny.yaml",
+        tiny_bert,
+        methods=list(METHODS),
+        fixed={
+            "epochs": 2,
+            "max_seq_length": 32,
+            "max_train_samples": 64,
+            "eval_batch_size": 256,
+            "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
+        },
+    )
     return Experiment(load_study(path), glue_dir, folder / "cache", progress=False)
 
 

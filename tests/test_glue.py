@@ -12,7 +12,7 @@ import hashlib
 import math
 import re
 import warnings
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,8 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from harness import glue
-from harness.errors import HarnessError
 from harness.encoding import collate, encode_split
+from harness.errors import HarnessError
 from harness.glue import TASKS, GlueSplit, get_task, subsample
 from harness.loading import hub_split_name, load_split, resolve_data_dir
 from harness.metrics import compute_metrics
@@ -62,9 +62,7 @@ MNLI_TRAIN_HEADER = (
     "index promptID pairID genre sentence1_binary_parse sentence2_binary_parse "
     "sentence1_parse sentence2_parse sentence1 sentence2 label1 gold_label"
 ).split()
-MNLI_DEV_HEADER = (
-    MNLI_TRAIN_HEADER[:-1] + ["label2", "label3", "label4", "label5", "gold_label"]
-)
+MNLI_DEV_HEADER = MNLI_TRAIN_HEADER[:-1] + ["label2", "label3", "label4", "label5", "gold_label"]
 QQP_HEADER = ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]
 QNLI_HEADER = ["index", "question", "sentence", "label"]
 
@@ -74,7 +72,7 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on"
 # --------------------------------------------------------------------------- helpers
 
 
-@lru_cache(maxsize=None)
+@cache
 def shared(task: str, split: str) -> GlueSplit:
     """Load a shared file once per test session."""
     assert SHARED_GLUE.is_dir(), f"shared GLUE data expected at {SHARED_GLUE}"
@@ -160,9 +158,7 @@ def test_task_specs_match_the_hub():
     assert TASKS["QNLI"].text_columns == ("question", "sentence")
     assert TASKS["QQP"].text_columns == ("question1", "question2")
     assert TASKS["SST-2"].text_columns == ("sentence",)
-    assert [t.hub_config for t in TASKS.values()] == [
-        "cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"
-    ]
+    assert [t.hub_config for t in TASKS.values()] == ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"]
     for name in ("SST-2", "MNLI", "QNLI", "RTE"):
         assert TASKS[name].primary_metric == "accuracy"
 
@@ -170,10 +166,21 @@ def test_task_specs_match_the_hub():
 @pytest.mark.parametrize(
     ("alias", "name"),
     [
-        ("sst2", "SST-2"), ("SST-2", "SST-2"), ("sst-2", "SST-2"), ("Sst_2", "SST-2"),
-        ("stsb", "STS-B"), ("STS-B", "STS-B"), ("sts-b", "STS-B"),
-        ("mnli", "MNLI"), ("MNLI", "MNLI"), ("cola", "CoLA"), ("COLA", "CoLA"),
-        ("mrpc", "MRPC"), ("qqp", "QQP"), ("qnli", "QNLI"), (" rte ", "RTE"),
+        ("sst2", "SST-2"),
+        ("SST-2", "SST-2"),
+        ("sst-2", "SST-2"),
+        ("Sst_2", "SST-2"),
+        ("stsb", "STS-B"),
+        ("STS-B", "STS-B"),
+        ("sts-b", "STS-B"),
+        ("mnli", "MNLI"),
+        ("MNLI", "MNLI"),
+        ("cola", "CoLA"),
+        ("COLA", "CoLA"),
+        ("mrpc", "MRPC"),
+        ("qqp", "QQP"),
+        ("qnli", "QNLI"),
+        (" rte ", "RTE"),
     ],
 )
 def test_get_task_accepts_aliases(alias: str, name: str):
@@ -189,9 +196,7 @@ def test_get_task_accepts_every_hub_config():
 def test_get_task_unknown_lists_the_eight(bad: str):
     with pytest.raises(HarnessError) as exc:
         get_task(bad)
-    assert one_line(exc) == (
-        f"unknown task {bad!r} (allowed: CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE)"
-    )
+    assert one_line(exc) == (f"unknown task {bad!r} (allowed: CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE)")
 
 
 # --------------------------------------------------------------------------- shared files
@@ -273,8 +278,7 @@ def test_stray_quote_rows_are_read_intact():
     dev = shared("STS-B", "dev")
     # Line 766 opens a quote it never closes; with quoting on, it would swallow rows.
     assert dev.text_a[764] == (
-        '"The grass family is one of the most widely distributed and abundant groups of '
-        "plants on Earth."
+        '"The grass family is one of the most widely distributed and abundant groups of plants on Earth.'
     )
     assert dev.text_b[764].startswith("As noted on the Wiki page, grass seed")
     assert dev.text_a[765] != dev.text_a[764]
@@ -298,15 +302,20 @@ def test_mnli_train_and_both_dev_splits(tmp_path: Path):
     folder = tmp_path / "MNLI"
     write_tsv(
         folder / "train.tsv",
-        [MNLI_TRAIN_HEADER,
-         mnli_row(MNLI_TRAIN_HEADER, 0, "p0", "h0", "neutral"),
-         mnli_row(MNLI_TRAIN_HEADER, 1, 'p1 "quoted', "", "contradiction"),
-         mnli_row(MNLI_TRAIN_HEADER, 2, "p2", "h2", "entailment")],
+        [
+            MNLI_TRAIN_HEADER,
+            mnli_row(MNLI_TRAIN_HEADER, 0, "p0", "h0", "neutral"),
+            mnli_row(MNLI_TRAIN_HEADER, 1, 'p1 "quoted', "", "contradiction"),
+            mnli_row(MNLI_TRAIN_HEADER, 2, "p2", "h2", "entailment"),
+        ],
     )
     write_tsv(
         folder / "dev_matched.tsv",
-        [MNLI_DEV_HEADER, mnli_row(MNLI_DEV_HEADER, 0, "m0", "mh0", "entailment"),
-         mnli_row(MNLI_DEV_HEADER, 1, "m1", "mh1", "contradiction")],
+        [
+            MNLI_DEV_HEADER,
+            mnli_row(MNLI_DEV_HEADER, 0, "m0", "mh0", "entailment"),
+            mnli_row(MNLI_DEV_HEADER, 1, "m1", "mh1", "contradiction"),
+        ],
     )
     write_tsv(
         folder / "dev_mismatched.tsv",
@@ -319,13 +328,9 @@ def test_mnli_train_and_both_dev_splits(tmp_path: Path):
     assert train.labels.tolist() == [1, 2, 0]
     assert train.labels.dtype == np.int64
     matched = load_split(task, "dev_matched", tmp_path)
-    assert (matched.split, matched.text_a, matched.labels.tolist()) == (
-        "dev_matched", ["m0", "m1"], [0, 2]
-    )
+    assert (matched.split, matched.text_a, matched.labels.tolist()) == ("dev_matched", ["m0", "m1"], [0, 2])
     mismatched = load_split(task, "dev_mismatched", tmp_path)
-    assert (mismatched.text_a, mismatched.text_b, mismatched.labels.tolist()) == (
-        ["x0"], ["xh0"], [1]
-    )
+    assert (mismatched.text_a, mismatched.text_b, mismatched.labels.tolist()) == (["x0"], ["xh0"], [1])
     path = folder / "dev_mismatched.tsv"
     assert mismatched.source == str(path)
     assert mismatched.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -335,8 +340,7 @@ def test_qqp_train_and_dev(tmp_path: Path):
     for split in ("train", "dev"):
         write_tsv(
             tmp_path / "QQP" / f"{split}.tsv",
-            [QQP_HEADER, ["7", "1", "2", f"{split} q1?", "q2?", "1"],
-             ["8", "3", "4", "a?", "b?", "0"]],
+            [QQP_HEADER, ["7", "1", "2", f"{split} q1?", "q2?", "1"], ["8", "3", "4", "a?", "b?", "0"]],
         )
         data = load_split(get_task("QQP"), split, tmp_path)
         assert data.text_a == [f"{split} q1?", "a?"]
@@ -347,8 +351,7 @@ def test_qqp_train_and_dev(tmp_path: Path):
 def test_qnli_train(tmp_path: Path):
     write_tsv(
         tmp_path / "QNLI" / "train.tsv",
-        [QNLI_HEADER, ["0", "Who?", '" Someone did.', "entailment"],
-         ["1", "When?", "Never.", "not_entailment"]],
+        [QNLI_HEADER, ["0", "Who?", '" Someone did.', "entailment"], ["1", "When?", "Never.", "not_entailment"]],
     )
     data = load_split(get_task("qnli"), "train", tmp_path)
     assert data.text_a == ["Who?", "When?"]
@@ -359,9 +362,7 @@ def test_qnli_train(tmp_path: Path):
 # --------------------------------------------------------------------------- load errors
 
 
-@pytest.mark.parametrize(
-    ("task", "split"), [("SST-2", "test"), ("SST-2", "dev_matched"), ("MNLI", "dev")]
-)
+@pytest.mark.parametrize(("task", "split"), [("SST-2", "test"), ("SST-2", "dev_matched"), ("MNLI", "dev")])
 def test_unknown_split_is_rejected(tmp_path: Path, task: str, split: str):
     spec = get_task(task)
     allowed = ", ".join(("train",) + spec.eval_splits)
@@ -393,20 +394,29 @@ def test_shared_folder_lacks_qnli_train():
 @pytest.mark.parametrize(
     ("task", "rows", "message"),
     [
-        ("SST-2", [["sentence", "label"], ["ok", "1"], ["too", "many", "1"]],
-         "line 3: 3 columns (allowed: 2)"),
-        ("SST-2", [["sentence", "label"], ["ok", "1"], ["bad", "2"]],
-         "line 3: unknown label '2' (allowed: 0, 1)"),
-        ("SST-2", [["sentence", "label"], [], ["ok", "1"]],
-         "line 2: 0 columns (allowed: 2)"),
-        ("RTE", [["index", "sentence1", "sentence2", "label"], ["0", "a", "b", "neutral"]],
-         "line 2: unknown label 'neutral' (allowed: entailment, not_entailment)"),
-        ("CoLA", [["gj04", "1", "", "fine"], ["gj04", "yes", "", "bad"]],
-         "line 2: unknown label 'yes' (allowed: 0, 1)"),
-        ("SST-2", [["label", "sentence"], ["1", "swapped"]],
-         "line 1: header column 1 is 'label' (allowed: 'sentence')"),
-        ("RTE", [["index", "question", "sentence", "label"], ["0", "a", "b", "entailment"]],
-         "line 1: header column 2 is 'question' (allowed: 'sentence1')"),
+        ("SST-2", [["sentence", "label"], ["ok", "1"], ["too", "many", "1"]], "line 3: 3 columns (allowed: 2)"),
+        ("SST-2", [["sentence", "label"], ["ok", "1"], ["bad", "2"]], "line 3: unknown label '2' (allowed: 0, 1)"),
+        ("SST-2", [["sentence", "label"], [], ["ok", "1"]], "line 2: 0 columns (allowed: 2)"),
+        (
+            "RTE",
+            [["index", "sentence1", "sentence2", "label"], ["0", "a", "b", "neutral"]],
+            "line 2: unknown label 'neutral' (allowed: entailment, not_entailment)",
+        ),
+        (
+            "CoLA",
+            [["gj04", "1", "", "fine"], ["gj04", "yes", "", "bad"]],
+            "line 2: unknown label 'yes' (allowed: 0, 1)",
+        ),
+        (
+            "SST-2",
+            [["label", "sentence"], ["1", "swapped"]],
+            "line 1: header column 1 is 'label' (allowed: 'sentence')",
+        ),
+        (
+            "RTE",
+            [["index", "question", "sentence", "label"], ["0", "a", "b", "entailment"]],
+            "line 1: header column 2 is 'question' (allowed: 'sentence1')",
+        ),
         ("SST-2", [], "line 1: empty file"),
     ],
 )
@@ -479,9 +489,7 @@ def test_hub_split_name(task: str, split: str, hub: str):
     assert hub_split_name(get_task(task), split) == hub
 
 
-@pytest.mark.parametrize(
-    ("task", "split"), [("mnli", "dev"), ("rte", "test"), ("rte", "validation")]
-)
+@pytest.mark.parametrize(("task", "split"), [("mnli", "dev"), ("rte", "test"), ("rte", "validation")])
 def test_hub_split_name_rejects_other_splits(task: str, split: str):
     with pytest.raises(HarnessError, match=re.escape(f"unknown split {split!r}")):
         hub_split_name(get_task(task), split)
@@ -513,9 +521,7 @@ def test_hub_loader_stsb_and_errors(monkeypatch: pytest.MonkeyPatch):
     import datasets
 
     def stsb(path, name, split):
-        return datasets.Dataset.from_dict(
-            {"sentence1": ["a"], "sentence2": ["b"], "label": [3.5], "idx": [0]}
-        )
+        return datasets.Dataset.from_dict({"sentence1": ["a"], "sentence2": ["b"], "label": [3.5], "idx": [0]})
 
     monkeypatch.setattr(datasets, "load_dataset", stsb)
     data = load_split(get_task("stsb"), "dev", None)
@@ -569,9 +575,7 @@ def test_resolve_data_dir_missing_path_is_an_error(tmp_path: Path):
     one_line(exc)
 
 
-def test_resolve_data_dir_expands_home_and_is_absolute(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_resolve_data_dir_expands_home_and_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (tmp_path / "glue").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path))
     assert resolve_data_dir("~/glue", None, None) == tmp_path / "glue"
@@ -629,7 +633,7 @@ def test_subsample_real_file():
     part = subsample(dev, 100, seed=0)
     assert len(part) == 100 and part.sha256 == dev.sha256
     index = {text: i for i, text in enumerate(dev.text_a)}
-    assert all(dev.labels[index[t]] == l for t, l in zip(part.text_a, part.labels))
+    assert all(dev.labels[index[t]] == label for t, label in zip(part.text_a, part.labels))
 
 
 # --------------------------------------------------------------------------- metrics
@@ -724,8 +728,7 @@ def test_non_finite_regression_predictions_score_zero():
 
 @pytest.mark.parametrize(
     ("task", "predictions"),
-    [("sst2", np.zeros((3, 3))), ("sst2", np.zeros(3)), ("sst2", np.zeros((2, 2))),
-     ("stsb", np.zeros((3, 2)))],
+    [("sst2", np.zeros((3, 3))), ("sst2", np.zeros(3)), ("sst2", np.zeros((2, 2))), ("stsb", np.zeros((3, 2)))],
 )
 def test_metrics_reject_bad_shapes(task: str, predictions: np.ndarray):
     with pytest.raises(ValueError, match="expected"):
@@ -751,8 +754,9 @@ class CountingTokenizer:
 
 
 def test_encode_single_sentences(tiny_tokenizer):
-    split = GlueSplit("SST-2", "dev", ["the cat sat", "dog", "the cat sat on the mat"], None,
-                      np.array([1, 0, 1]), "x", None)
+    split = GlueSplit(
+        "SST-2", "dev", ["the cat sat", "dog", "the cat sat on the mat"], None, np.array([1, 0, 1]), "x", None
+    )
     counting = CountingTokenizer(tiny_tokenizer)
     encoded = encode_split(split, counting, max_seq_length=6)
     assert counting.calls == 1
@@ -771,8 +775,9 @@ def test_encode_single_sentences(tiny_tokenizer):
 
 
 def test_encode_pairs_and_collate(tiny_tokenizer):
-    split = GlueSplit("RTE", "dev", ["the cat", "a dog sat on the mat"], ["sat", "the cat"],
-                      np.array([0, 1]), "x", None)
+    split = GlueSplit(
+        "RTE", "dev", ["the cat", "a dog sat on the mat"], ["sat", "the cat"], np.array([0, 1]), "x", None
+    )
     encoded = encode_split(split, tiny_tokenizer, max_seq_length=7)
     first = encoded.features[0]
     assert first["input_ids"] == [2, 5, 6, 3, 7, 3]
@@ -794,8 +799,9 @@ def test_encode_pairs_and_collate(tiny_tokenizer):
 
 
 def test_collate_pads_to_batch_max_not_max_seq_length(tiny_tokenizer):
-    split = GlueSplit("STS-B", "dev", ["the", "the cat sat"], ["cat", "dog"],
-                      np.array([0.5, 4.25], dtype=np.float32), "x", None)
+    split = GlueSplit(
+        "STS-B", "dev", ["the", "the cat sat"], ["cat", "dog"], np.array([0.5, 4.25], dtype=np.float32), "x", None
+    )
     encoded = encode_split(split, tiny_tokenizer, max_seq_length=128)
     batch = collate(encoded.features, encoded.labels, pad_token_id=0)
     assert batch["input_ids"].shape == (2, 7)  # [CLS] the cat sat [SEP] dog [SEP]

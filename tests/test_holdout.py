@@ -8,15 +8,16 @@ import numpy as np
 import optuna
 import pytest
 
-from conftest import write_study
 from harness.cli import main
 from harness.config import load_study
 from harness.experiment import Experiment
 from harness.glue import get_task
-from harness.loading import load_split
 from harness.holdout import HOLDOUT_SPLIT, split_holdout
+from harness.loading import load_split
 from harness.report import load
 from harness.storage import Storage
+
+from conftest import write_study
 
 
 def _rows(split) -> Counter:
@@ -44,9 +45,20 @@ def test_holdout_is_disjoint_stratified_and_stable(glue_dir, task):
 
 
 def test_holdout_rows_never_reach_training(tmp_path, tiny_bert, glue_dir):
-    path = write_study(tmp_path / "h.yaml", tiny_bert, fixed={
-        "epochs": 2, "max_seq_length": 32, "max_train_samples": 200, "eval_batch_size": 256, "selection": "holdout",
-        "holdout_fraction": 0.5, "holdout_max_samples": 150, "teacher": {"epochs": 1, "max_train_samples": 200}})
+    path = write_study(
+        tmp_path / "h.yaml",
+        tiny_bert,
+        fixed={
+            "epochs": 2,
+            "max_seq_length": 32,
+            "max_train_samples": 200,
+            "eval_batch_size": 256,
+            "selection": "holdout",
+            "holdout_fraction": 0.5,
+            "holdout_max_samples": 150,
+            "teacher": {"epochs": 1, "max_train_samples": 200},
+        },
+    )
     experiment = Experiment(load_study(path), glue_dir, tmp_path / "cache", progress=False)
     assert len(experiment.evals[HOLDOUT_SPLIT]) == 150 and experiment.select_split == HOLDOUT_SPLIT
     full = load_split(get_task("SST-2"), "train", glue_dir)
@@ -61,10 +73,22 @@ def test_holdout_rows_never_reach_training(tmp_path, tiny_bert, glue_dir):
 
 
 def test_holdout_sweep_selects_on_holdout_and_reads_dev_once(tmp_path, tiny_bert, glue_dir):
-    fixed = {"epochs": 3, "max_seq_length": 32, "max_train_samples": 96, "eval_batch_size": 256,
-             "selection": "holdout", "holdout_max_samples": 200, "teacher": {"epochs": 1, "max_train_samples": 96}}
-    path = write_study(tmp_path / "h.yaml", tiny_bert, methods=["nkd", "alp"], fixed=fixed,
-                       search={"lr": [3e-4, 1e-3], "eta": [0.5], "lambda": [0.2]})
+    fixed = {
+        "epochs": 3,
+        "max_seq_length": 32,
+        "max_train_samples": 96,
+        "eval_batch_size": 256,
+        "selection": "holdout",
+        "holdout_max_samples": 200,
+        "teacher": {"epochs": 1, "max_train_samples": 96},
+    }
+    path = write_study(
+        tmp_path / "h.yaml",
+        tiny_bert,
+        methods=["nkd", "alp"],
+        fixed=fixed,
+        search={"lr": [3e-4, 1e-3], "eta": [0.5], "lambda": [0.2]},
+    )
     storage = f"sqlite:///{tmp_path / 'h.db'}"
     common = ["--storage", storage, "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
     assert main(["run", str(path), *common]) == 0

@@ -22,8 +22,12 @@ def _module_name(path: Path) -> str:
 
 
 def _project_files() -> dict[str, Path]:
-    return {_module_name(path): path for package in PACKAGES if (REPO / package).is_dir()
-            for path in sorted((REPO / package).rglob("*.py"))}
+    return {
+        _module_name(path): path
+        for package in PACKAGES
+        if (REPO / package).is_dir()
+        for path in sorted((REPO / package).rglob("*.py"))
+    }
 
 
 def _resolve(name: str, known: set[str]) -> str:
@@ -44,7 +48,7 @@ def _imports(module: str, path: Path, known: set[str]) -> set[str]:
             found.update(_resolve(alias.name, known) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: ``from . import x`` / ``from ..y import z``
-                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 source = ".".join(base + ([node.module] if node.module else []))
             else:
                 source = node.module or ""
@@ -52,8 +56,9 @@ def _imports(module: str, path: Path, known: set[str]) -> set[str]:
                 submodule = f"{source}.{alias.name}"
                 found.add(submodule if submodule in known else _resolve(source, known))
     root = module.split(".")[0]
-    return {name for name in found
-            if name.split(".")[0] in PACKAGES and name != module and name != root}  # own package __init__: ignored
+    return {
+        name for name in found if name.split(".")[0] in PACKAGES and name != module and name != root
+    }  # own package __init__: ignored
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -117,15 +122,34 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_import_graph_reads_every_kind_of_import(tmp_path):
     source = tmp_path / "mod.py"
-    source.write_text("import os\nimport harness.glue.sub\nfrom harness import plots, __version__\n"
-                      "from harness.config import load_study\nfrom . import sibling\nfrom .other import thing\n"
-                      "def later():\n    from harness.cli import main\n    import bench.sweep\n"
-                      "try:\n    from harness.new_module import x\nexcept ImportError:\n    pass\n")
-    known = {"harness", "harness.glue", "harness.plots", "harness.config", "harness.cli", "harness.sibling",
-             "harness.other", "harness.pkg", "bench", "bench.sweep"}
+    source.write_text(
+        "import os\nimport harness.glue.sub\nfrom harness import plots, __version__\n"
+        "from harness.config import load_study\nfrom . import sibling\nfrom .other import thing\n"
+        "def later():\n    from harness.cli import main\n    import bench.sweep\n"
+        "try:\n    from harness.new_module import x\nexcept ImportError:\n    pass\n"
+    )
+    known = {
+        "harness",
+        "harness.glue",
+        "harness.plots",
+        "harness.config",
+        "harness.cli",
+        "harness.sibling",
+        "harness.other",
+        "harness.pkg",
+        "bench",
+        "bench.sweep",
+    }
     assert _imports("harness.pkg", source, known) == {
-        "harness.glue", "harness.plots", "harness.config", "harness.sibling", "harness.other", "harness.cli",
-        "bench.sweep", "harness.new_module"}  # not ``harness`` (own package __init__) nor itself
+        "harness.glue",
+        "harness.plots",
+        "harness.config",
+        "harness.sibling",
+        "harness.other",
+        "harness.cli",
+        "bench.sweep",
+        "harness.new_module",
+    }  # not ``harness`` (own package __init__) nor itself
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a", "x"}, "d": {"a"}, "x": set()}) == [["a", "b", "c", "a"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
     graph = import_graph()
@@ -139,9 +163,13 @@ def test_no_import_cycles():
 
 def test_core_never_imports_benchmarks_or_the_cli():
     """Only ``run_study.py`` and ``bench`` sit on top of the core; the core depends on neither."""
-    bad = sorted(f"{module} -> {target}" for module, targets in import_graph().items()
-                 if module.split(".")[0] == "harness" for target in targets
-                 if target.split(".")[0] == "bench" or target == "harness.cli")
+    bad = sorted(
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        if module.split(".")[0] == "harness"
+        for target in targets
+        if target.split(".")[0] == "bench" or target == "harness.cli"
+    )
     assert not bad, "the core imports the benchmarks or the CLI:\n" + "\n".join(bad)
 
 
@@ -189,8 +217,9 @@ def _heavy_modules(code: str) -> tuple[str, str, float]:
     script = PROBE.format(heavy=HEAVY, packages=PACKAGES, code=code)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     seconds = time.perf_counter() - start
     assert done.returncode == 0, done.stdout + done.stderr
     verdict = [line for line in done.stdout.splitlines() if line.startswith("HEAVY|")][-1]
@@ -202,10 +231,18 @@ def _heavy_modules(code: str) -> tuple[str, str, float]:
 def status_db(tmp_path) -> str:
     """A small database: the harness's tables and one Optuna study, made by another process."""
     url = f"sqlite:///{tmp_path / 'light.db'}"
-    make = ("import optuna\nfrom harness.storage import Storage\n"
-            f"Storage({url!r})\noptuna.create_study(study_name='t/SST-2/kd', storage={url!r})\n")
-    done = subprocess.run([sys.executable, "-c", make], cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                          capture_output=True, text=True, timeout=120)
+    make = (
+        "import optuna\nfrom harness.storage import Storage\n"
+        f"Storage({url!r})\noptuna.create_study(study_name='t/SST-2/kd', storage={url!r})\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", make],
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return url
 

@@ -276,8 +276,10 @@ def test_alp_tokens_ignores_padding() -> None:
     t2[1, :, 2:] = float("nan")
     torch.testing.assert_close(alp_tokens_loss(s2, t2, mask), loss)
     # and the padding really is excluded: same as computing over the valid tokens only
-    expected = (3 * alp_tokens_loss(s[:1, :, :3], t[:1, :, :3], mask[:1, :3])
-                + 2 * alp_tokens_loss(s[1:, :, :2], t[1:, :, :2], mask[1:, :2])) / 5
+    expected = (
+        3 * alp_tokens_loss(s[:1, :, :3], t[:1, :, :3], mask[:1, :3])
+        + 2 * alp_tokens_loss(s[1:, :, :2], t[1:, :, :2], mask[1:, :2])
+    ) / 5
     torch.testing.assert_close(loss, expected)
     # while changing a valid position does change it
     s3 = s.clone()

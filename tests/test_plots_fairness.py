@@ -16,7 +16,7 @@ BUDGET = 6
 
 def _curve(size: int, base: float) -> dict:
     n = list(range(1, size + 1))
-    return {"n": n, "mean": [base + 0.05 * (1 - 1 / k ** 0.5) for k in n], "sd": [0.03 / k ** 0.5 for k in n]}
+    return {"n": n, "mean": [base + 0.05 * (1 - 1 / k**0.5) for k in n], "sd": [0.03 / k**0.5 for k in n]}
 
 
 CURVES = {"alp": _curve(12, 0.85), "nkd": _curve(3, 0.82), "kd": _curve(6, 0.84)}  # not in registry order
@@ -30,20 +30,37 @@ def _alpha(rows: int, cols: int, sharp: float) -> list[list[float]]:
 
 
 PANELS = [
-    {"method": "alp-po", "point": "lr=5e-05,eta=0.5,lambda=0.2", "alpha": _alpha(6, 12, 30.0), "entropy": 0.04,
-     "one_hot": True},
-    {"method": "alp", "point": "lr=1e-05,eta=0.2,lambda=0.7", "alpha": _alpha(6, 12, 1.0), "entropy": 2.41,
-     "one_hot": False},
-    {"method": "alp-no", "point": "lr=5e-05,eta=0.2,lambda=0.2", "alpha": _alpha(4, 3, 1.0), "entropy": 1.05,
-     "one_hot": False},
+    {
+        "method": "alp-po",
+        "point": "lr=5e-05,eta=0.5,lambda=0.2",
+        "alpha": _alpha(6, 12, 30.0),
+        "entropy": 0.04,
+        "one_hot": True,
+    },
+    {
+        "method": "alp",
+        "point": "lr=1e-05,eta=0.2,lambda=0.7",
+        "alpha": _alpha(6, 12, 1.0),
+        "entropy": 2.41,
+        "one_hot": False,
+    },
+    {
+        "method": "alp-no",
+        "point": "lr=5e-05,eta=0.2,lambda=0.2",
+        "alpha": _alpha(4, 3, 1.0),
+        "entropy": 1.05,
+        "one_hot": False,
+    },
 ]
 
 
 def _jobs() -> list[render.Job]:
-    return [render.Job("budget__demo__SST-2.png", figures_fair.budget_curves, ("demo / SST-2", CURVES, "accuracy", BUDGET)),
-            render.Job("budget__demo__long.png", figures_fair.budget_curves, ("demo / long", LONG, "accuracy", 10)),
-            render.Job("alpha__demo__SST-2.png", figures_fair.alpha_heatmap, ("demo / SST-2", PANELS)),
-            render.Job("alpha__demo__one.png", figures_fair.alpha_heatmap, ("demo / one", PANELS[2:]))]
+    return [
+        render.Job("budget__demo__SST-2.png", figures_fair.budget_curves, ("demo / SST-2", CURVES, "accuracy", BUDGET)),
+        render.Job("budget__demo__long.png", figures_fair.budget_curves, ("demo / long", LONG, "accuracy", 10)),
+        render.Job("alpha__demo__SST-2.png", figures_fair.alpha_heatmap, ("demo / SST-2", PANELS)),
+        render.Job("alpha__demo__one.png", figures_fair.alpha_heatmap, ("demo / one", PANELS[2:])),
+    ]
 
 
 def test_figures_render_to_valid_pngs_with_the_same_bytes_twice(tmp_path: Path):

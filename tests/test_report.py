@@ -42,23 +42,51 @@ def _point(text: str) -> dict:
     return {key: float(value) for key, value in (part.split("=") for part in text.split(","))}
 
 
-def _trial(state: TrialState, metrics: dict | None, point: str, *, seconds: float | None = None, device="cpu:2threads",
-           seed: int = 42, confirmation: bool = False, epoch_seconds: float = 0.0) -> optuna.trial.FrozenTrial:
+def _trial(
+    state: TrialState,
+    metrics: dict | None,
+    point: str,
+    *,
+    seconds: float | None = None,
+    device="cpu:2threads",
+    seed: int = 42,
+    confirmation: bool = False,
+    epoch_seconds: float = 0.0,
+) -> optuna.trial.FrozenTrial:
     """A trial as the workers record it; ``metrics`` (split → metric → value) is the best (last) epoch's."""
     params = _point(point)
-    attrs = {"point": point, "lr": params["lr"], "eta": params["eta"], "lambda": params["lambda"],
-             "seed": seed, "worker": "host:1", "device": device, "epochs": []}
+    attrs = {
+        "point": point,
+        "lr": params["lr"],
+        "eta": params["eta"],
+        "lambda": params["lambda"],
+        "seed": seed,
+        "worker": "host:1",
+        "device": device,
+        "epochs": [],
+    }
     value = None
     if metrics is not None:
         split = next(iter(metrics))
         value = metrics[split]["f1" if "f1" in metrics[split] else "accuracy"]
         attrs["epochs"] = [
-            {"epoch": 1, "value": value - 0.05, "metrics": metrics, "losses": {"ce": 0.5, "kd": 0.2, "inter": 0.1,
-                                                                              "total": 0.8},
-             "train_seconds": epoch_seconds, "seconds": epoch_seconds},
-            {"epoch": 2, "value": value, "metrics": metrics, "losses": {"ce": 0.4, "kd": 0.1, "inter": 0.1,
-                                                                       "total": 0.6},
-             "train_seconds": epoch_seconds, "seconds": epoch_seconds}]
+            {
+                "epoch": 1,
+                "value": value - 0.05,
+                "metrics": metrics,
+                "losses": {"ce": 0.5, "kd": 0.2, "inter": 0.1, "total": 0.8},
+                "train_seconds": epoch_seconds,
+                "seconds": epoch_seconds,
+            },
+            {
+                "epoch": 2,
+                "value": value,
+                "metrics": metrics,
+                "losses": {"ce": 0.4, "kd": 0.1, "inter": 0.1, "total": 0.6},
+                "train_seconds": epoch_seconds,
+                "seconds": epoch_seconds,
+            },
+        ]
         if state == TrialState.COMPLETE:
             attrs["best_epoch"] = 2
     if seconds is not None:
@@ -67,8 +95,9 @@ def _trial(state: TrialState, metrics: dict | None, point: str, *, seconds: floa
         attrs["confirmation"] = True
     if state == TrialState.FAIL:
         attrs["fail_reason"] = "RuntimeError: boom"
-    return create_trial(state=state, value=value if state in (TrialState.COMPLETE, TrialState.PRUNED) else None,
-                        user_attrs=attrs)
+    return create_trial(
+        state=state, value=value if state in (TrialState.COMPLETE, TrialState.PRUNED) else None, user_attrs=attrs
+    )
 
 
 def _sst2(accuracy: float) -> dict:
@@ -80,8 +109,16 @@ def _mrpc(f1: float, accuracy: float) -> dict:
 
 
 def _config(task: str, methods: list[str], name: str = "syn"):
-    return parse_study({"name": name, "task": task, "teacher": "synthetic-teacher", "student_layers": 2,
-                        "methods": methods, "search": {"lr": [1e-5, 5e-5], "eta": [0.5], "lambda": [0.2, 0.7]}})
+    return parse_study(
+        {
+            "name": name,
+            "task": task,
+            "teacher": "synthetic-teacher",
+            "student_layers": 2,
+            "methods": methods,
+            "search": {"lr": [1e-5, 5e-5], "eta": [0.5], "lambda": [0.2, 0.7]},
+        }
+    )
 
 
 def build_database(url: str) -> int:
@@ -89,21 +126,33 @@ def build_database(url: str) -> int:
     storage, done = Storage(url), TrialState.COMPLETE
     sst2 = _config("SST-2", ["nkd", "kd", "alp"])
     trials = {
-        "nkd": [_trial(done, _sst2(0.80), "lr=1e-05,eta=0,lambda=0", seconds=60),
-                _trial(done, _sst2(0.82), NKD_POINT, seconds=60)]
-        + [_trial(done, _sst2(v), NKD_POINT, seconds=10, seed=s, confirmation=True)
-           for s, v in enumerate(SEEDS["nkd"], 1)],
-        "kd": [_trial(done, _sst2(0.85), KD_POINT, seconds=3600),
-               _trial(TrialState.FAIL, _sst2(0.50), "lr=5e-05,eta=0.5,lambda=0", epoch_seconds=450),
-               _trial(TrialState.PRUNED, _sst2(0.60), KD_POINT, seconds=900, device="cuda:NVIDIA H100")]
-        + [_trial(done, _sst2(v), KD_POINT, seconds=10, seed=s, confirmation=True)
-           for s, v in enumerate(SEEDS["kd"], 1)],
-        "alp": [_trial(done, _sst2(0.86), RUNNER_UP, seconds=3600, device="cuda:NVIDIA H100"),
-                _trial(done, _sst2(0.88), ALP_POINT, seconds=7200),
-                _trial(TrialState.RUNNING, _sst2(0.70), RUNNER_UP, epoch_seconds=300),
-                _trial(TrialState.FAIL, None, ALP_POINT, seed=1, confirmation=True)]
-        + [_trial(done, _sst2(v), ALP_POINT, seconds=360, seed=s, confirmation=True)
-           for s, v in enumerate(SEEDS["alp"], 1)]
+        "nkd": [
+            _trial(done, _sst2(0.80), "lr=1e-05,eta=0,lambda=0", seconds=60),
+            _trial(done, _sst2(0.82), NKD_POINT, seconds=60),
+        ]
+        + [
+            _trial(done, _sst2(v), NKD_POINT, seconds=10, seed=s, confirmation=True)
+            for s, v in enumerate(SEEDS["nkd"], 1)
+        ],
+        "kd": [
+            _trial(done, _sst2(0.85), KD_POINT, seconds=3600),
+            _trial(TrialState.FAIL, _sst2(0.50), "lr=5e-05,eta=0.5,lambda=0", epoch_seconds=450),
+            _trial(TrialState.PRUNED, _sst2(0.60), KD_POINT, seconds=900, device="cuda:NVIDIA H100"),
+        ]
+        + [
+            _trial(done, _sst2(v), KD_POINT, seconds=10, seed=s, confirmation=True)
+            for s, v in enumerate(SEEDS["kd"], 1)
+        ],
+        "alp": [
+            _trial(done, _sst2(0.86), RUNNER_UP, seconds=3600, device="cuda:NVIDIA H100"),
+            _trial(done, _sst2(0.88), ALP_POINT, seconds=7200),
+            _trial(TrialState.RUNNING, _sst2(0.70), RUNNER_UP, epoch_seconds=300),
+            _trial(TrialState.FAIL, None, ALP_POINT, seed=1, confirmation=True),
+        ]
+        + [
+            _trial(done, _sst2(v), ALP_POINT, seconds=360, seed=s, confirmation=True)
+            for s, v in enumerate(SEEDS["alp"], 1)
+        ]
         # `confirm --top 2`: the runner-up configuration too, better over its seeds, but not the grid's best.
         + [_trial(done, _sst2(v), RUNNER_UP, seed=s, confirmation=True) for s, v in ((1, 0.95), (2, 0.94))],
     }
@@ -112,13 +161,16 @@ def build_database(url: str) -> int:
         study.set_user_attr("teacher", {"key": "t1", "value": 0.92, "metrics": {"dev": {"accuracy": 0.92}}})
         study.add_trials(rows)
     mrpc = _config("MRPC", ["nkd", "kd"])
-    trials = {"nkd": [_trial(done, _mrpc(0.80, 0.75), "lr=1e-05,eta=0,lambda=0", seconds=60),
-                      _trial(done, _mrpc(0.78, 0.79), NKD_POINT, seconds=60)],
-              "kd": [_trial(done, _mrpc(0.84, 0.80), KD_POINT, seconds=60)]}
+    trials = {
+        "nkd": [
+            _trial(done, _mrpc(0.80, 0.75), "lr=1e-05,eta=0,lambda=0", seconds=60),
+            _trial(done, _mrpc(0.78, 0.79), NKD_POINT, seconds=60),
+        ],
+        "kd": [_trial(done, _mrpc(0.84, 0.80), KD_POINT, seconds=60)],
+    }
     for method, rows in trials.items():
         study = open_study(storage, mrpc, method)
-        study.set_user_attr("teacher", {"key": "t2", "value": 0.90,
-                                        "metrics": {"dev": {"f1": 0.90, "accuracy": 0.86}}})
+        study.set_user_attr("teacher", {"key": "t2", "value": 0.90, "metrics": {"dev": {"f1": 0.90, "accuracy": 0.86}}})
         study.add_trials(rows)
     other = open_study(storage, _config("SST-2", ["kd"], name="syn2"), "kd")  # another study file, same task
     other.set_user_attr("teacher", {"key": "t3", "value": 0.93, "metrics": {"dev": {"accuracy": 0.93}}})
@@ -138,8 +190,14 @@ def reports(tmp_path_factory):
     storage = Storage(url)
     first = write_report(storage, folder / "first", "syn", COMMAND, reference=folder / "published.yaml")
     second = write_report(storage, folder / "second", "syn", COMMAND, reference=folder / "published.yaml")
-    return {"first": first.parent, "second": second.parent, "text": first.read_text(), "n_trials": n_trials,
-            "folder": folder, "storage": storage}
+    return {
+        "first": first.parent,
+        "second": second.parent,
+        "text": first.read_text(),
+        "n_trials": n_trials,
+        "folder": folder,
+        "storage": storage,
+    }
 
 
 def _table(text: str, heading: str) -> list[str]:
@@ -166,8 +224,10 @@ def test_comparison_table_matches_hand_built_expectation(reports):
     ]
     assert _table(reports["text"], "## Comparison") == expected
     comparison = reports["text"].split("## Comparison", 1)[1].split("## Seeds", 1)[0]
-    assert "† Average over the tasks this row has, not comparable with complete rows; missing: alp: MRPC; " \
-           "alp (published) [2]: MRPC." in comparison
+    assert (
+        "† Average over the tasks this row has, not comparable with complete rows; missing: alp: MRPC; "
+        "alp (published) [2]: MRPC." in comparison
+    )
     assert "[1] fixture A (not a paper)" in comparison and "[2] fixture B (not a paper)" in comparison
     assert "not shown: QNLI" in comparison
     assert f"Reproduce: `{COMMAND}`" in comparison
@@ -178,9 +238,10 @@ def test_several_study_files_in_one_database(reports):
     assert _table(text, "## Comparison")[4] == "| kd | 87.00‡ | **84.00/80.00** | **84.50** |"
     assert "‡ kd on SST-2: best over the study files syn, syn2 (pass --name to compare one study file)." in text
     assert "‡ SST-2: the studies used different teachers; the teacher of syn/SST-2/alp is shown." in text
-    assert _table(text, "### syn2 / SST-2")[2:] == ["| teacher | 93.00 |" + " |" * 12,
-                                                    "| kd | 87.00 | 1e-05 | 0.5 | 0 | 0 | 1 | 0 | 0 | 0 | 0 | "
-                                                    "0.017 | 0.000 | 0.017 |"]
+    assert _table(text, "### syn2 / SST-2")[2:] == [
+        "| teacher | 93.00 |" + " |" * 12,
+        "| kd | 87.00 | 1e-05 | 0.5 | 0 | 0 | 1 | 0 | 0 | 0 | 0 | 0.017 | 0.000 | 0.017 |",
+    ]
     assert "syn2" not in reports["text"]  # --name syn leaves the other study file out
     assert "not-a-harness-study" not in text
 
@@ -190,7 +251,7 @@ def test_every_table_is_followed_by_its_command(reports):
     ends = [i for i, line in enumerate(lines) if line.startswith("|") and not lines[i + 1].startswith("|")]
     assert len(ends) == 7  # comparison, equal budget, gain over KD, seeds, paired tests, two study tables
     for end in ends:
-        after = lines[end + 1:]
+        after = lines[end + 1 :]
         stop = next((i for i, line in enumerate(after) if line.startswith(("#", "|"))), len(after))
         assert f"Reproduce: `{COMMAND}`" in after[:stop]
 
@@ -209,8 +270,12 @@ def test_study_tables(reports):
 
 
 def test_seed_statistics_and_paired_tests_with_holm(reports):
-    rows = {tuple(cells[:3]): cells[3:] for cells in
-            ([c.strip() for c in line.strip("|").split("|")] for line in _table(reports["text"], "## Seeds")[2:])}
+    rows = {
+        tuple(cells[:3]): cells[3:]
+        for cells in (
+            [c.strip() for c in line.strip("|").split("|")] for line in _table(reports["text"], "## Seeds")[2:]
+        )
+    }
     points = {"alp": ALP_POINT, "kd": KD_POINT, "nkd": NKD_POINT}
     assert set(rows) == {("SST-2", m, points[m]) for m in SEEDS} | {("SST-2", "alp", RUNNER_UP)}
     for method, values in [*SEEDS.items(), ("alp-runner-up", [0.95, 0.94])]:
@@ -218,11 +283,16 @@ def test_seed_statistics_and_paired_tests_with_holm(reports):
         mean, std = values.mean(), values.std(ddof=1)
         half = stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))
         key = ("SST-2", "alp", RUNNER_UP) if method == "alp-runner-up" else ("SST-2", method, points[method])
-        assert rows[key] == [str(len(values)), f"{100 * mean:.2f} ± {100 * std:.2f}",
-                             f"[{100 * (mean - half):.2f}, {100 * (mean + half):.2f}]",
-                             "" if method == "alp-runner-up" else "✓"]
-    tests = {tuple(c.strip() for c in line.strip("|").split("|"))[1:3]: [c.strip() for c in line.strip("|").split("|")]
-             for line in _table(reports["text"], "## Paired comparisons")[2:]}
+        assert rows[key] == [
+            str(len(values)),
+            f"{100 * mean:.2f} ± {100 * std:.2f}",
+            f"[{100 * (mean - half):.2f}, {100 * (mean + half):.2f}]",
+            "" if method == "alp-runner-up" else "✓",
+        ]
+    tests = {
+        tuple(c.strip() for c in line.strip("|").split("|"))[1:3]: [c.strip() for c in line.strip("|").split("|")]
+        for line in _table(reports["text"], "## Paired comparisons")[2:]
+    }
     assert set(tests) == {("alp", "nkd"), ("alp", "kd")}
     # Paired over the seeds both methods have (nkd has seeds 1 and 2 only), Holm over the two comparisons.
     raw = {}
@@ -241,8 +311,9 @@ def test_seed_statistics_and_paired_tests_with_holm(reports):
     for base in ("kd", "nkd"):
         assert float(tests[("alp", base)][6]) == pytest.approx(holm[base], rel=1e-2)
         called = holm[base] < 0.05
-        assert tests[("alp", base)][10] == ("alp higher (seeds, Holm p < 0.05)" if called
-                                            else "not distinguishable from noise")
+        assert tests[("alp", base)][10] == (
+            "alp higher (seeds, Holm p < 0.05)" if called else "not distinguishable from noise"
+        )
     assert all(float(tests[("alp", b)][6]) >= float(tests[("alp", b)][5]) for b in raw)  # correction only raises p
 
 
@@ -253,7 +324,8 @@ def test_a_single_seed_has_no_spread():
 
 def test_figures_exist_are_linked_and_regenerate_byte_identically(reports):
     names = {"bars.png", "heatmap__syn__SST-2.png", "budget__SST-2.png", "budget__MRPC.png"} | {
-        f"{kind}__syn__{task}.png" for kind in ("lr", "history", "epochs") for task in ("SST-2", "MRPC")}
+        f"{kind}__syn__{task}.png" for kind in ("lr", "history", "epochs") for task in ("SST-2", "MRPC")
+    }
     first, second = reports["first"], reports["second"]
     assert {p.name for p in (first / "figures").iterdir()} == names
     for name in names:
@@ -269,11 +341,28 @@ def test_a_reused_heatmap_figure_draws_the_same_bytes_as_a_fresh_one():
     search = {"lr": [1e-5, 5e-5], "eta": [0.0, 0.5], "lambda": [0.2, 0.7]}
 
     def rows(values: list[float | None]) -> pd.DataFrame:
-        points = [(method, lr, eta, lam) for method in ("pkd-skip", "alp") for lr in search["lr"]
-                  for eta in search["eta"] for lam in search["lambda"] if eta + lam <= 1]
-        return pd.DataFrame([{"method": method, "state": "COMPLETE" if v is not None else "FAIL",
-                              "confirmation": False, "value": v, "lr": lr, "eta": eta, "lambda": lam}
-                             for (method, lr, eta, lam), v in zip(points, values)])
+        points = [
+            (method, lr, eta, lam)
+            for method in ("pkd-skip", "alp")
+            for lr in search["lr"]
+            for eta in search["eta"]
+            for lam in search["lambda"]
+            if eta + lam <= 1
+        ]
+        return pd.DataFrame(
+            [
+                {
+                    "method": method,
+                    "state": "COMPLETE" if v is not None else "FAIL",
+                    "confirmation": False,
+                    "value": v,
+                    "lr": lr,
+                    "eta": eta,
+                    "lambda": lam,
+                }
+                for (method, lr, eta, lam), v in zip(points, values)
+            ]
+        )
 
     def png(figure) -> bytes:
         buffer = io.BytesIO()
@@ -318,8 +407,9 @@ def test_rerun_keeps_unchanged_figures_and_removes_stale_ones(reports, tmp_path)
     before = {p.name: p.stat().st_mtime_ns for p in (out / "figures").glob("*.png")}
     write_report(reports["storage"], out, "syn", COMMAND)
     assert not stale.exists()
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "figures").glob("*.png")} == \
-           {k: v for k, v in before.items() if k != stale.name}
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "figures").glob("*.png")} == {
+        k: v for k, v in before.items() if k != stale.name
+    }
     assert (out / "figures" / "bars.png").read_bytes() == (reports["first"] / "figures" / "bars.png").read_bytes()
 
 
@@ -357,15 +447,19 @@ BAD_REFERENCES = [
     ("- {method: kd, task: SST-2, metric: accuracy, value: 90, source: x, year: 2020}", "unknown key year"),
     ("- {method: kdd, task: SST-2, metric: accuracy, value: 90, source: x}", "unknown method 'kdd'"),
     ("- {method: kd, task: sst3, metric: accuracy, value: 90, source: x}", "unknown task 'sst3'"),
-    ("- {method: kd, task: MRPC, metric: mcc, value: 90, source: x}",
-     "MRPC has no metric 'mcc' (allowed: f1, accuracy)"),
+    (
+        "- {method: kd, task: MRPC, metric: mcc, value: 90, source: x}",
+        "MRPC has no metric 'mcc' (allowed: f1, accuracy)",
+    ),
     ("- {method: kd, task: MNLI, metric: accuracy, value: 90, source: x}", "dev_matched.accuracy"),
     ("- {method: kd, task: SST-2, metric: accuracy, value: 0.9, source: x}", "value must be a percentage"),
     ("- {method: kd, task: SST-2, metric: accuracy, value: '90', source: x}", "value must be a percentage"),
     ("- {method: kd, task: SST-2, metric: accuracy, value: 90, source: ''}", "source must be a non-empty text"),
-    ("- {method: kd, task: SST-2, metric: accuracy, value: 90, source: x}\n"
-     "- {method: kd, task: sst2, metric: accuracy, value: 91, source: x}",
-     "entry 2: kd SST-2 accuracy from 'x' is listed twice"),
+    (
+        "- {method: kd, task: SST-2, metric: accuracy, value: 90, source: x}\n"
+        "- {method: kd, task: sst2, metric: accuracy, value: 91, source: x}",
+        "entry 2: kd SST-2 accuracy from 'x' is listed twice",
+    ),
     ("- {method: kd, task: [unclosed", "is not valid YAML"),
 ]
 
@@ -391,9 +485,16 @@ def test_honest_sections_on_a_database_with_labels_predictions_and_attention(tmp
     from harness.fairness import expected_max, paired_bootstrap
 
     storage, done = Storage(f"sqlite:///{tmp_path / 'h.db'}"), TrialState.COMPLETE
-    config = parse_study({"name": "h", "task": "SST-2", "teacher": "synthetic-teacher", "student_layers": 2,
-                          "methods": ["nkd", "kd", "alp"],
-                          "search": {"lr": [1e-5, 5e-5], "eta": [0.0, 0.5], "lambda": [0.0, 0.2]}})
+    config = parse_study(
+        {
+            "name": "h",
+            "task": "SST-2",
+            "teacher": "synthetic-teacher",
+            "student_layers": 2,
+            "methods": ["nkd", "kd", "alp"],
+            "search": {"lr": [1e-5, 5e-5], "eta": [0.0, 0.5], "lambda": [0.0, 0.2]},
+        }
+    )
     labels = np.array([1] * 60 + [0] * 40)
 
     def logits(correct: int) -> np.ndarray:  # right on the first `correct` examples, wrong after
@@ -405,14 +506,26 @@ def test_honest_sections_on_a_database_with_labels_predictions_and_attention(tmp
         attrs["epochs"] = [{**e, "alpha": alpha, "alpha_entropy": entropy} for e in attrs["epochs"]]
         return create_trial(state=trial.state, value=trial.value, user_attrs=attrs)
 
-    rows = {"nkd": [_trial(done, _sst2(0.60), "lr=1e-05,eta=0,lambda=0")],
-            "kd": [_trial(done, _sst2(0.80), "lr=1e-05,eta=0.5,lambda=0"),
-                   _trial(done, _sst2(0.70), "lr=5e-05,eta=0.5,lambda=0")],
-            "alp": [_trial(done, _sst2(0.80), "lr=1e-05,eta=0.5,lambda=0"),
-                    with_alpha(_trial(done, _sst2(0.78), "lr=1e-05,eta=0.5,lambda=0.2"),
-                               [[0.0, 0.01, 0.99, 0.0], [0.0, 0.0, 0.02, 0.98]], 0.05)]}
-    predictions = {"nkd": [np.eye(2)[np.ones(100, dtype=int)].astype(np.float32)], "kd": [logits(80), logits(70)],
-                   "alp": [logits(80), logits(78)]}
+    rows = {
+        "nkd": [_trial(done, _sst2(0.60), "lr=1e-05,eta=0,lambda=0")],
+        "kd": [
+            _trial(done, _sst2(0.80), "lr=1e-05,eta=0.5,lambda=0"),
+            _trial(done, _sst2(0.70), "lr=5e-05,eta=0.5,lambda=0"),
+        ],
+        "alp": [
+            _trial(done, _sst2(0.80), "lr=1e-05,eta=0.5,lambda=0"),
+            with_alpha(
+                _trial(done, _sst2(0.78), "lr=1e-05,eta=0.5,lambda=0.2"),
+                [[0.0, 0.01, 0.99, 0.0], [0.0, 0.0, 0.02, 0.98]],
+                0.05,
+            ),
+        ],
+    }
+    predictions = {
+        "nkd": [np.eye(2)[np.ones(100, dtype=int)].astype(np.float32)],
+        "kd": [logits(80), logits(70)],
+        "alp": [logits(80), logits(78)],
+    }
     for method, trials in rows.items():
         study = open_study(storage, config, method)
         study.set_user_attr("teacher", {"key": "t", "value": 0.9, "metrics": {"dev": {"accuracy": 0.9}}})
@@ -430,8 +543,10 @@ def test_honest_sections_on_a_database_with_labels_predictions_and_attention(tmp
     assert table[5] == "| kd | **80.00** | **80.00** |"
     assert table[6] == "| alp | **80.00 ≡ KD** | **80.00** |"  # its best point has λ = 0: KD's computation
 
-    budget = {cells[0]: cells[1] for cells in ([c.strip() for c in line.strip("|").split("|")]
-                                              for line in _table(text, "## Equal budget")[2:])}
+    budget = {
+        cells[0]: cells[1]
+        for cells in ([c.strip() for c in line.strip("|").split("|")] for line in _table(text, "## Equal budget")[2:])
+    }
     assert "n = 1" in text.split("## Equal budget", 1)[1].split("|", 1)[0]  # the smallest grid (NKD's)
     for method, values in (("kd", [0.80, 0.70]), ("alp", [0.80, 0.78])):
         mean, sd = expected_max(values, 1)
@@ -439,10 +554,11 @@ def test_honest_sections_on_a_database_with_labels_predictions_and_attention(tmp
     gains = _table(text, "Gain over KD")
     assert gains[3] == "| alp | +4.00 | +0.00 ≡ KD |"
 
-    paired = {tuple(c.strip() for c in line.strip("|").split("|"))[2]: [c.strip() for c in line.strip("|").split("|")]
-              for line in _table(text, "## Paired comparisons")[2:]}
-    expected = paired_bootstrap("accuracy", logits(80).argmax(1),
-                                np.ones(100, dtype=int), labels, 1000, 0)
+    paired = {
+        tuple(c.strip() for c in line.strip("|").split("|"))[2]: [c.strip() for c in line.strip("|").split("|")]
+        for line in _table(text, "## Paired comparisons")[2:]
+    }
+    expected = paired_bootstrap("accuracy", logits(80).argmax(1), np.ones(100, dtype=int), labels, 1000, 0)
     assert paired["nkd"][7] == f"{100 * expected.delta:+.2f} [{100 * expected.low:+.2f}, {100 * expected.high:+.2f}]"
     assert paired["kd"][7] == "+0.00 [+0.00, +0.00]" and paired["kd"][10] == "not distinguishable from noise"
     assert paired["nkd"][10] == "alp higher (dev bootstrap, Holm p < 0.05)"

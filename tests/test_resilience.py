@@ -19,20 +19,28 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from conftest import REPO, run_cli, write_study
 from harness.cli import main
+
+from conftest import REPO, run_cli, write_study
 
 KILL_STUDY = {
     "methods": ["nkd", "alp"],
-    "fixed": {"epochs": 2, "max_seq_length": 32, "max_train_samples": 64, "eval_batch_size": 256,
-              "teacher": {"epochs": 3, "lr": 1e-4, "max_train_samples": 256}},
+    "fixed": {
+        "epochs": 2,
+        "max_seq_length": 32,
+        "max_train_samples": 64,
+        "eval_batch_size": 256,
+        "teacher": {"epochs": 3, "lr": 1e-4, "max_train_samples": 256},
+    },
     "search": {"lr": [1e-4, 5e-5], "eta": [0.5], "lambda": [0.2]},
 }
 
 
 def best_values(storage: str) -> dict[str, float]:
-    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage).best_value
-            for s in optuna.get_all_study_summaries(storage)}
+    return {
+        s.study_name: optuna.load_study(study_name=s.study_name, storage=storage).best_value
+        for s in optuna.get_all_study_summaries(storage)
+    }
 
 
 def check_one_complete_per_point(storage: str, expected_points: int) -> None:
@@ -61,12 +69,23 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, tiny_bert, glue_dir):
     study_file = write_study(tmp_path / "kill.yaml", tiny_bert, **KILL_STUDY)
     storage = f"sqlite:///{tmp_path / 'killed.db'}"
     cache = tmp_path / "cache"
-    command = [sys.executable, str(REPO / "run_study.py"), "run", str(study_file), "--storage", storage,
-               "--data-dir", str(glue_dir), "--cache-dir", str(cache)]
+    command = [
+        sys.executable,
+        str(REPO / "run_study.py"),
+        "run",
+        str(study_file),
+        "--storage",
+        storage,
+        "--data-dir",
+        str(glue_dir),
+        "--cache-dir",
+        str(cache),
+    ]
 
     def start():
-        return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        return subprocess.Popen(
+            command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
 
     rng = random.Random(7)
     started = time.monotonic()
@@ -88,20 +107,47 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, tiny_bert, glue_dir):
     check_one_complete_per_point(storage, expected_points=2)
 
     reference = f"sqlite:///{tmp_path / 'clean.db'}"
-    clean = run_cli("run", str(study_file), "--storage", reference, "--data-dir", str(glue_dir),
-                    "--cache-dir", str(tmp_path / "clean-cache"))
+    clean = run_cli(
+        "run",
+        str(study_file),
+        "--storage",
+        reference,
+        "--data-dir",
+        str(glue_dir),
+        "--cache-dir",
+        str(tmp_path / "clean-cache"),
+    )
     assert clean.returncode == 0, clean.stderr
     assert best_values(storage) == best_values(reference)
 
 
 def _duplicate_free_sweep(storage: str, workers: int, tmp_path: Path, tiny_bert: Path, glue_dir: Path) -> None:
     lrs = [1e-4, 9e-5, 8e-5, 7e-5, 6e-5, 5e-5]
-    study_file = write_study(tmp_path / "par.yaml", tiny_bert, methods=["nkd", "kd"],
-                             fixed={"epochs": 1, "max_seq_length": 32, "max_train_samples": 32,
-                                    "eval_batch_size": 512, "teacher": {"epochs": 1, "max_train_samples": 32}},
-                             search={"lr": lrs, "eta": [0.5]})
-    result = run_cli("run", str(study_file), "--storage", storage, "--data-dir", str(glue_dir),
-                     "--cache-dir", str(tmp_path / "cache"), "--workers", str(workers))
+    study_file = write_study(
+        tmp_path / "par.yaml",
+        tiny_bert,
+        methods=["nkd", "kd"],
+        fixed={
+            "epochs": 1,
+            "max_seq_length": 32,
+            "max_train_samples": 32,
+            "eval_batch_size": 512,
+            "teacher": {"epochs": 1, "max_train_samples": 32},
+        },
+        search={"lr": lrs, "eta": [0.5]},
+    )
+    result = run_cli(
+        "run",
+        str(study_file),
+        "--storage",
+        storage,
+        "--data-dir",
+        str(glue_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--workers",
+        str(workers),
+    )
     assert result.returncode == 0, result.stderr
     assert "locked" not in result.stderr + result.stdout
     check_one_complete_per_point(storage, expected_points=len(lrs))
@@ -128,11 +174,25 @@ def postgres_url():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     data = folder / "data"
-    subprocess.run([*as_user, "initdb", "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
-                   capture_output=True)
-    subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
-                    f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200", "start"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, "initdb", "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True
+    )
+    subprocess.run(
+        [
+            *as_user,
+            "pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(folder / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         admin = sa.create_engine(f"postgresql://postgres@127.0.0.1:{port}/postgres", isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
@@ -155,20 +215,27 @@ def test_eight_workers_on_postgresql_run_every_point_once(tmp_path, tiny_bert, g
 def test_reused_name_with_other_setup_and_corrupt_checkpoint_are_one_line(tmp_path, tiny_bert, glue_dir, capsys):
     storage = f"sqlite:///{tmp_path / 's.db'}"
     common = ["--storage", storage, "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
-    fixed = {"epochs": 1, "max_seq_length": 32, "max_train_samples": 32, "eval_batch_size": 512,
-             "teacher": {"epochs": 1, "max_train_samples": 32}}
+    fixed = {
+        "epochs": 1,
+        "max_seq_length": 32,
+        "max_train_samples": 32,
+        "eval_batch_size": 512,
+        "teacher": {"epochs": 1, "max_train_samples": 32},
+    }
     first = write_study(tmp_path / "a.yaml", tiny_bert, methods=["nkd"], fixed=fixed, search={"lr": [1e-4]})
     assert main(["run", str(first), *common]) == 0
     capsys.readouterr()
 
-    changed = write_study(tmp_path / "b.yaml", tiny_bert, methods=["nkd"], fixed={**fixed, "epochs": 2},
-                          search={"lr": [1e-4]})
+    changed = write_study(
+        tmp_path / "b.yaml", tiny_bert, methods=["nkd"], fixed={**fixed, "epochs": 2}, search={"lr": [1e-4]}
+    )
     assert main(["run", str(changed), *common]) == 2
     err = capsys.readouterr().err
     assert "study 'tiny/SST-2/nkd' already exists" in err and err.count("\n") == 1
 
-    more = write_study(tmp_path / "c.yaml", tiny_bert, name="other", methods=["nkd"], fixed=fixed,
-                       search={"lr": [1e-4, 5e-5]})
+    more = write_study(
+        tmp_path / "c.yaml", tiny_bert, name="other", methods=["nkd"], fixed=fixed, search={"lr": [1e-4, 5e-5]}
+    )
     # Run one of its two points, then plant a corrupt epoch checkpoint where the other will look for it.
     before = set((tmp_path / "cache" / "checkpoints").iterdir())
     assert main(["run", str(more), *common, "--n-trials", "1"]) == 0
@@ -182,16 +249,51 @@ def test_reused_name_with_other_setup_and_corrupt_checkpoint_are_one_line(tmp_pa
 
 def test_reproduce_a_stored_trial(tmp_path, tiny_bert, glue_dir):
     storage = f"sqlite:///{tmp_path / 'r.db'}"
-    study_file = write_study(tmp_path / "r.yaml", tiny_bert, methods=["alp"],
-                             fixed={"epochs": 1, "max_seq_length": 32, "max_train_samples": 32,
-                                    "eval_batch_size": 512, "teacher": {"epochs": 1, "max_train_samples": 32}},
-                             search={"lr": [1e-4], "eta": [0.5], "lambda": [0.2]})
-    assert run_cli("run", str(study_file), "--storage", storage, "--data-dir", str(glue_dir),
-                   "--cache-dir", str(tmp_path / "cache")).returncode == 0
+    study_file = write_study(
+        tmp_path / "r.yaml",
+        tiny_bert,
+        methods=["alp"],
+        fixed={
+            "epochs": 1,
+            "max_seq_length": 32,
+            "max_train_samples": 32,
+            "eval_batch_size": 512,
+            "teacher": {"epochs": 1, "max_train_samples": 32},
+        },
+        search={"lr": [1e-4], "eta": [0.5], "lambda": [0.2]},
+    )
+    assert (
+        run_cli(
+            "run",
+            str(study_file),
+            "--storage",
+            storage,
+            "--data-dir",
+            str(glue_dir),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ).returncode
+        == 0
+    )
     trial = optuna.load_study(study_name="tiny/SST-2/alp", storage=storage).best_trial
-    result = subprocess.run([sys.executable, str(REPO / "run_study.py"), "reproduce", str(trial._trial_id),
-                             "--storage", storage, "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "other")],
-                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "run_study.py"),
+            "reproduce",
+            str(trial._trial_id),
+            "--storage",
+            storage,
+            "--data-dir",
+            str(glue_dir),
+            "--cache-dir",
+            str(tmp_path / "other"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert f"stored {trial.value}, reproduced {trial.value:.6f} (difference +0.00e+00)" in result.stdout
     missing = run_cli("reproduce", "999", "--storage", storage)
@@ -211,20 +313,33 @@ def test_optuna_dashboard_opens_the_same_database(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'd.db'}"
     storage = Storage(url)
-    config = parse_study({"name": "dash", "task": "RTE", "teacher": "minilm-l6", "student_layers": 2,
-                          "methods": ["alp"]})
+    config = parse_study(
+        {"name": "dash", "task": "RTE", "teacher": "minilm-l6", "student_layers": 2, "methods": ["alp"]}
+    )
     study = open_study(storage, config, "alp")
     storage.ensure_points(study.study_name, {"p": {"lr": 1e-5, "eta": 0.0, "lambda": 0.0}})
-    study.add_trial(optuna.trial.create_trial(value=0.61, params={"lr": 1e-5},
-                                              distributions={"lr": optuna.distributions.CategoricalDistribution(
-                                                  [1e-5, 2e-5])}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=0.61,
+            params={"lr": 1e-5},
+            distributions={"lr": optuna.distributions.CategoricalDistribution([1e-5, 2e-5])},
+        )
+    )
     app = optuna_dashboard.wsgi(url)
 
     def get(path: str) -> dict:
         status = []
-        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "localhost",
-                   "SERVER_PORT": "80", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(),
-                   "wsgi.errors": io.StringIO(), "SERVER_PROTOCOL": "HTTP/1.1"}
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "QUERY_STRING": "",
+            "SERVER_NAME": "localhost",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(),
+            "wsgi.errors": io.StringIO(),
+            "SERVER_PROTOCOL": "HTTP/1.1",
+        }
         body = b"".join(app(environ, lambda code, headers, *rest: status.append(code)))
         assert status[0].startswith("200"), (path, status)
         return json.loads(body)
@@ -238,9 +353,19 @@ def test_optuna_dashboard_opens_the_same_database(tmp_path):
 def test_continuing_a_study_with_other_data_is_refused(tmp_path, tiny_bert, glue_dir, capsys):
     """A study is tied to its teacher checkpoint and data files: other GLUE files mean another teacher."""
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    study_file = write_study(tmp_path / "a.yaml", tiny_bert, methods=["nkd"], search={"lr": [1e-4, 5e-5]},
-                             fixed={"epochs": 1, "max_seq_length": 32, "max_train_samples": 32,
-                                    "eval_batch_size": 512, "teacher": {"epochs": 1, "max_train_samples": 32}})
+    study_file = write_study(
+        tmp_path / "a.yaml",
+        tiny_bert,
+        methods=["nkd"],
+        search={"lr": [1e-4, 5e-5]},
+        fixed={
+            "epochs": 1,
+            "max_seq_length": 32,
+            "max_train_samples": 32,
+            "eval_batch_size": 512,
+            "teacher": {"epochs": 1, "max_train_samples": 32},
+        },
+    )
     common = ["--storage", storage, "--cache-dir", str(tmp_path / "cache")]
     assert main(["run", str(study_file), *common, "--data-dir", str(glue_dir), "--n-trials", "1"]) == 0
     other = tmp_path / "glue"

@@ -17,8 +17,17 @@ class _AlwaysPrune(optuna.pruners.BasePruner):
 
 def _config(n_trials: int | None = None):
     search = {"sampler": "tpe", "lr": [1e-4, 2e-4], "eta": [0.0, 0.5], "lambda": [0.0, 0.5], "n_trials": n_trials}
-    return parse_study({"name": "t", "task": "SST-2", "teacher": "synthetic", "student_layers": 2, "methods": ["alp"],
-                        "fixed": {"epochs": 2}, "search": search})
+    return parse_study(
+        {
+            "name": "t",
+            "task": "SST-2",
+            "teacher": "synthetic",
+            "student_layers": 2,
+            "methods": ["alp"],
+            "fixed": {"epochs": 2},
+            "search": search,
+        }
+    )
 
 
 def test_the_pruner_is_never_asked_after_the_last_epoch():
@@ -47,8 +56,9 @@ def _run(config, seed: int, prune: set[str]):
         study.tell(trial, point["lr"] * 1000 + point["eta"])
         return TrialState.COMPLETE
 
-    tpe_search(study, config, "alp", config.search.n_trials or 99, evaluate, max_failures=3,
-               trial_attrs={"worker": "test"})
+    tpe_search(
+        study, config, "alp", config.search.n_trials or 99, evaluate, max_failures=3, trial_attrs={"worker": "test"}
+    )
     return study, runs
 
 
@@ -63,8 +73,12 @@ def test_no_point_is_run_twice_and_repeats_get_the_earlier_outcome():
         assert all(t.user_attrs["worker"] == "test" for t in trials)
         for repeat in (t for t in trials if "duplicate_of" in t.user_attrs):
             earlier = trials[repeat.user_attrs["duplicate_of"]]
-            assert (repeat.state, repeat.value, repeat.intermediate_values, repeat.user_attrs["point"]) == \
-                   (earlier.state, earlier.value, earlier.intermediate_values, earlier.user_attrs["point"])
+            assert (repeat.state, repeat.value, repeat.intermediate_values, repeat.user_attrs["point"]) == (
+                earlier.state,
+                earlier.value,
+                earlier.intermediate_values,
+                earlier.user_attrs["point"],
+            )
             repeated_states.append(repeat.state)
     assert TrialState.PRUNED in repeated_states and TrialState.COMPLETE in repeated_states
 

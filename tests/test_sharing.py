@@ -9,21 +9,26 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import write_study
 from harness.cli import main
 from harness.config import load_study
 from harness.sharing import computation, plan
 from harness.storage import Storage
 
+from conftest import write_study
+
 METHODS = ["nkd", "kd", "alp", "ckd"]
 SEARCH = {"lr": [1e-4], "eta": [0.0, 0.5], "lambda": [0.0, 0.2]}
-FIXED = {"epochs": 1, "max_seq_length": 32, "max_train_samples": 64, "eval_batch_size": 256,
-         "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64}}
+FIXED = {
+    "epochs": 1,
+    "max_seq_length": 32,
+    "max_train_samples": 64,
+    "eval_batch_size": 256,
+    "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
+}
 
 
 def _sweep(tmp_path, tiny_bert, glue_dir, *extra, search=None):
-    study_file = write_study(tmp_path / "tiny.yaml", tiny_bert, methods=METHODS, fixed=FIXED,
-                             search=search or SEARCH)
+    study_file = write_study(tmp_path / "tiny.yaml", tiny_bert, methods=METHODS, fixed=FIXED, search=search or SEARCH)
     storage = f"sqlite:///{tmp_path / 'sweep.db'}"
     common = ["--storage", storage, "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
     assert main(["run", str(study_file), *common, *extra]) == 0
@@ -43,8 +48,11 @@ def _check_trained_once(config, storage: str) -> tuple[int, int]:
         if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED) or "duplicate_of" in trial.user_attrs:
             continue
         point = {k: trial.user_attrs[k] for k in ("lr", "eta", "lambda")}
-        what = (computation(config, method, point), trial.user_attrs["seed"],
-                bool(trial.user_attrs.get("confirmation")))
+        what = (
+            computation(config, method, point),
+            trial.user_attrs["seed"],
+            bool(trial.user_attrs.get("confirmation")),
+        )
         source_id = trial.user_attrs.get("equivalent_of")
         if source_id is None:
             assert what not in trained, f"{method} {point} trained twice"
@@ -54,8 +62,11 @@ def _check_trained_once(config, storage: str) -> tuple[int, int]:
         source_method, source = by_id[source_id]
         assert "equivalent_of" not in source.user_attrs and source_method != method
         assert computation(config, source_method, point) == what[0]
-        assert (trial.value, trial.state, trial.intermediate_values) == (source.value, source.state,
-                                                                         source.intermediate_values)
+        assert (trial.value, trial.state, trial.intermediate_values) == (
+            source.value,
+            source.state,
+            source.intermediate_values,
+        )
         assert trial.user_attrs["epochs"] == source.user_attrs["epochs"]
         assert trial.user_attrs["seconds"] == 0.0 and trial.user_attrs["method"] == method
     return len(trained), copied
@@ -97,7 +108,11 @@ def test_grid_sweep_trains_each_computation_once(tmp_path, tiny_bert, glue_dir, 
     assert main(["confirm", "--top", "2", "--seeds", "2", "--name", "tiny", *common]) == 0
     trials = _trials(storage)
     assert {m: sum(bool(t.user_attrs.get("confirmation")) for t in ts) for m, ts in trials.items()} == {
-        "nkd": 2, "kd": 4, "alp": 4, "ckd": 4}
+        "nkd": 2,
+        "kd": 4,
+        "alp": 4,
+        "ckd": 4,
+    }
     trained, copied = _check_trained_once(config, storage)
     assert trained + copied == 11 + 14 and copied > 5  # confirmations shared too
 
@@ -114,8 +129,10 @@ def test_tpe_shares_finished_equivalent_trials(tmp_path, tiny_bert, glue_dir):
     config, storage, _ = _sweep(tmp_path, tiny_bert, glue_dir, search=search)
     trained, copied = _check_trained_once(config, storage)
     assert copied >= 1  # NKD runs first, so KD's η = 0 proposal (if any) and every later η = λ = 0 are copies
-    assert trained + copied == sum(sum(t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs
-                                       for t in ts) for ts in _trials(storage).values())
+    assert trained + copied == sum(
+        sum(t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs for t in ts)
+        for ts in _trials(storage).values()
+    )
 
 
 def test_kills_at_random_moments_leave_one_training_per_computation(tmp_path, tiny_bert, glue_dir):
@@ -126,27 +143,56 @@ def test_kills_at_random_moments_leave_one_training_per_computation(tmp_path, ti
     from conftest import REPO
     from test_resilience import _wait_then_kill, best_values
 
-    study_file = write_study(tmp_path / "tiny.yaml", tiny_bert, methods=METHODS, fixed={**FIXED, "epochs": 2},
-                             search=SEARCH)
+    study_file = write_study(
+        tmp_path / "tiny.yaml", tiny_bert, methods=METHODS, fixed={**FIXED, "epochs": 2}, search=SEARCH
+    )
     storage = f"sqlite:///{tmp_path / 'killed.db'}"
-    command = [sys.executable, str(REPO / "run_study.py"), "run", str(study_file), "--storage", storage,
-               "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
+    command = [
+        sys.executable,
+        str(REPO / "run_study.py"),
+        "run",
+        str(study_file),
+        "--storage",
+        storage,
+        "--data-dir",
+        str(glue_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     rng = random.Random(11)
     for _ in range(2):
         started, wait = time.monotonic(), rng.uniform(4.0, 9.0)
-        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   start_new_session=True)
-        _wait_then_kill(process, lambda: time.monotonic() - started > wait, limit=240)
+        process = subprocess.Popen(
+            command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        _wait_then_kill(process, lambda started=started, wait=wait: time.monotonic() - started > wait, limit=240)
     final = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stderr
     config = load_study(study_file)
     for method, trials in _trials(storage).items():
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         assert len(complete) == plan(config)[method][0] and not any(t.state == TrialState.RUNNING for t in trials)
-    trained = sum("equivalent_of" not in t.user_attrs for ts in _trials(storage).values() for t in ts
-                  if t.state == TrialState.COMPLETE)
+    trained = sum(
+        "equivalent_of" not in t.user_attrs
+        for ts in _trials(storage).values()
+        for t in ts
+        if t.state == TrialState.COMPLETE
+    )
     assert trained == 6 and _check_trained_once(config, storage) == (6, 5)
     clean = f"sqlite:///{tmp_path / 'clean.db'}"
-    assert main(["run", str(study_file), "--storage", clean, "--data-dir", str(glue_dir), "--cache-dir",
-                 str(tmp_path / "clean-cache")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(study_file),
+                "--storage",
+                clean,
+                "--data-dir",
+                str(glue_dir),
+                "--cache-dir",
+                str(tmp_path / "clean-cache"),
+            ]
+        )
+        == 0
+    )
     assert best_values(storage) == best_values(clean)  # resumed trials give the uninterrupted numbers

@@ -47,8 +47,12 @@ def test_taking_over_a_dead_workers_claim_uses_no_attempt(tmp_path):
     storage = Storage(f"sqlite:///{tmp_path / 'c.db'}")
     storage.ensure_points("s", {"only": POINTS["p0"]})
     for _ in range(5):  # five kills in a row never exhaust a point with max_attempts=1
-        dead = subprocess.run([sys.executable, "-c", "from harness.storage import worker_id; print(worker_id())"],
-                              capture_output=True, text=True, check=True).stdout.strip()
+        dead = subprocess.run(
+            [sys.executable, "-c", "from harness.storage import worker_id; print(worker_id())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         claim = storage.claim_next("s", dead, max_attempts=1)
         assert claim is not None and claim.key == "only"
     (row,) = storage.points("s")
@@ -159,8 +163,16 @@ def _one_point_study(tmp_path):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = Storage(f"sqlite:///{tmp_path / 'd.db'}")
-    config = parse_study({"name": "d", "task": "SST-2", "teacher": "synthetic", "student_layers": 2,
-                          "methods": ["nkd"], "search": {"lr": [1e-4]}})
+    config = parse_study(
+        {
+            "name": "d",
+            "task": "SST-2",
+            "teacher": "synthetic",
+            "student_layers": 2,
+            "methods": ["nkd"],
+            "search": {"lr": [1e-4]},
+        }
+    )
     study = open_study(storage, config, "nkd")
     key = point_key(grid_points(config, "nkd")[0])
     storage.ensure_points(study.study_name, {key: grid_points(config, "nkd")[0]})
@@ -179,8 +191,11 @@ def test_a_point_whose_worker_keeps_dying_before_an_epoch_is_given_up(tmp_path):
     storage, config, study, key = _one_point_study(tmp_path)
 
     def died(epochs=(), reason="worker died (claim taken over)"):
-        study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={
-            "claim": key, "fail_reason": reason, "epochs": list(epochs)}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.FAIL, user_attrs={"claim": key, "fail_reason": reason, "epochs": list(epochs)}
+            )
+        )
 
     died(epochs=[{"epoch": 1}])  # made progress: ends the run of silent deaths
     for _ in range(MAX_SILENT_DEATHS - 1):
@@ -194,14 +209,16 @@ def test_a_point_whose_worker_keeps_dying_before_an_epoch_is_given_up(tmp_path):
     storage.claim_next(study.study_name, dead, max_attempts=3)  # held by a worker that is gone
     lines = []
     Runner(config, storage, None, RunOptions(cache_dir=tmp_path), log=lines.append)._run_points(
-        study, "nkd", {key}, None)  # gives up before building anything: no experiment needed
+        study, "nkd", {key}, None
+    )  # gives up before building anything: no experiment needed
     (row,) = storage.points(study.study_name)
     assert row["state"] == "failed" and f"died {MAX_SILENT_DEATHS} times in a row" in row["last_error"]
     assert any("giving up" in line and "--retry-failed" in line for line in lines)
     from harness.status import study_status
 
-    assert any(line.startswith(f"    given up: {key} after 1 attempt(s): its worker died") for line in
-               study_status(storage))
+    assert any(
+        line.startswith(f"    given up: {key} after 1 attempt(s): its worker died") for line in study_status(storage)
+    )
 
 
 def test_ctrl_c_frees_the_point_without_using_an_attempt(tmp_path):
@@ -219,7 +236,8 @@ def test_ctrl_c_frees_the_point_without_using_an_attempt(tmp_path):
     experiment = SimpleNamespace(teacher=SimpleNamespace(key="t"), data_hashes={}, run_trial=interrupted)
     with pytest.raises(KeyboardInterrupt):
         Runner(config, storage, experiment, RunOptions(cache_dir=tmp_path), log=lambda line: None)._run_points(
-            study, "nkd", {key}, None)
+            study, "nkd", {key}, None
+        )
     (row,) = storage.points(study.study_name)
     assert (row["state"], row["attempts"]) == ("free", 0)
     (trial,) = study.get_trials()

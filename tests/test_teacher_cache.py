@@ -16,12 +16,24 @@ from harness.train import Hyper, LossTerms, to_batch
 
 
 def make_experiment(tiny_bert, glue_dir, cache, **fixed) -> Experiment:
-    config = parse_study({
-        "name": "cache", "task": "SST-2", "teacher": str(tiny_bert), "student_layers": 2, "methods": ["alp"],
-        "fixed": {"epochs": 2, "max_seq_length": 32, "max_train_samples": 96, "eval_batch_size": 512,
-                  "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64}, **fixed},
-        "search": {"lr": [1e-4], "eta": [0.5], "lambda": [0.3]},
-    })
+    config = parse_study(
+        {
+            "name": "cache",
+            "task": "SST-2",
+            "teacher": str(tiny_bert),
+            "student_layers": 2,
+            "methods": ["alp"],
+            "fixed": {
+                "epochs": 2,
+                "max_seq_length": 32,
+                "max_train_samples": 96,
+                "eval_batch_size": 512,
+                "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
+                **fixed,
+            },
+            "search": {"lr": [1e-4], "eta": [0.5], "lambda": [0.3]},
+        }
+    )
     return Experiment(config, glue_dir, cache, progress=False)
 
 

@@ -38,8 +38,13 @@ def make_inter(method: str, student, teacher) -> InterLayerLoss | None:
     spec = get_method(method)
     if spec.inter is None:
         return None
-    return InterLayerLoss(spec, teacher.config.num_hidden_layers, student.config.num_hidden_layers,
-                          student.config.hidden_size, teacher.config.hidden_size)
+    return InterLayerLoss(
+        spec,
+        teacher.config.num_hidden_layers,
+        student.config.num_hidden_layers,
+        student.config.hidden_size,
+        teacher.config.hidden_size,
+    )
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -58,8 +63,7 @@ def test_every_method_two_steps_lower_the_loss_with_finite_grads(method, tiny_be
     for _ in range(3):
         batch = to_batch(train, index, 0, torch.device("cpu"))
         terms = losses(student, batch, index)
-        assert set(terms) == {"ce"} | ({"kd"} if spec.searches_eta else set()) | (
-            {"inter"} if spec.inter else set())
+        assert set(terms) == {"ce"} | ({"kd"} if spec.searches_eta else set()) | ({"inter"} if spec.inter else set())
         loss = losses.total(terms)
         seen.append(loss.item())
         optimizer.zero_grad()
@@ -80,8 +84,16 @@ def test_ckd_projections_are_trained_by_fit(tiny_bert, data, teacher):
     inter = make_inter("ckd", student, teacher)
     before = copy.deepcopy(inter.state_dict())
     assert before, "CKD must have projection parameters"
-    fit(student, TASK, Hyper(lr=1e-3, eta=0.3, lam=0.5, epochs=1), train, evals, 0, inter=inter,
-        teacher=TeacherSignal(live=teacher))
+    fit(
+        student,
+        TASK,
+        Hyper(lr=1e-3, eta=0.3, lam=0.5, epochs=1),
+        train,
+        evals,
+        0,
+        inter=inter,
+        teacher=TeacherSignal(live=teacher),
+    )
     after = inter.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
@@ -98,8 +110,18 @@ def test_same_seed_same_number_and_resume_is_exact(tiny_bert, data, teacher, tmp
             if stop_after is not None and record["epoch"] == stop_after:
                 raise KeyboardInterrupt  # stands in for a kill right after the checkpoint is written
 
-        return fit(student, TASK, hyper, train, evals, 0, inter=inter, teacher=TeacherSignal(live=teacher),
-                   checkpoint=checkpoint, on_epoch=on_epoch)
+        return fit(
+            student,
+            TASK,
+            hyper,
+            train,
+            evals,
+            0,
+            inter=inter,
+            teacher=TeacherSignal(live=teacher),
+            checkpoint=checkpoint,
+            on_epoch=on_epoch,
+        )
 
     first, second = run(), run()
     assert [e["losses"]["total"] for e in first.epochs] == [e["losses"]["total"] for e in second.epochs]

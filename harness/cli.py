@@ -236,8 +236,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
+    from harness.confirm import confirm_studies
     from harness.loading import resolve_data_dir
-    from harness.study import RunOptions, confirm_studies
+    from harness.study import RunOptions
 
     quiet_libraries(transformers=True)
     if args.top < 1 or args.seeds < 1:

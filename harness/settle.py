@@ -12,7 +12,8 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from harness.storage import GRACE_SECONDS, Storage, worker_is_dead
+from harness.claims import GRACE_SECONDS, worker_is_dead
+from harness.storage import Storage
 
 MAX_SILENT_DEATHS = 3  # a point whose worker is killed this often in a row, never finishing an epoch, is given up
 WORKER_DIED = "worker died"  # how every trial of a killed worker's fail_reason begins

@@ -9,30 +9,26 @@ is a single conditional ``UPDATE … WHERE state = 'free' OR <claim is stale>``;
 it atomically (SQLite has one writer at a time; PostgreSQL re-checks the ``WHERE`` on the locked
 row), so two workers can never both win the same point. A claim is stale when its worker is on
 this host and its process is gone, or when its heartbeat is older than the grace period (workers
-on other machines).
+on other machines). The worker's side of a claim (identity, liveness, transitions, heartbeats) is
+:mod:`harness.claims`; URLs are :mod:`harness.urls`. Beside Optuna's tables the database holds ours:
+claims (``harness_grid_points``), one results row per trial (``harness_results``), shared points
+(``harness_shared_points``), eval logits (``harness_predictions``) and eval labels (``harness_labels``).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sqlite3
-import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import optuna
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from harness.claims import GRACE_SECONDS, Claim, worker_is_dead
 from harness.errors import HarnessError
 from harness.urls import engine_kwargs, mask_url, parse_url, prepare_sqlite
-
-HEARTBEAT_SECONDS = 10
-GRACE_SECONDS = 120
 
 _metadata = sa.MetaData()
 grid_points_table = sa.Table(
@@ -102,23 +98,6 @@ labels_table = sa.Table(
     sa.Column("split", sa.String(64), primary_key=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
 )
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), or ``None`` if there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def worker_id() -> str:
-    """``host:pid:start`` — the start time tells a reused pid from the worker that held it."""
-    pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}"
 
 
 class Storage:
@@ -359,93 +338,10 @@ class Storage:
                 .values(**values)
             )
 
+    def _give_back(self, study_name: str, key: str, me: str, used: int) -> None:
+        """Free a point this worker holds, handing back ``used`` attempts."""
+        self._update(study_name, key, me, state="free", attempts=grid_points_table.c.attempts - used)
+
 
 def _same(column, value):
     return column.is_(None) if value is None else column == value
-
-
-def worker_is_dead(worker: str) -> bool:
-    """True when ``worker`` (``host:pid[:start]``) ran on this host and its process is gone.
-
-    A pid now used by another process (a different start time) counts as gone. Workers on other
-    hosts are judged by their heartbeat instead (see :meth:`Storage._is_stale`).
-    """
-    host, pid, *start = worker.split(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    now = _start_time(int(pid))
-    if now is None:
-        return True
-    return bool(start) and start[0] not in ("0", now) and now != ""
-
-
-@dataclass
-class Claim:
-    """A grid point this worker owns until it marks it done or releases it."""
-
-    storage: Storage
-    study_name: str
-    key: str
-    params: dict
-    worker: str
-    attempts: int = 1
-    stale_trial_id: int | None = None
-    stale_worker: str | None = None
-
-    def attach(self, trial_id: int) -> None:
-        self.storage._update(self.study_name, self.key, self.worker, trial_id=trial_id, heartbeat_at=time.time())
-
-    def heartbeat(self) -> None:
-        self.storage._update(self.study_name, self.key, self.worker, heartbeat_at=time.time())
-
-    def done(self) -> None:
-        self.storage._update(self.study_name, self.key, self.worker, state="done")
-
-    def release(self, error: str, max_attempts: int) -> None:
-        """Give the point back after a failed trial; after ``max_attempts`` it is marked failed for good."""
-        self.storage._update(
-            self.study_name,
-            self.key,
-            self.worker,
-            state="failed" if self.attempts >= max_attempts else "free",
-            last_error=error[:2000],
-        )
-
-    def interrupt(self) -> None:
-        """Give the point back after Ctrl-C: an interruption uses up no attempt."""
-        self.give_back()
-
-    def give_back(self) -> None:
-        """Give the point back unused (Ctrl-C, or its shared run is busy elsewhere): no attempt is used."""
-        used = 0 if self.stale_worker is not None else 1  # a fresh claim counted an attempt, a takeover did not
-        self.storage._update(
-            self.study_name, self.key, self.worker, state="free", attempts=grid_points_table.c.attempts - used
-        )
-
-    def give_up(self, error: str) -> None:
-        """Mark the point failed now, whatever its attempts (``run --retry-failed`` frees it again)."""
-        self.storage._update(self.study_name, self.key, self.worker, state="failed", last_error=error[:2000])
-
-
-class Heartbeat:
-    """Context manager: refresh a claim's heartbeat from a background thread."""
-
-    def __init__(self, claim: Claim, every: float = HEARTBEAT_SECONDS):
-        self.claim, self.every = claim, every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                self.claim.heartbeat()
-            except Exception:  # noqa: BLE001 - a missed heartbeat is retried at the next tick
-                pass
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()

@@ -34,14 +34,15 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from harness.claims import HEARTBEAT_SECONDS, Heartbeat, worker_id
 from harness.config import StudyConfig, grid_points, point_key
 from harness.copies import adopt, copy_into, finished_trial
 from harness.errors import HarnessError
 from harness.experiment import Experiment
 from harness.hashing import fingerprint
 from harness.settle import MAX_SILENT_DEATHS, fail_orphans, fail_trial, settle_stale, silent_deaths
-from harness.sharing import computation, grid_owners, method_order, owners
-from harness.storage import HEARTBEAT_SECONDS, Heartbeat, Storage, worker_id
+from harness.sharing import computation, grid_owners, method_order
+from harness.storage import Storage
 from harness.tpe import tpe_search
 from harness.trial import TrialRunner
 
@@ -168,62 +169,13 @@ class Runner:
             f"{study.study_name}: {len(points)} valid grid points{shared}, {finished} finished, "
             f"{len(points) - finished} to run"
         )
-        self._run_points(study, method, set(points), self.options.n_trials or self.config.search.n_trials)
+        self.run_points(study, method, set(points), self.options.n_trials or self.config.search.n_trials)
 
-    def confirm(self, method: str, top: int, seeds: int) -> None:
-        """Re-run the ``top`` best grid configurations of a method with ``seeds`` fresh seeds each.
-
-        Confirmation trials live in the method's study, flagged ``confirmation=True``; their seeds
-        are ``fixed.seed + 1 … fixed.seed + seeds``. They are claimed like grid points, so this is
-        resumable and safe with several workers. They are never pruned. A confirmation that is the
-        same computation (and seed) as another method's is trained once and shared.
-        """
-        study = open_study(self.storage, self.config, method)
-        self.record_teacher(study)
-        points = self._confirmation_points(study, top, seeds)
-        if not points:
-            raise HarnessError(f"study '{study.study_name}' has no complete trial to confirm; run it first")
-        every = {method: points}
-        for other in self.config.methods:
-            if other != method and self._study_exists(other):
-                every[other] = self._confirmation_points(open_study(self.storage, self.config, other), top, seeds)
-        links = {
-            key: (self.config.study_name(owner), key)
-            for (m, key), owner in owners(self.config, every).items()
-            if m == method and owner != method
-        }
-        self.storage.ensure_points(study.study_name, points)
-        self.storage.link_points(study.study_name, links)
-        fail_orphans(study, self.storage)
-        self.log(
-            f"{study.study_name}: confirming the top {len(points) // seeds} configuration(s) with {seeds} "
-            f"seed(s) each" + (f" ({len(links)} shared with other methods)" if links else "")
-        )
-        self._run_points(study, method, set(points), None)
-
-    def _study_exists(self, method: str) -> bool:
+    def study_exists(self, method: str) -> bool:
         name = self.config.study_name(method)
         return any(s.study_name == name for s in optuna.get_all_study_summaries(self.storage.optuna, False))
 
-    def _confirmation_points(self, study: optuna.Study, top: int, seeds: int) -> dict[str, dict]:
-        grid = [
-            t
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if not t.user_attrs.get("confirmation") and "duplicate_of" not in t.user_attrs
-        ]
-        points = {}
-        for trial in sorted(grid, key=lambda t: (-t.value, t.number))[:top]:
-            for offset in range(1, seeds + 1):
-                seed = self.config.fixed.seed + offset
-                points[f"{trial.user_attrs['point']},seed={seed}"] = {
-                    "lr": trial.user_attrs["lr"],
-                    "eta": trial.user_attrs["eta"],
-                    "lambda": trial.user_attrs["lambda"],
-                    "seed": seed,
-                }
-        return points
-
-    def _run_points(self, study: optuna.Study, method: str, keys: set[str], budget: int | None) -> None:
+    def run_points(self, study: optuna.Study, method: str, keys: set[str], budget: int | None) -> None:
         """Claim and run points of ``keys`` until none is left (or ``budget`` trials ran)."""
         ran = 0
         links = self.storage.links(study.study_name)
@@ -402,7 +354,7 @@ class Runner:
         """A finished, trained (not copied) grid trial of another method that is the same computation."""
         what = computation(self.config, method, point)
         for other in method_order(self.config):
-            if other == method or computation(self.config, other, point) != what or not self._study_exists(other):
+            if other == method or computation(self.config, other, point) != what or not self.study_exists(other):
                 continue
             found = finished_trial(self.storage, self.config.study_name(other), point_key(point))
             if found is not None:
@@ -425,29 +377,3 @@ def _choices(grid: tuple[float, ...], value: float) -> tuple[float, ...]:
 
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
-
-
-def confirm_studies(
-    storage: Storage, name: str | None, top: int, seeds: int, data_dir: Path | None, options: RunOptions, log=print
-) -> None:
-    """Seed confirmations for every study in the database (optionally of one study file), from the DB alone."""
-    from harness.config import parse_study
-
-    groups: dict[str, tuple[StudyConfig, list[str]]] = {}
-    for summary in sorted(
-        optuna.get_all_study_summaries(storage.optuna, include_best_trial=False), key=lambda s: s.study_name
-    ):
-        attrs = summary.user_attrs
-        if "config" not in attrs or (name is not None and summary.study_name.split("/")[0] != name):
-            continue
-        config = parse_study(attrs["config"], source=f"study {summary.study_name}")
-        key = fingerprint({**config.model_dump(mode="json", by_alias=True), "methods": None})
-        groups.setdefault(key, (config, []))[1].append(attrs["method"])
-    if not groups:
-        raise HarnessError(f"no studies{f' named {name!r}' if name else ''} in {storage.masked}")
-    for config, methods in groups.values():
-        experiment = Experiment(config, data_dir, options.cache_dir)
-        runner = Runner(config, storage, experiment, options, log=log)
-        experiment.prepare_teacher()
-        for method in methods:
-            runner.confirm(method, top, seeds)

@@ -11,10 +11,11 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from harness.claims import worker_id
 from harness.config import StudyConfig, point_key
 from harness.errors import HarnessError
 from harness.hashing import fingerprint
-from harness.storage import Storage, worker_id
+from harness.storage import Storage
 from harness.train import pick_device, runtime_info
 
 

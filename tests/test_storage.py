@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
+from harness.claims import worker_is_dead
 from harness.errors import HarnessError
-from harness.storage import Storage, mask_url, worker_is_dead
+from harness.storage import Storage, mask_url
 
 POINTS = {f"p{i}": {"lr": 1e-5 * (i + 1), "eta": 0.0, "lambda": 0.0} for i in range(12)}
 
@@ -48,7 +49,7 @@ def test_taking_over_a_dead_workers_claim_uses_no_attempt(tmp_path):
     storage.ensure_points("s", {"only": POINTS["p0"]})
     for _ in range(5):  # five kills in a row never exhaust a point with max_attempts=1
         dead = subprocess.run(
-            [sys.executable, "-c", "from harness.storage import worker_id; print(worker_id())"],
+            [sys.executable, "-c", "from harness.claims import worker_id; print(worker_id())"],
             capture_output=True,
             text=True,
             check=True,
@@ -62,7 +63,7 @@ def test_taking_over_a_dead_workers_claim_uses_no_attempt(tmp_path):
 def test_reused_pid_is_not_mistaken_for_the_dead_worker():
     import os
 
-    from harness.storage import worker_id
+    from harness.claims import worker_id
 
     me = worker_id()
     assert not worker_is_dead(me)
@@ -208,7 +209,7 @@ def test_a_point_whose_worker_keeps_dying_before_an_epoch_is_given_up(tmp_path):
     dead = f"{socket.gethostname()}:999999999:0"  # no such process on this host
     storage.claim_next(study.study_name, dead, max_attempts=3)  # held by a worker that is gone
     lines = []
-    Runner(config, storage, None, RunOptions(cache_dir=tmp_path), log=lines.append)._run_points(
+    Runner(config, storage, None, RunOptions(cache_dir=tmp_path), log=lines.append).run_points(
         study, "nkd", {key}, None
     )  # gives up before building anything: no experiment needed
     (row,) = storage.points(study.study_name)
@@ -235,7 +236,7 @@ def test_ctrl_c_frees_the_point_without_using_an_attempt(tmp_path):
 
     experiment = SimpleNamespace(teacher=SimpleNamespace(key="t"), data_hashes={}, run_trial=interrupted)
     with pytest.raises(KeyboardInterrupt):
-        Runner(config, storage, experiment, RunOptions(cache_dir=tmp_path), log=lambda line: None)._run_points(
+        Runner(config, storage, experiment, RunOptions(cache_dir=tmp_path), log=lambda line: None).run_points(
             study, "nkd", {key}, None
         )
     (row,) = storage.points(study.study_name)

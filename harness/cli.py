@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open_storage(url: str | None, create: bool = False):
+def _open_storage(url: str | None, create: bool = False, with_optuna: bool = True):
     """The study database; only ``run`` creates one (a mistyped SQLite path elsewhere is an error)."""
     from harness.storage import Storage
     from harness.urls import default_storage
@@ -155,7 +155,7 @@ def _open_storage(url: str | None, create: bool = False):
         if create:
             (REPO_ROOT / "studies").mkdir(exist_ok=True)
         url = default_storage(REPO_ROOT)
-    return Storage(url, create=create)
+    return Storage(url, create=create, with_optuna=with_optuna)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -212,6 +212,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import write_report
 
+    quiet_libraries()  # Optuna, now that the report imported it
+
     storage = _open_storage(args.storage)
     command = (
         "python run_study.py report"
@@ -228,7 +230,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from harness.status import study_status
 
-    storage = _open_storage(args.storage)
+    storage = _open_storage(args.storage, with_optuna=False)
     lines = study_status(storage)
     print(f"storage {storage.masked}")
     print("\n".join(lines) if lines else "no studies yet")

@@ -12,13 +12,18 @@ import warnings
 
 
 def quiet_libraries(transformers: bool = False) -> None:
-    """Optuna to warnings; transformers to errors without progress bars (``transformers``: import it now to
-    do so; otherwise only if something imported it already, and through ``TRANSFORMERS_VERBOSITY``)."""
-    import optuna
+    """Optuna to warnings, transformers to errors without progress bars.
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    ``transformers=True`` imports both to do so (commands that train); otherwise only the libraries
+    already imported are touched (call again after importing them), and transformers gets
+    ``TRANSFORMERS_VERBOSITY=error`` as a default for whenever it is imported.
+    """
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if transformers or "optuna" in sys.modules:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if transformers or "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 

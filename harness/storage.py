@@ -17,12 +17,12 @@ claims (``harness_grid_points``), one results row per trial (``harness_results``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
 
 import numpy as np
-import optuna
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
@@ -103,17 +103,38 @@ labels_table = sa.Table(
 class Storage:
     """One database: Optuna's tables and the grid-claim table."""
 
-    def __init__(self, url: str, create: bool = True):
-        """Open (``create``: or create) the database at ``url``; a bad URL is a one-line error."""
+    def __init__(self, url: str, create: bool = True, with_optuna: bool = True):
+        """Open (``create``: or create) the database at ``url``; a bad URL is a one-line error.
+
+        ``with_optuna=False`` defers Optuna's storage (:attr:`optuna`) to its first use: setting it up
+        imports Optuna and alembic (~0.9 s), which ``status`` does without.
+        """
         self.url = url
         self.masked = mask_url(url)
-        parsed = parse_url(url)
-        try:
-            if parsed.get_backend_name() == "sqlite":
-                prepare_sqlite(parsed, create)
-            self.engine = sa.create_engine(url, **engine_kwargs(parsed))
+        self._parsed = parse_url(url)
+        self._optuna = None
+        with self._one_line_errors():
+            if self._parsed.get_backend_name() == "sqlite":
+                prepare_sqlite(self._parsed, create)
+            self.engine = sa.create_engine(url, **engine_kwargs(self._parsed))
             _metadata.create_all(self.engine)
-            self.optuna = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(parsed))
+        if with_optuna:
+            self.optuna  # noqa: B018 - set up now, so that a bad database fails here
+
+    @property
+    def optuna(self):
+        """Optuna's RDB storage on the same database (``optuna.storages.RDBStorage``)."""
+        if self._optuna is None:
+            import optuna
+
+            with self._one_line_errors():
+                self._optuna = optuna.storages.RDBStorage(self.url, engine_kwargs=engine_kwargs(self._parsed))
+        return self._optuna
+
+    @contextlib.contextmanager
+    def _one_line_errors(self):
+        try:
+            yield
         except (sa.exc.DBAPIError, sqlite3.Error, RuntimeError) as error:
             reason = (str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0]
             raise HarnessError(f"cannot use storage {self.masked!r}: {reason}") from None

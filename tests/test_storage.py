@@ -243,3 +243,52 @@ def test_ctrl_c_frees_the_point_without_using_an_attempt(tmp_path):
     assert (row["state"], row["attempts"]) == ("free", 0)
     (trial,) = study.get_trials()
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
+
+
+def test_status_reads_the_same_as_optunas_api(tmp_path):
+    """``status`` reads Optuna's tables with plain SQL; its counts equal what Optuna's own API says."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from harness.status import study_status
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    storage = Storage(url)
+    states = {
+        "a/SST-2/kd": [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED],
+        "a/SST-2/alp": [TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL],
+    }
+    for name, kinds in states.items():
+        study = optuna.create_study(study_name=name, storage=url)
+        study.set_user_attr("grid_size", 5)
+        for number, state in enumerate(kinds):
+            attrs = {"point": f"p{number}", "worker": "host:1:2"}
+            if name.endswith("alp") and number == 0:
+                attrs["equivalent_of"] = 1
+            study.add_trial(
+                create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None, user_attrs=attrs)
+            )
+    running = optuna.load_study(study_name="a/SST-2/alp", storage=url).ask()  # started now
+    running.set_user_attr("point", "p9")
+    lines = study_status(Storage(url, create=False, with_optuna=False))
+    summaries = sorted(optuna.get_all_study_summaries(url, include_best_trial=False), key=lambda s: s.study_name)
+    heads = [line for line in lines if not line.startswith("    ")]
+    assert len(heads) == len(summaries) == 2
+    for head, summary in zip(heads, summaries):
+        trials = storage.optuna.get_all_trials(summary._study_id, deepcopy=False)
+        n = {s: sum(t.state == s for t in trials) for s in TrialState}
+        shared = sum("equivalent_of" in t.user_attrs for t in trials)
+        expected = (
+            f"{summary.study_name}: grid 5, complete {n[TrialState.COMPLETE]}, running {n[TrialState.RUNNING]}, "
+            f"failed {n[TrialState.FAIL]}, pruned {n[TrialState.PRUNED]}, "
+            f"left {5 - n[TrialState.COMPLETE] - n[TrialState.PRUNED]}"
+        )
+        assert head == expected + (f", shared {shared} (copied from equivalent trials, not trained)" if shared else "")
+    shown = [line for line in lines if line.startswith("    running:")]
+    ids = [t._trial_id for t in storage.optuna.get_all_trials(summaries[0]._study_id) if t.state == TrialState.RUNNING]
+    assert [line.split(" s")[0].rsplit(",", 1)[0] for line in shown] == [
+        f"    running: trial_id {ids[0]} p1 on host:1:2",
+        f"    running: trial_id {ids[1]} p9 on ?",
+    ]
+    assert 0 <= int(shown[1].rsplit(", ", 1)[1].split()[0]) <= 5  # its age: it was asked a moment ago

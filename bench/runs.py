@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from harness.device import autocast_for
 from harness.encoding import EncodedSplit
 from harness.errors import HarnessError
 from harness.experiment import Experiment
@@ -24,7 +25,7 @@ from harness.losses import InterLayerLoss, kd_loss, regression_kd_loss
 from harness.methods import get_method
 from harness.metrics import compute_metrics
 from harness.models import build_student
-from harness.train import Hyper, autocast_for, layer_cls
+from harness.train import Hyper, layer_cls
 
 # ---------------------------------------------------------------------------------------------- measuring
 

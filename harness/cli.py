@@ -82,9 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=1,
-        help="worker processes on this machine (pin each to a GPU with CUDA_VISIBLE_DEVICES by "
-        "running one command per GPU); the same command on other machines with the same "
-        "--storage joins the sweep",
+        help="worker processes on this machine, placed round-robin over the visible GPUs (several may share "
+        "one); the same command on other machines with the same --storage joins the sweep",
+    )
+    run.add_argument(
+        "--devices",
+        default=None,
+        metavar="0,1,...",
+        help="the GPUs the workers use (indices as CUDA shows them, i.e. after CUDA_VISIBLE_DEVICES); default: all",
     )
 
     report = commands.add_parser(
@@ -165,9 +170,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.sharing import describe_grids
     from harness.study import Runner, RunOptions
     from harness.urls import parse_url
-    from harness.workers import run_workers
+    from harness.workers import assign_devices, parse_devices, run_workers
 
     quiet_libraries(transformers=True)
+    import torch
 
     if args.n_trials is not None and args.n_trials < 1:
         raise HarnessError(f"--n-trials must be at least 1, got {args.n_trials}")
@@ -175,6 +181,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise HarnessError(f"--workers must be at least 1, got {args.workers}")
     if args.max_attempts < 1:
         raise HarnessError(f"--max-attempts must be at least 1, got {args.max_attempts}")
+    devices = parse_devices(args.devices)
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    first = assign_devices(1, visible, devices)[0]  # a bad --devices fails now
     config = load_study(args.study_file)
     if args.storage is not None:
         parse_url(args.storage)  # a bad URL fails now, before the data are read
@@ -184,7 +193,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), study_dir)
     cache_dir = args.cache_dir or _default_cache()
     options = RunOptions(cache_dir=cache_dir, max_attempts=args.max_attempts, n_trials=args.n_trials)
-    experiment = Experiment(config, data_dir, cache_dir)  # data and teacher checked before the database is touched
+    # data and teacher checked before the database is touched
+    experiment = Experiment(config, data_dir, cache_dir, device=torch.device(first))
     storage = _open_storage(args.storage, create=True)
     print(
         f"study file {args.study_file}: task {config.task}, teacher {config.teacher}, "
@@ -199,7 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         Runner(config, storage, experiment, options).run()
     else:
         experiment.prepare_shared()  # fine-tune the teacher and cache its outputs once, before the workers start
-        code = run_workers(args.workers, config, storage.url, data_dir, options)
+        code = run_workers(args.workers, config, storage.url, data_dir, options, devices)
         if code != 0:
             return code
     print(

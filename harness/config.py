@@ -77,6 +77,8 @@ class Fixed(_Strict):
     teacher_outputs: Literal["cache", "live"] = "cache"
     save_students: bool = False
     compile: bool = False
+    # auto: bf16 on a GPU that has it, else fp16 with a gradient scaler; fp32 on CPU (see harness.train.autocast_for)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     teacher_cache_dtype: Literal["float32", "float16"] = "float32"
     # How the epoch and the grid point are chosen: ``dev`` (the paper's protocol: on the reported dev set,
     # so the reported maximum is optimistic) or ``holdout`` (a seeded, label-stratified slice of train that
@@ -175,6 +177,8 @@ class StudyConfig(_Strict):
         if payload["fixed"]["selection"] == "dev":  # studies made before selection existed keep their hash
             for key in ("selection", "holdout_fraction", "holdout_max_samples"):
                 payload["fixed"].pop(key)
+        if payload["fixed"]["precision"] == "auto":  # likewise for precision
+            payload["fixed"].pop("precision")
         return fingerprint(payload)
 
 

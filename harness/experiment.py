@@ -26,6 +26,7 @@ from filelock import FileLock
 from transformers import AutoModelForSequenceClassification
 
 from harness.config import StudyConfig
+from harness.device import pick_device
 from harness.encoding import EncodedSplit, encode_split
 from harness.errors import HarnessError
 from harness.files import atomic_dir, publish_dir
@@ -49,7 +50,6 @@ from harness.train import (
     eval_batches,
     fit,
     layer_cls,
-    pick_device,
     predict,
     to_batch,
     token_lengths,
@@ -85,12 +85,20 @@ def encoding_hash(data: EncodedSplit) -> str:
 class Experiment:
     """The shared state of one study file in one worker process."""
 
-    def __init__(self, config: StudyConfig, data_dir: Path | None, cache_dir: Path, progress: bool = True):
+    def __init__(
+        self,
+        config: StudyConfig,
+        data_dir: Path | None,
+        cache_dir: Path,
+        progress: bool = True,
+        device: torch.device | None = None,
+    ):
+        """``device``: where this process trains (default: the first CUDA device, else the CPU)."""
         self.config = config
         self.cache_dir = cache_dir
         self.progress = progress
         self.task = get_task(config.task)
-        self.device = pick_device()
+        self.device = device or pick_device()
         self.pretrained = resolve_pretrained(config.teacher)
         self.tokenizer = load_tokenizer(self.pretrained)
         check_student_depth(self.pretrained, config.student_layers)  # before any fine-tuning
@@ -272,6 +280,7 @@ class Experiment:
                 self.pad_token_id,
                 self.device,
                 states=True,
+                precision="fp32",  # like the teacher-output cache: α is compared against float32 teacher states
             )
         return self._teacher_dev_cls
 
@@ -345,6 +354,7 @@ class Experiment:
             warmup_ratio=fixed.warmup_ratio,
             weight_decay=fixed.weight_decay,
             max_grad_norm=fixed.max_grad_norm,
+            precision=fixed.precision,
         )
         probe = self.alpha_probe(inter) if inter is not None and spec.inter == "alp" else None
         history = fit(

@@ -15,10 +15,16 @@ Conventions (apply to every function below):
   one-line message.
 * L2 normalisation uses :func:`torch.nn.functional.normalize` (``x / max(||x||, 1e-12)``), so an
   all-zero vector normalises to zero instead of NaN.
+* The inter-layer losses (:func:`pkd_loss`, :func:`ckd_loss`, :func:`alp_attention`,
+  :func:`alp_loss`, :func:`alp_tokens_loss`) compute in float32 whatever the autocast state: their
+  inputs are upcast and autocast is off inside (:func:`float32`). Under bf16 the [CLS] dot products of
+  BERT (several hundred, bf16 steps of 2–4 there) would otherwise change which teacher layer ALP
+  attends to; α is the whole point of ALP.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -27,6 +33,36 @@ from torch import Tensor
 
 from harness.errors import HarnessError
 from harness.methods import ALP_SCALES, ALP_TOKENS, MethodSpec, layer_mapping
+
+
+def _upcast(value):
+    if isinstance(value, Tensor) and value.is_floating_point() and value.element_size() < 4:
+        return value.float()  # bf16/fp16 → fp32; fp32 and fp64 stay as they are
+    if isinstance(value, (list, tuple)):
+        return type(value)(_upcast(v) for v in value)
+    return value
+
+
+def _device_type(values) -> str:
+    for value in values:
+        if isinstance(value, Tensor):
+            return value.device.type
+        if isinstance(value, (list, tuple)) and value:
+            return _device_type(value)
+    return "cpu"
+
+
+def float32(loss):
+    """Decorator: run ``loss`` with autocast disabled, its half-precision tensor arguments (and lists of them)
+    upcast to float32 (float64 stays float64); gradients flow back to the original dtypes through the casts."""
+
+    @functools.wraps(loss)
+    def wrapper(*args, **kwargs):
+        with torch.autocast(_device_type([*args, *kwargs.values()]), enabled=False):
+            return loss(*_upcast(args), **{k: _upcast(v) for k, v in kwargs.items()})
+
+    return wrapper
+
 
 __all__ = [
     "InterLayerLoss",
@@ -87,6 +123,7 @@ def regression_kd_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor
 # --------------------------------------------------------------------------------------------
 
 
+@float32
 def pkd_loss(student_cls: Tensor, teacher_cls: Tensor) -> Tensor:
     """Patient-KD loss of Sun et al. (2019) on already-paired [CLS] vectors.
 
@@ -104,6 +141,7 @@ def pkd_loss(student_cls: Tensor, teacher_cls: Tensor) -> Tensor:
     return (s - t).pow(2).sum(dim=(1, 2)).mean()
 
 
+@float32
 def ckd_loss(projected_student: list[Tensor], teacher_concat: list[Tensor]) -> Tensor:
     """Combinatorial-KD loss of Wu et al. (2020) on already-projected/concatenated vectors.
 
@@ -131,6 +169,7 @@ def ckd_loss(projected_student: list[Tensor], teacher_concat: list[Tensor]) -> T
     return total
 
 
+@float32
 def alp_attention(
     student_cls: Tensor,
     teacher_cls: Tensor,
@@ -173,6 +212,7 @@ def alp_context(
     return torch.einsum("bmn,bnh->bmh", alpha, teacher)
 
 
+@float32
 def alp_loss(
     student_cls: Tensor,
     teacher_cls: Tensor,
@@ -194,6 +234,7 @@ def alp_loss(
     return (student_cls - context).pow(2).mean(dim=(0, 2)).sum()
 
 
+@float32
 def alp_tokens_loss(
     student_hidden: Tensor,
     teacher_hidden: Tensor,

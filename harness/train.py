@@ -19,7 +19,6 @@ member; evaluation runs in length order. Neither changes the mathematics, only t
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import time
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from harness.device import LossLog, autocast_for, pick_device
 from harness.encoding import EncodedSplit, collate
 from harness.files import atomic_write
 from harness.glue import TaskSpec
@@ -58,6 +58,7 @@ class Hyper:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
+    precision: str = "auto"  # see autocast_for
 
     @property
     def beta(self) -> float:
@@ -96,30 +97,6 @@ class History:
             self.predictions[record["epoch"]] = {s: p.astype(np.float16) for s, p in predictions.items()}
         keep = {self.best_epoch, record["epoch"]}
         self.predictions = {e: p for e, p in self.predictions.items() if e in keep}
-
-
-def runtime_info(device: torch.device, compile_model: bool = False) -> dict:
-    """How a run executes, stored with each trial."""
-    _, dtype = autocast_for(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return {
-        "device": f"{device.type}:{name}",
-        "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
-        "compiled": compile_model,
-        "threads": torch.get_num_threads(),
-    }
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast_for(device: torch.device) -> tuple[contextlib.AbstractContextManager, torch.dtype | None]:
-    """bf16 autocast on CUDA where supported, else fp16 (with a grad scaler); nothing on CPU."""
-    if device.type != "cuda":
-        return contextlib.nullcontext(), None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-    return torch.autocast("cuda", dtype=dtype), dtype
 
 
 def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -163,12 +140,18 @@ def layer_cls(hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(
-    model, data: EncodedSplit, batch_size: int, pad_token_id: int, device: torch.device, states: bool = False
+    model,
+    data: EncodedSplit,
+    batch_size: int,
+    pad_token_id: int,
+    device: torch.device,
+    states: bool = False,
+    precision: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Logits for every example of ``data``, in the original order, and (``states``) the [CLS]
     vector of every transformer layer, ``[n, L, H]``."""
     model.eval()
-    amp, _ = autocast_for(device)
+    amp, _ = autocast_for(device, precision)
     lengths = token_lengths(data)
     out = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
     cls = (
@@ -195,13 +178,14 @@ def evaluate(
     pad_token_id: int,
     device: torch.device,
     probe: Callable | None = None,
+    precision: str = "auto",
 ) -> tuple[dict, dict[str, np.ndarray], dict]:
     """Metrics per eval split (e.g. ``{"dev": {"accuracy": 0.81}}``), the logits per split, and what
     ``probe(dev [CLS] states [n, L, H])`` returns for the first eval split (``{}`` without a probe)."""
     metrics, logits, probed = {}, {}, {}
     for number, (split, data) in enumerate(evals.items()):
         logits[split], cls = predict(
-            model, data, batch_size, pad_token_id, device, states=probe is not None and number == 0
+            model, data, batch_size, pad_token_id, device, states=probe is not None and number == 0, precision=precision
         )
         metrics[split] = compute_metrics(task, logits[split], data.labels)
         if cls is not None:
@@ -307,7 +291,8 @@ def fit(
     ``on_epoch(record)`` is called after each epoch (the study reports to Optuna there, and may
     raise ``optuna.TrialPruned``). With ``checkpoint`` set, the state after each epoch is saved
     atomically there and a later call with the same path resumes after the last saved epoch.
-    A non-finite loss raises :class:`FloatingPointError`. ``compile_model`` runs the training
+    A non-finite loss raises :class:`FloatingPointError` naming the term and the step (checked
+    every :data:`SYNC_EVERY` steps, see :class:`LossLog`). ``compile_model`` runs the training
     forward through ``torch.compile`` (off by default: it costs minutes of compilation per trial
     on CPU and only pays off for long GPU trials). ``select_split`` names the eval split whose
     primary metric is the epoch's value (default: the first). ``probe(cls)`` gets the student's dev
@@ -330,8 +315,8 @@ def fit(
     steps_per_epoch = math.ceil(len(train) / hyper.batch_size)
     total_steps = steps_per_epoch * hyper.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(hyper.warmup_ratio * total_steps), total_steps)
-    amp, amp_dtype = autocast_for(device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    amp, amp_dtype = autocast_for(device, hyper.precision)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     losses = LossTerms(task, hyper, inter, teacher, device)
     forward = torch.compile(model) if compile_model else model
     history = History()
@@ -359,7 +344,7 @@ def fit(
         started = time.perf_counter()
         torch.manual_seed(hyper.seed * 1000 + epoch)
         model.train()
-        sums: dict[str, float] = {}
+        log = LossLog()
         batches = train_batches(lengths, hyper.batch_size, hyper.seed, epoch)
         bar = tqdm(
             batches,
@@ -373,8 +358,6 @@ def fit(
             with amp:
                 terms = losses(forward, batch, index)
                 loss = losses.total(terms)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -387,19 +370,20 @@ def fit(
                 torch.nn.utils.clip_grad_norm_(params, hyper.max_grad_norm)
                 optimizer.step()
             scheduler.step()
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value.item()
-            sums["total"] = sums.get("total", 0.0) + loss.item()
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if log.add(terms, loss, epoch + 1):
+                bar.set_postfix(loss=f"{log.last:.4f}", refresh=False)
+        log.flush(epoch + 1)
         bar.close()
         train_seconds = time.perf_counter() - started
-        metrics, logits, probed = evaluate(model, task, evals, hyper.eval_batch_size, pad_token_id, device, probe)
+        metrics, logits, probed = evaluate(
+            model, task, evals, hyper.eval_batch_size, pad_token_id, device, probe, hyper.precision
+        )
         value = primary_value(task, metrics, select_split)
         record = {
             "epoch": epoch + 1,
             "value": value,
             "metrics": metrics,
-            "losses": {name: total / len(batches) for name, total in sums.items()},
+            "losses": log.means(len(batches)),
             **probed,
             "train_seconds": train_seconds,
             "seconds": time.perf_counter() - started,

@@ -13,13 +13,13 @@ from optuna.trial import TrialState
 
 from harness.claims import worker_id
 from harness.config import StudyConfig, point_key
+from harness.device import pick_device, runtime_info
 from harness.errors import HarnessError
 from harness.hashing import fingerprint
 from harness.storage import Storage
-from harness.train import pick_device, runtime_info
 
 
-def _trial_record(config: StudyConfig, method: str, point: dict, seed: int) -> dict:
+def _trial_record(config: StudyConfig, method: str, point: dict, seed: int, device: torch.device | None = None) -> dict:
     """What is stored with every trial: enough to reproduce it from the database alone."""
     resolved = config.model_dump(mode="json", by_alias=True)
     resolved["methods"] = [method]
@@ -31,7 +31,7 @@ def _trial_record(config: StudyConfig, method: str, point: dict, seed: int) -> d
         "lambda": point["lambda"],
         "seed": seed,
         "worker": worker_id(),
-        **runtime_info(pick_device(), config.fixed.compile),
+        **runtime_info(device or pick_device(), config.fixed.compile, config.fixed.precision),
         "versions": {"torch": torch.__version__, "optuna": optuna.__version__, "python": platform.python_version()},
         "config": resolved,
     }
@@ -100,7 +100,7 @@ class TrialRunner:
         """Run one trial; ``seed`` other than ``None`` makes it a confirmation of ``point``."""
         confirmation = seed is not None
         seed = self.config.fixed.seed if seed is None else seed
-        record = _trial_record(self.config, method, point, seed)
+        record = _trial_record(self.config, method, point, seed, self.experiment.device)
         record["confirmation"] = confirmation
         record.update(teacher_key=self.experiment.teacher.key, data_sha256=self.experiment.data_hashes)
         for key, value in record.items():

@@ -1,5 +1,10 @@
 """Several worker processes on this machine (``run --workers K``): each builds its own experiment and runs the
-same study file against the same storage; the claims keep them from ever running a point twice."""
+same study file against the same storage; the claims keep them from ever running a point twice.
+
+Workers are placed round-robin over the GPUs (:func:`assign_devices`): the visible ones (``CUDA_VISIBLE_DEVICES``
+is respected, as CUDA numbers what it shows) or those of ``--devices 0,1,…``. K may exceed the number of GPUs:
+a small student leaves most of a modern GPU idle, so several share one. Without a GPU every worker uses the CPU.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,45 @@ from harness.storage import Storage
 from harness.study import Runner, RunOptions
 
 
+def parse_devices(text: str | None) -> list[int] | None:
+    """``--devices 0,1`` → ``[0, 1]``; a bad list is a one-line error."""
+    if text is None:
+        return None
+    try:
+        devices = [int(part) for part in text.split(",")]
+    except ValueError:
+        devices = []
+    if not devices or any(d < 0 for d in devices) or len(set(devices)) != len(devices):
+        raise HarnessError(f"--devices {text!r}: expected distinct GPU indices separated by commas, e.g. 0,1")
+    return devices
+
+
+def assign_devices(count: int, visible: int, chosen: list[int] | None = None) -> list[str]:
+    """The device of each of ``count`` workers: round-robin over ``chosen`` GPU indices (default: all
+    ``visible`` ones), ``cpu`` for all when there is no GPU. A chosen index that is not visible is an error."""
+    if chosen is not None:
+        missing = [d for d in chosen if d >= visible]
+        if missing:
+            raise HarnessError(
+                f"--devices {','.join(map(str, chosen))}: GPU {missing[0]} is not visible "
+                f"(this machine shows {visible}; allowed: 0..{visible - 1})"
+                if visible
+                else f"--devices {','.join(map(str, chosen))}: this machine shows no GPU"
+            )
+    gpus = chosen if chosen is not None else list(range(visible))
+    if not gpus:
+        return ["cpu"] * count
+    return [f"cuda:{gpus[i % len(gpus)]}" for i in range(count)]
+
+
 def _worker_main(
-    index: int, config: StudyConfig, url: str, data_dir: Path | None, options: RunOptions, threads: int
+    index: int,
+    config: StudyConfig,
+    url: str,
+    data_dir: Path | None,
+    options: RunOptions,
+    threads: int,
+    device: str = "cpu",
 ) -> None:
     """Entry point of one worker process (spawned; everything it needs is passed in)."""
     import sys
@@ -25,7 +67,9 @@ def _worker_main(
     quiet_libraries(transformers=True)
     torch.set_num_threads(threads)
     try:
-        experiment = Experiment(config, data_dir, options.cache_dir, progress=False)
+        if device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(device))
+        experiment = Experiment(config, data_dir, options.cache_dir, progress=False, device=torch.device(device))
         Runner(
             config, Storage(url), experiment, options, log=lambda line: print(f"[worker {index}] {line}", flush=True)
         ).run()
@@ -34,14 +78,26 @@ def _worker_main(
         sys.exit(2)
 
 
-def run_workers(count: int, config: StudyConfig, url: str, data_dir: Path | None, options: RunOptions) -> int:
+def run_workers(
+    count: int,
+    config: StudyConfig,
+    url: str,
+    data_dir: Path | None,
+    options: RunOptions,
+    devices: list[int] | None = None,
+    log=print,
+) -> int:
     """Run ``count`` worker processes on this machine and wait for them; returns the worst exit code."""
     import multiprocessing
 
+    placed = assign_devices(count, torch.cuda.device_count() if torch.cuda.is_available() else 0, devices)
+    if placed[0] != "cpu":
+        log("workers on " + ", ".join(f"{i}: {d}" for i, d in enumerate(placed)))
     context = multiprocessing.get_context("spawn")
     threads = max(1, torch.get_num_threads() // count)
     processes = [
-        context.Process(target=_worker_main, args=(i, config, url, data_dir, options, threads)) for i in range(count)
+        context.Process(target=_worker_main, args=(i, config, url, data_dir, options, threads, placed[i]))
+        for i in range(count)
     ]
     for process in processes:
         process.start()

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 GLUE ?= $(wildcard ../shared/glue)
 DATA_FLAG := $(if $(GLUE),--data-dir $(GLUE),)
 
-.PHONY: demo test lint bench clean-demo
+.PHONY: demo test lint bench gpu-check clean-demo
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# The prepared GPU check (README, "GPU check"); `make gpu-check ARGS=--cpu` runs it tiny on the CPU.
+gpu-check: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) -m bench.gpu_check $(ARGS) $(DATA_FLAG)
 
 bench: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m bench.trial --profile $(DATA_FLAG)

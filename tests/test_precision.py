@@ -123,3 +123,45 @@ def test_loss_log_reads_once_per_window_and_names_a_non_finite_term():
     bad.add({"ce": torch.tensor(0.5), "inter": torch.tensor(float("nan"))}, torch.tensor(float("nan")), epoch=2)
     with pytest.raises(FloatingPointError, match=r"non-finite inter loss nan at epoch 2, step 2"):
         bad.flush(epoch=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_half_precision_training_step_on_the_best_device(precision, tiny_bert, glue_dir):
+    """On a GPU when one is visible (``make gpu-check``), else on the CPU: two ALP steps in half precision,
+    finite, with the inter-layer loss in float32 and, for fp16, the gradient scaler."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from harness.device import autocast_for, pick_device
+    from harness.encoding import encode_split
+    from harness.glue import get_task, subsample
+    from harness.loading import load_split
+    from harness.losses import InterLayerLoss
+    from harness.methods import get_method
+    from harness.models import build_student
+    from harness.train import Hyper, LossTerms, TeacherSignal, to_batch
+
+    device = pick_device()
+    task = get_task("SST-2")
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
+    train = encode_split(subsample(load_split(task, "train", glue_dir), 32, seed=0), tokenizer, 32)
+    teacher = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=2).to(device).eval()
+    student = build_student(str(tiny_bert), 2, 2, "bottom", seed=0).to(device)
+    inter = InterLayerLoss(get_method("alp"), 4, 2, 32, 32).to(device)
+    losses = LossTerms(task, Hyper(lr=1e-3, eta=0.5, lam=0.3), inter, TeacherSignal(live=teacher), device)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    amp, dtype = autocast_for(device, precision)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    for _ in range(2):
+        index = np.arange(16)
+        with amp:
+            terms = losses(student, to_batch(train, index, 0, device), index)
+            loss = losses.total(terms)
+        assert terms["inter"].dtype == torch.float32 and torch.isfinite(loss)
+        optimizer.zero_grad()
+        (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()

@@ -2,13 +2,16 @@
 
 ``fixed.precision`` picks the autocast dtype (:func:`autocast_for`); the inter-layer losses stay float32
 whatever it says (:func:`harness.losses.float32`). :class:`LossLog` keeps every step's loss terms on the
-device and reads them once per window, so the training step never waits for the host.
+device and reads them once per window, so the training step never waits for the host; :func:`prefetch`
+builds the next batches on a background thread.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import queue
+import threading
 
 import torch
 
@@ -100,3 +103,42 @@ class LossLog:
             name: float(total) / steps
             for name, total in zip(self.names or [], self.sums if self.sums is not None else [])
         }
+
+
+def prefetch(make, items, depth: int = 2):
+    """``make(item)`` for every item, computed ``depth`` items ahead on a background thread, in order.
+
+    The training loop uses it to collate the next batches and start their host-to-device copies (pinned,
+    non-blocking on CUDA) while the device works on the current one. An exception in ``make`` is raised
+    in the consumer; a consumer that stops early (pruning, a failed trial) stops the thread.
+    """
+    queue_: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                value = make(item)
+                while not stop.is_set():
+                    try:
+                        queue_.put(value, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue_.put(done)
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
+            queue_.put(error)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while (value := queue_.get()) is not done:
+            if isinstance(value, BaseException):
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from harness.device import LossLog, autocast_for, pick_device
+from harness.device import LossLog, autocast_for, pick_device, prefetch
 from harness.encoding import EncodedSplit, collate
 from harness.files import atomic_write
 from harness.glue import TaskSpec
@@ -346,15 +346,17 @@ def fit(
         model.train()
         log = LossLog()
         batches = train_batches(lengths, hyper.batch_size, hyper.seed, epoch)
+        # The next batches are collated (and, on CUDA, copied) on a background thread while this one trains.
+        ready = prefetch(lambda index: (index, to_batch(train, index, pad_token_id, device)), batches)
         bar = tqdm(
-            batches,
+            ready,
+            total=len(batches),
             desc=f"{desc} epoch {epoch + 1}/{hyper.epochs}",
             leave=False,
             dynamic_ncols=True,
             disable=not progress,
         )
-        for index in bar:
-            batch = to_batch(train, index, pad_token_id, device)
+        for index, batch in bar:
             with amp:
                 terms = losses(forward, batch, index)
                 loss = losses.total(terms)
@@ -374,6 +376,7 @@ def fit(
                 bar.set_postfix(loss=f"{log.last:.4f}", refresh=False)
         log.flush(epoch + 1)
         bar.close()
+        ready.close()
         train_seconds = time.perf_counter() - started
         metrics, logits, probed = evaluate(
             model, task, evals, hyper.eval_batch_size, pad_token_id, device, probe, hyper.precision

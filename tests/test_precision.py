@@ -165,3 +165,27 @@ def test_a_half_precision_training_step_on_the_best_device(precision, tiny_bert,
             scaler.update()
         else:
             optimizer.step()
+
+
+def test_prefetch_keeps_order_raises_errors_and_stops_early():
+    import threading
+
+    from harness.device import prefetch
+
+    assert list(prefetch(lambda x: x * x, range(7))) == [x * x for x in range(7)]
+
+    def broken(x):
+        if x == 3:
+            raise ValueError("bad item 3")
+        return x
+
+    seen = []
+    with pytest.raises(ValueError, match="bad item 3"):
+        for value in prefetch(broken, range(10)):
+            seen.append(value)
+    assert seen == [0, 1, 2]
+    before = threading.active_count()
+    stream = prefetch(lambda x: x, range(1000), depth=2)
+    assert next(stream) == 0
+    stream.close()  # a consumer that stops early (pruned, failed) stops the producer thread
+    assert threading.active_count() == before

@@ -51,11 +51,11 @@ class TeacherRecipe(_Strict):
     """How the teacher is fine-tuned on the task (once; the result is cached on disk)."""
 
     epochs: int = Field(3, ge=1)
-    lr: float = Field(2e-5, gt=0)
+    lr: float = Field(2e-5, gt=0, lt=1)
     batch_size: int = Field(32, ge=1)
     max_train_samples: int | None = Field(None, ge=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
+    weight_decay: float = Field(0.01, ge=0, lt=1)
 
 
 class Fixed(_Strict):
@@ -68,11 +68,11 @@ class Fixed(_Strict):
     max_train_samples: int | None = Field(None, ge=1)
     seed: int = 42
     student_init: Literal["bottom", "skip"] = "bottom"
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, le=100)
     alp_scale: Literal["1", "sqrt_d"] = "1"
     alp_tokens: Literal["cls", "all"] = "cls"
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
+    weight_decay: float = Field(0.01, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
     teacher_outputs: Literal["cache", "live"] = "cache"
     save_students: bool = False
@@ -115,10 +115,10 @@ class Search(_Strict):
 
     @field_validator("lr")
     @classmethod
-    def _positive(cls, values: tuple[float, ...]) -> tuple[float, ...]:
-        bad = [v for v in values if not v > 0]
+    def _learning_rates(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [v for v in values if not 0 < v < 1]
         if bad:
-            raise ValueError(f"learning rates must be positive, got {bad}")
+            raise ValueError(f"learning rates must be positive and below 1 (e.g. 5.0e-5 for 5e-5), got {bad}")
         return values
 
     @field_validator("eta", "lambda_")
@@ -215,9 +215,14 @@ def load_study(path: str | Path) -> StudyConfig:
     """Read and validate a study file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as error:
         raise HarnessError(f"cannot read study file {str(path)!r}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        raise HarnessError(
+            f"study file {str(path)!r} line {line}: not UTF-8 text (allowed: a UTF-8 YAML file)"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:

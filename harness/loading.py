@@ -247,6 +247,8 @@ def _load_tsv(task: TaskSpec, split: str, data_dir: Path) -> GlueSplit:
         for column, index in zip(texts, layout.text_indices):
             column.append(row[index])
         labels.append(_parse_label(path, reader.line_num, row[layout.label_index], layout))
+    if not labels:
+        raise HarnessError(f"{path}: no data rows after the header (allowed: a header and at least one data row)")
     dtype = np.float32 if task.is_regression else np.int64
     return GlueSplit(
         task=task.name,

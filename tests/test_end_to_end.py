@@ -221,3 +221,29 @@ def test_tpe_sweep_evaluates_each_point_once_and_respects_the_budget(tmp_path, t
     for duplicate in (t for t in trials if "duplicate_of" in t.user_attrs):
         original = next(t for t in trials if t.number == duplicate.user_attrs["duplicate_of"])
         assert duplicate.value == original.value and duplicate.user_attrs["point"] == original.user_attrs["point"]
+
+
+def test_bad_input_catalogue_is_one_line_and_writes_no_database(tmp_path, tiny_bert, glue_dir):
+    """A study file that is not UTF-8, a GLUE file with a header and no rows, and ``lr: [7]`` (meant as 7e-5):
+    each one line on stderr, exit 2, no traceback, no database, no teacher fine-tuned."""
+    import shutil
+
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("name: d\n# r\xe9sum\xe9\ntask: SST-2\n".encode("latin-1"))
+    seven = write_study(tmp_path / "seven.yaml", tiny_bert, search={"lr": [7], "eta": [0.5], "lambda": [0.2]})
+    empty_glue = tmp_path / "glue"
+    shutil.copytree(glue_dir / "SST-2", empty_glue / "SST-2")
+    (empty_glue / "SST-2" / "dev.tsv").write_text("sentence\tlabel\n")
+    ok = write_study(tmp_path / "ok.yaml", tiny_bert)
+    cases = [
+        ([str(latin)], f"study file '{latin}' line 2: not UTF-8 text (allowed: a UTF-8 YAML file)"),
+        ([str(seven)], "search.lr: learning rates must be positive and below 1 (e.g. 5.0e-5 for 5e-5), got [7.0]"),
+        ([str(ok), "--data-dir", str(empty_glue)], "dev.tsv: no data rows after the header"),
+    ]
+    for args, expected in cases:
+        url = f"sqlite:///{tmp_path / 'never.db'}"
+        result = run_cli("run", *args, "--storage", url, "--cache-dir", str(tmp_path / "cache"))
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert expected in result.stderr
+        assert not (tmp_path / "never.db").exists() and not (tmp_path / "cache" / "teachers").exists()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.quiet import quiet_libraries
+from harness.signals import EXIT_TERMINATED, Terminated, terminate_like_interrupt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -283,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    terminate_like_interrupt()
     try:
         quiet_libraries()
         return {
@@ -299,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f" {error.filename!r}" if error.filename else ""
         print(f"error: {error.strerror or type(error).__name__}{where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to continue", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, Terminated)
+        print(
+            f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; run the same command again to continue",
+            file=sys.stderr,
+        )
+        return EXIT_TERMINATED if terminated else 130

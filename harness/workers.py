@@ -63,7 +63,9 @@ def _worker_main(
     import sys
 
     from harness.quiet import quiet_libraries
+    from harness.signals import EXIT_TERMINATED, Terminated, terminate_like_interrupt
 
+    terminate_like_interrupt()
     quiet_libraries(transformers=True)
     torch.set_num_threads(threads)
     try:
@@ -76,6 +78,8 @@ def _worker_main(
     except HarnessError as error:
         print(f"error: [worker {index}] {error}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt as interrupt:  # its point was given back (see Runner.run_points)
+        sys.exit(EXIT_TERMINATED if isinstance(interrupt, Terminated) else 130)
 
 
 def run_workers(
@@ -101,6 +105,17 @@ def run_workers(
     ]
     for process in processes:
         process.start()
-    for process in processes:
-        process.join()
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt as interrupt:  # Ctrl-C reaches the workers by itself; SIGTERM is passed on
+        from harness.signals import Terminated
+
+        if isinstance(interrupt, Terminated):
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+        for process in processes:
+            process.join()
+        raise
     return max(abs(process.exitcode or 0) for process in processes)

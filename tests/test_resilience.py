@@ -377,3 +377,51 @@ def test_continuing_a_study_with_other_data_is_refused(tmp_path, tiny_bert, glue
     assert main(["run", str(study_file), *common, "--data-dir", str(other)]) == 2
     err = capsys.readouterr().err
     assert "was run with teacher checkpoint" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_gives_the_point_back_like_ctrl_c(tmp_path, tiny_bert, glue_dir, workers):
+    """SLURM preemption, ``docker stop``, systemd: SIGTERM mid-trial frees the point at once (trial FAIL
+    "interrupted", no attempt used, checkpoint kept), exit 143; the next run finishes every point once."""
+    study_file = write_study(tmp_path / "term.yaml", tiny_bert, **KILL_STUDY)
+    storage = f"sqlite:///{tmp_path / 'term.db'}"
+    cache = tmp_path / "cache"
+    command = [
+        sys.executable,
+        str(REPO / "run_study.py"),
+        "run",
+        str(study_file),
+        "--storage",
+        storage,
+        "--data-dir",
+        str(glue_dir),
+        "--cache-dir",
+        str(cache),
+        "--workers",
+        str(workers),
+    ]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None and not any(cache.glob("checkpoints/*/*.pt")):
+        time.sleep(0.05)
+    assert process.poll() is None, "the sweep ended before a checkpoint was written"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "terminated (SIGTERM)" in stderr and "Traceback" not in stderr
+    engine = sa.create_engine(storage)
+    with engine.connect() as connection:
+        points = connection.execute(sa.text("SELECT state, attempts FROM harness_grid_points")).all()
+    assert all(state in ("free", "done") for state, _ in points) and any(state == "free" for state, _ in points)
+    assert all(attempts <= 1 and (state == "done") == (attempts == 1) for state, attempts in points)
+    trials = [
+        t
+        for s in optuna.get_all_study_summaries(storage)
+        for t in optuna.load_study(study_name=s.study_name, storage=storage).get_trials()
+    ]
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert any(t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == "interrupted" for t in trials)
+    assert any(cache.glob("checkpoints/*/*.pt"))  # kept for the next run
+    final = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr
+    check_one_complete_per_point(storage, expected_points=2)

@@ -6,6 +6,7 @@ The atomic claim itself is one conditional ``UPDATE`` in :meth:`harness.storage.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -28,21 +29,41 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+@functools.lru_cache(maxsize=1)
+def pid_scope() -> str:
+    """Where a pid means this process: the boot id (which machine, which boot) and the pid namespace's inode
+    (which container). Containers that share a hostname (Docker ``--network host``, some SLURM set-ups) see
+    each other's pids as missing; the scope tells them apart. ``0`` where /proc does not say."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:12]
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return "0"
+    return f"{boot}.{namespace}"
+
+
 def worker_id() -> str:
-    """``host:pid:start`` — the start time tells a reused pid from the worker that held it."""
+    """``host:pid:start:scope`` — the start time tells a reused pid from the worker that held it, the scope
+    (:func:`pid_scope`) a worker in another pid namespace on a host of the same name."""
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}"
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}:{pid_scope()}"
 
 
 def worker_is_dead(worker: str) -> bool:
-    """True when ``worker`` (``host:pid[:start]``) ran on this host and its process is gone.
+    """True when ``worker`` (``host:pid[:start[:scope]]``) ran on this host, in this pid namespace, and its
+    process is gone.
 
-    A pid now used by another process (a different start time) counts as gone. Workers on other
-    hosts are judged by their heartbeat instead (see :meth:`Storage._is_stale`).
+    A pid now used by another process (a different start time) counts as gone. Workers on other hosts
+    or in another pid namespace (another scope) are judged by their heartbeat instead (see
+    :meth:`Storage._is_stale`); ids without a scope (written before it existed) are trusted as local.
     """
-    host, pid, *start = worker.split(":")
+    host, pid, *rest = worker.split(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
+    start, scope = (rest + [None, None])[:2]
+    if scope is not None and scope != pid_scope():
+        return False
+    start = [start] if start is not None else []
     now = _start_time(int(pid))
     if now is None:
         return True

@@ -100,7 +100,7 @@ class TrialRunner:
         """Run one trial; ``seed`` other than ``None`` makes it a confirmation of ``point``."""
         confirmation = seed is not None
         seed = self.config.fixed.seed if seed is None else seed
-        record = _trial_record(self.config, method, point, seed, self.experiment.device)
+        record = _trial_record(self.config, method, point, seed, getattr(self.experiment, "device", None))
         record["confirmation"] = confirmation
         record.update(teacher_key=self.experiment.teacher.key, data_sha256=self.experiment.data_hashes)
         for key, value in record.items():

@@ -67,7 +67,7 @@ def test_reused_pid_is_not_mistaken_for_the_dead_worker():
 
     me = worker_id()
     assert not worker_is_dead(me)
-    host, pid, start = me.split(":")
+    host, pid, start, scope = me.split(":")
     assert worker_is_dead(f"{host}:{pid}:{int(start) + 1}")  # same pid, another process
     assert not worker_is_dead(f"elsewhere:{os.getpid()}:1")  # other hosts: judged by heartbeat
 
@@ -292,3 +292,30 @@ def test_status_reads_the_same_as_optunas_api(tmp_path):
         f"    running: trial_id {ids[1]} p9 on ?",
     ]
     assert 0 <= int(shown[1].rsplit(", ", 1)[1].split()[0]) <= 5  # its age: it was asked a moment ago
+
+
+def test_a_worker_in_another_pid_namespace_is_judged_by_its_heartbeat(tmp_path):
+    """Containers sharing a hostname: a pid missing *here* says nothing about a worker in another pid
+    namespace, so its claim is taken over only when its heartbeat is older than the grace period."""
+    import socket
+    import time
+
+    from harness.claims import GRACE_SECONDS, pid_scope, worker_id
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    here = f"{socket.gethostname()}:{dead.stdout.strip()}:1:{pid_scope()}"
+    there = f"{socket.gethostname()}:{dead.stdout.strip()}:1:0000000000.4026531999"  # same host, other namespace
+    assert worker_is_dead(here) and not worker_is_dead(there)
+    assert worker_id().endswith(":" + pid_scope()) and pid_scope() != "0"
+    storage = Storage(f"sqlite:///{tmp_path / 'ns.db'}")
+    storage.ensure_points("s", {"only": POINTS["p0"]})
+    storage.claim_next("s", there, max_attempts=3)
+    assert storage.claim_next("s", "me:1", max_attempts=3) is None  # its heartbeat is fresh: it is alive
+    import sqlalchemy as sa
+
+    with storage.engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE harness_grid_points SET heartbeat_at = :t"), {"t": time.time() - GRACE_SECONDS - 1}
+        )
+    taken = storage.claim_next("s", "me:1", max_attempts=3)
+    assert taken is not None and taken.stale_worker == there

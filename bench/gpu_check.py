@@ -19,8 +19,6 @@ Nothing here asserts a speed: it is a benchmark that prints, so that whoever has
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import math
 import platform
 import subprocess
@@ -85,7 +83,7 @@ def _peak(device: torch.device) -> float | None:
     return next((tflops for key, tflops in PEAK_TFLOPS.items() if key in name), None)
 
 
-def trial_rows(args, device: torch.device, data_dir, cache: Path, say) -> list[str]:
+def trial_rows(args, device: torch.device, data_dir, cache: Path) -> list[str]:
     runs = [("fp32", "fp32", False), ("bf16", "bf16", False), ("fp16 + scaler", "fp16", False)]
     if device.type == "cuda":  # on CPU torch.compile was measured before: no gain, minutes of compilation
         runs.append(("bf16, torch.compile", "bf16", True))
@@ -108,7 +106,6 @@ def trial_rows(args, device: torch.device, data_dir, cache: Path, say) -> list[s
             f"| {label} | {1000 * seconds / steps:.1f} | {len(experiment.train) / seconds:.1f} | "
             f"{memory.mib:.0f} | {100 * history.best_value:.2f} | {mfu} |"
         )
-        say(rows[-1])
     note = (
         "MFU: 6 × non-embedding parameters × tokens per second over the device's dense bf16/fp16 peak "
         f"({peak} TFLOP/s from the table in bench/gpu_check.py)"
@@ -138,7 +135,7 @@ def alpha_lines(args, device: torch.device, data_dir, cache: Path) -> list[str]:
     ]
 
 
-def workers_lines(args, data_dir, cache: Path, say) -> list[str]:
+def workers_lines(args, data_dir, cache: Path) -> list[str]:
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
         study = Path(tmp) / "w.yaml"
@@ -171,7 +168,6 @@ def workers_lines(args, data_dir, cache: Path, say) -> list[str]:
                 f"  --workers {workers}: {len(lrs)} trials in {wall:.1f} s = "
                 f"{3600 * len(lrs) / wall:.0f} trials/hour ({status})"
             )
-            say(lines[-1])
     return ["run --workers on one device (wall time includes start-up):", *lines]
 
 
@@ -214,15 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     say("")
     for row in [
         f"ALP trials (MiniLM-L6 teacher, {args.task} slice):",
-        *trial_rows(args, device, data_dir, cache, lambda line: None),
+        *trial_rows(args, device, data_dir, cache),
     ]:
         say(row)
     say("")
     for line in alpha_lines(args, device, data_dir, cache):
         say(line)
     say("")
-    with contextlib.redirect_stdout(io.StringIO()):
-        worker = workers_lines(args, data_dir, cache, lambda line: None)
+    worker = workers_lines(args, data_dir, cache)
     for line in worker:
         say(line)
     args.out.write_text("\n".join(lines) + "\n")

@@ -202,20 +202,9 @@ def run_reference(experiment: Experiment, point: dict[str, float], out_dir: Path
     from transformers.trainer_callback import PrinterCallback
 
     config, fixed, task, device = experiment.config, experiment.config.fixed, experiment.task, experiment.device
-    hyper = Hyper(
-        lr=point["lr"],
-        eta=point["eta"],
-        lam=point["lambda"],
-        epochs=fixed.epochs,
-        batch_size=fixed.batch_size,
-        seed=fixed.seed,
-        temperature=fixed.temperature,
-        warmup_ratio=fixed.warmup_ratio,
-        weight_decay=fixed.weight_decay,
-        max_grad_norm=fixed.max_grad_norm,
-    )
+    hyper = experiment.hyper(point, fixed.seed)  # the same values as our trial, precision included
     total_steps = fixed.epochs * math.ceil(len(experiment.train) / fixed.batch_size)
-    _, amp_dtype = autocast_for(device)
+    _, amp_dtype = autocast_for(device, hyper.precision)
     with PeakMemory(device) as memory:
         started, cpu_started = time.perf_counter(), time.process_time()
         student = build_student(

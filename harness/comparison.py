@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from harness import fair_report
-from harness.frame import Snapshot, _done, best_trials
+from harness.frame import Snapshot, best_trials, grid_done
 from harness.glue import TASKS, TaskSpec
 from harness.methods import METHODS
 
@@ -103,7 +103,7 @@ def comparison_rows(snapshot: Snapshot, tasks: list[str], reference: list[dict])
             chance.cells[task] = Cell(values)
     rows += [chance] if chance.cells else []
     best = best_trials(frame, ["task", "method"])
-    files = _done(frame).groupby(["task", "method"])["study_file"].unique()
+    files = grid_done(frame).groupby(["task", "method"])["study_file"].unique()
     flagged = set()
     for method in METHODS:
         row = Row(method, {}, student=True)

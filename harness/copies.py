@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from harness.config import StudyConfig
 from harness.storage import Storage
-from harness.trial import _trial_record
+from harness.trial import resolved_config
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 COPIED = (
@@ -109,9 +109,7 @@ def record_copy(
     """Our results row and the stored predictions of a trial that copies ``source``."""
     row = storage.result(source._trial_id) or {}
     number = storage.optuna.get_trial(trial_id).number
-    point = {name: source.user_attrs[name] for name in ("lr", "eta", "lambda")}
     seed = source.user_attrs.get("seed", config.fixed.seed)
-    resolved = _trial_record(config, method, point, seed)["config"]
     storage.record_result(
         trial_id,
         study_name=study.study_name,
@@ -121,7 +119,7 @@ def record_copy(
         state=source.state.name,
         value=source.value,
         seed=seed,
-        config=resolved,
+        config=resolved_config(config, method),
         epochs=row.get("epochs"),
         seconds=0.0,
         device=row.get("device"),

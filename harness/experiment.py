@@ -303,6 +303,24 @@ class Experiment:
         return probe
 
     # ------------------------------------------------------------------ trials
+    def hyper(self, point: dict[str, float], seed: int) -> Hyper:
+        """A student run's values at one grid point: the point's lr, η, λ and the study file's fixed set-up."""
+        fixed = self.config.fixed
+        return Hyper(
+            lr=point["lr"],
+            eta=point["eta"],
+            lam=point["lambda"],
+            epochs=fixed.epochs,
+            batch_size=fixed.batch_size,
+            eval_batch_size=fixed.eval_batch_size,
+            seed=seed,
+            temperature=fixed.temperature,
+            warmup_ratio=fixed.warmup_ratio,
+            weight_decay=fixed.weight_decay,
+            max_grad_norm=fixed.max_grad_norm,
+            precision=fixed.precision,
+        )
+
     def run_trial(
         self,
         method: str,
@@ -342,20 +360,7 @@ class Experiment:
                 )
             live = fixed.teacher_outputs == "live" or (inter is not None and inter.needs_tokens)
             signal = self.teacher_signal(live=live)
-        hyper = Hyper(
-            lr=point["lr"],
-            eta=point["eta"],
-            lam=point["lambda"],
-            epochs=fixed.epochs,
-            batch_size=fixed.batch_size,
-            eval_batch_size=fixed.eval_batch_size,
-            seed=seed,
-            temperature=fixed.temperature,
-            warmup_ratio=fixed.warmup_ratio,
-            weight_decay=fixed.weight_decay,
-            max_grad_norm=fixed.max_grad_norm,
-            precision=fixed.precision,
-        )
+        hyper = self.hyper(point, seed)
         probe = self.alpha_probe(inter) if inter is not None and spec.inter == "alp" else None
         history = fit(
             student,

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from harness import fairness, figures_fair, render
+from harness.frame import best_trials, grid_done, reported_score
 from harness.glue import TASKS, TaskSpec
 from harness.methods import METHODS, get_method
 from harness.metrics import compute_metrics
@@ -21,19 +22,6 @@ from harness.seeds import Seeds, is_alp
 ONE_HOT_ENTROPY = 0.1  # nats: a mean attention entropy below this is "near one-hot" (max α ≳ 0.98)
 RESAMPLES = 1000  # paired bootstrap resamples over dev examples (seed BOOTSTRAP_SEED)
 BOOTSTRAP_SEED = 0
-
-
-def grid_done(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[(frame["state"] == "COMPLETE") & ~frame["confirmation"]]
-
-
-def reported(frame: pd.DataFrame) -> pd.Series:
-    """The dev score each trial reports (primary metric at its reported epoch; the value if unknown)."""
-    return frame["score"].fillna(frame["value"])
-
-
-def _reported_one(row: pd.Series) -> float:
-    return float(row["value"] if pd.isna(row["score"]) else row["score"])
 
 
 # --------------------------------------------------------------------------- protocol
@@ -122,18 +110,27 @@ def _logits(snapshot, trial_id, split: str) -> np.ndarray | None:
     return None if found is None else found[1]
 
 
+def _dev_predictions(snapshot, spec: TaskSpec, *trial_ids) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """The task's dev gold labels and what each trial's stored dev logits predict (what the primary metric
+    scores); None unless labels and every trial's predictions are stored and of the same length."""
+    split = spec.eval_splits[0]
+    labels = task_labels(snapshot, spec.name).get(split)
+    logits = [_logits(snapshot, trial_id, split) for trial_id in trial_ids]
+    if labels is None or any(x is None or len(x) != len(labels) for x in logits):
+        return None
+    gold = labels if spec.is_regression else labels.astype(np.int64)
+    return gold, [_values(spec, x) for x in logits]
+
+
 def near_chance(snapshot, spec: TaskSpec, trial_id) -> bool | None:
     """True when the trial's dev predictions are within noise of the majority baseline (the paired
     bootstrap's 95 % interval of the difference reaches 0); None without stored predictions/labels."""
-    split = spec.eval_splits[0]
-    logits, labels = _logits(snapshot, trial_id, split), task_labels(snapshot, spec.name).get(split)
-    if logits is None or labels is None or len(labels) != len(logits):
+    found = _dev_predictions(snapshot, spec, trial_id)
+    if found is None:
         return None
-    gold = labels if spec.is_regression else labels.astype(np.int64)
+    gold, (predicted,) = found
     base = fairness.majority_predictions(gold, spec.is_regression)
-    result = fairness.paired_bootstrap(
-        spec.primary_metric, _values(spec, logits), base, gold, RESAMPLES, BOOTSTRAP_SEED
-    )
+    result = fairness.paired_bootstrap(spec.primary_metric, predicted, base, gold, RESAMPLES, BOOTSTRAP_SEED)
     return bool(result.low <= 0)
 
 
@@ -144,7 +141,9 @@ def budget_curves(frame: pd.DataFrame) -> dict[tuple[str, str], dict]:
     done = grid_done(frame)
     curves = {}
     for (task, method), group in done.groupby(["task", "method"], sort=True):
-        means, sds = fairness.expected_selected_curve(group["value"].to_numpy(float), reported(group).to_numpy(float))
+        means, sds = fairness.expected_selected_curve(
+            group["value"].to_numpy(float), reported_score(group).to_numpy(float)
+        )
         curves[(task, method)] = {"n": list(range(1, len(group) + 1)), "mean": means.tolist(), "sd": sds.tolist()}
     return curves
 
@@ -168,7 +167,7 @@ def equal_budget(snapshot, budget: int | None, command: str) -> tuple[list[str],
         + (" (the smallest grid here; `report --budget N` changes it)" if budget is None else "")
         + "; a method whose grid has no more than n points is its best of grid. (N) = complete grid trials.",
         "",
-        "| method | " + " | ".join(task_header(t) for t in tasks) + " |",
+        "| method | " + " | ".join(_metric_header(t) for t in tasks) + " |",
         "|---|" + "---:|" * len(tasks),
     ]
     means = {}
@@ -185,7 +184,8 @@ def equal_budget(snapshot, budget: int | None, command: str) -> tuple[list[str],
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", f"Reproduce: `{command}`", ""]
     if "kd" in methods:
-        best = best_rows(frame)
+        best = best_trials(frame, ["task", "method"])
+        scores = reported_score(best)
         lines += [
             "Gain over KD, × 100: at the equal budget n, and best of grid (a best point that is the same "
             "computation as KD's or NKD's counts as zero gain).",
@@ -200,9 +200,9 @@ def equal_budget(snapshot, budget: int | None, command: str) -> tuple[list[str],
                     cells += ["–", "–"]
                     continue
                 cells.append(f"{100 * (means[(task, method)] - means[(task, 'kd')]):+.2f}")
-                row, kd = best.get((task, method)), best.get((task, "kd"))
+                row = best.loc[(task, method)]
                 mark = shared_mark(method, (row["lr"], row["eta"], row["lambda"]))
-                gain = 0.0 if mark else _reported_one(row) - _reported_one(kd)
+                gain = 0.0 if mark else float(scores[(task, method)] - scores[(task, "kd")])
                 cells.append(f"{100 * gain:+.2f}{mark}")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines += ["", f"Reproduce: `{command}`", ""]
@@ -211,16 +211,11 @@ def equal_budget(snapshot, budget: int | None, command: str) -> tuple[list[str],
 
 
 def best_rows(frame: pd.DataFrame) -> dict[tuple[str, str], pd.Series]:
-    """(task, method) → the best grid trial (ranked by value; ties: first study, earliest trial)."""
-    ranked = (
-        grid_done(frame)
-        .sort_values(["value", "study", "number"], ascending=[False, True, True], kind="stable")
-        .drop_duplicates(["task", "method"])
-    )
-    return {(row["task"], row["method"]): row for _, row in ranked.iterrows()}
+    """(task, method) → the best grid trial (:func:`harness.frame.best_trials`)."""
+    return dict(best_trials(frame, ["task", "method"]).iterrows())
 
 
-def task_header(task: str) -> str:
+def _metric_header(task: str) -> str:
     return f"{task} ({TASKS[task].primary_metric})"
 
 
@@ -290,15 +285,11 @@ def _seed_test(groups, task: str, alp: str, base: str) -> fairness.PairedT | Non
 def _bootstrap_test(snapshot, spec: TaskSpec, a, b) -> fairness.PairedBootstrap | None:
     if a is None or b is None:
         return None
-    split = spec.eval_splits[0]
-    pa, pb = _logits(snapshot, a["trial_id"], split), _logits(snapshot, b["trial_id"], split)
-    labels = task_labels(snapshot, spec.name).get(split)
-    if pa is None or pb is None or labels is None or not len(pa) == len(pb) == len(labels):
+    found = _dev_predictions(snapshot, spec, a["trial_id"], b["trial_id"])
+    if found is None:
         return None
-    gold = labels if spec.is_regression else labels.astype(np.int64)
-    return fairness.paired_bootstrap(
-        spec.primary_metric, _values(spec, pa), _values(spec, pb), gold, RESAMPLES, BOOTSTRAP_SEED
-    )
+    gold, (pa, pb) = found
+    return fairness.paired_bootstrap(spec.primary_metric, pa, pb, gold, RESAMPLES, BOOTSTRAP_SEED)
 
 
 def _delta(delta: float, low: float, high: float) -> str:

@@ -158,15 +158,21 @@ def trials_frame(storage: Storage, name: str | None = None) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- per study
-def _done(frame: pd.DataFrame) -> pd.DataFrame:
+def grid_done(frame: pd.DataFrame) -> pd.DataFrame:
     """COMPLETE grid trials (confirmation re-runs left out)."""
     return frame[(frame["state"] == "COMPLETE") & ~frame["confirmation"]]
+
+
+def reported_score(frame: pd.DataFrame) -> pd.Series:
+    """The dev score each trial reports: the primary metric at its reported epoch (its value where no
+    epoch record says)."""
+    return frame["score"].fillna(frame["value"])
 
 
 def best_trials(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """The best COMPLETE grid trial per group of ``by`` (ties: the first study, then the earliest trial),
     indexed by ``by``."""
-    ranked = _done(frame).sort_values(["value", "study", "number"], ascending=[False, True, True], kind="stable")
+    ranked = grid_done(frame).sort_values(["value", "study", "number"], ascending=[False, True, True], kind="stable")
     return ranked.drop_duplicates(by).set_index(by, drop=False).sort_index()
 
 

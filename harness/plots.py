@@ -23,16 +23,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from harness.frame import grid_done
 from harness.glue import TASKS
 from harness.methods import METHODS, get_method
 from harness.render import Job, render, slug
 from harness.render import remove_stale as _remove_stale
 
 _EPS = 1e-9
-
-
-def _grid_done(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[(frame["state"] == "COMPLETE") & ~frame["confirmation"]]
 
 
 def _methods(frame: pd.DataFrame) -> list[str]:
@@ -141,7 +138,7 @@ def heatmaps(title: str, rows: pd.DataFrame, searches: list[dict], metric: str) 
         figure.text(0.5, 0.5, f"{title}: no (lr, η, λ) recorded yet", ha="center", va="center")
         return figure
     panels = {(method, lr): np.full((len(etas), len(lams)), np.nan) for method in methods for lr in lrs}
-    best = _grid_done(rows).groupby(["method", "lr", "eta", "lambda"])["value"].max() * 100
+    best = grid_done(rows).groupby(["method", "lr", "eta", "lambda"])["value"].max() * 100
     for (method, lr, eta, lam), value in best.items():
         panels[method, lr][etas.index(eta), lams.index(lam)] = value
     figure = _heatmap_figure(tuple(methods), tuple(lrs), tuple(etas), tuple(lams))
@@ -160,7 +157,7 @@ EPOCH_COLUMNS = ["method", "number", "state", "confirmation", "value", "lr", "et
 def score_vs_lr(title: str, section: pd.DataFrame, metric: str) -> Figure:
     """The best dev score at each learning rate (over η, λ), one line per method."""
     fig, ax = legend_right_figure()
-    done = _grid_done(section)
+    done = grid_done(section)
     for method in _methods(section):
         best = done[done["method"] == method].groupby("lr")["value"].max().sort_index() * 100
         if len(best):
@@ -210,7 +207,7 @@ def epoch_curves(title: str, section: pd.DataFrame, metric: str, top: int = 3) -
     rows_n = math.ceil(len(methods) / cols)
     fig = Figure(figsize=(3.2 * cols + 0.6, 2.6 * rows_n + 0.7))
     axes = fig.subplots(rows_n, cols, squeeze=False, sharex=True, sharey=True).ravel()
-    done = _grid_done(section)
+    done = grid_done(section)
     for ax, method in zip(axes, methods):
         best = done[done["method"] == method].sort_values(["value", "number"], ascending=[False, True]).head(top)
         for trial in best.to_dict("records"):
@@ -260,7 +257,7 @@ def bars(frame: pd.DataFrame, teachers: dict[str, float], seeds: dict[str, list[
     rows_n = math.ceil(len(tasks) / cols)
     fig = Figure(figsize=(4.2 * cols + 0.4, 3.4 * rows_n + 0.6))
     axes = fig.subplots(rows_n, cols, squeeze=False).ravel()
-    best = _grid_done(frame).groupby(["task", "method"])["value"].max()
+    best = grid_done(frame).groupby(["task", "method"])["value"].max()
     for ax, task in zip(axes, tasks):
         methods = _methods(frame[frame["task"] == task])
         span = [100 * teachers[task]] if task in teachers else []  # every drawn value, error bars included

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from harness.frame import reported_score
 from harness.glue import TASKS
 from harness.methods import METHODS
 
@@ -66,7 +67,7 @@ def confirmations(frame: pd.DataFrame, bests: pd.DataFrame) -> dict[tuple[str, s
         found = []
         for (study, point), rows in group.groupby(["study", "point"], sort=True):
             runs = rows.sort_values("number").groupby("seed", sort=True).last()
-            scores = runs["score"].fillna(runs["value"]) if "score" in runs else runs["value"]
+            scores = reported_score(runs)
             found.append(Seeds(study, point, tuple(int(s) for s in runs.index), tuple(float(v) for v in scores)))
         chosen = (best["study"], best["point"]) if best is not None else None
         out[(task, method)] = sorted(found, key=lambda g: ((g.study, g.point) != chosen, -g.n, g.study, g.point))

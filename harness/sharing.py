@@ -77,7 +77,7 @@ def plan(config: StudyConfig) -> dict[str, tuple[int, int]]:
 
 def describe_grids(config: StudyConfig) -> list[str]:
     """One line per method: how many valid grid points it has and how many of them it trains itself
-    (the others are the same computation as another method's point; :mod:`harness.sharing`)."""
+    (the others are the same computation as another method's point)."""
     lines = []
     trained = plan(config)
     for method in config.methods:
@@ -88,7 +88,7 @@ def describe_grids(config: StudyConfig) -> list[str]:
             searched = "lr × η" if spec.searches_eta else "lr only, η = λ = 0"
         size, own = trained[method]
         shared = f", {size - own} shared (≡ {'KD/NKD' if spec.searches_lambda else 'NKD'})" if own < size else ""
-        lines.append(f"  {method}: {len(grid_points(config, method))} grid points ({searched}){shared}")
+        lines.append(f"  {method}: {size} grid points ({searched}){shared}")
     total, own = sum(g for g, _ in trained.values()), sum(t for _, t in trained.values())
     if own < total:
         lines.append(

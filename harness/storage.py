@@ -190,18 +190,25 @@ class Storage:
                     out.setdefault(row["trial_id"], {})[row["split"]] = (row["epoch"], array)
         return out
 
-    def save_labels(self, study_name: str, labels: dict[str, np.ndarray]) -> None:
-        """Store a study's eval labels once (later calls change nothing)."""
-        for split, array in sorted(labels.items()):
+    def _insert_new(self, table: sa.Table, rows: list[dict]) -> None:
+        """Insert each row in its own transaction unless its primary key is there already (another
+        worker may insert the same row at the same moment: the loser's IntegrityError is expected)."""
+        for row in rows:
             try:
                 with self.engine.begin() as connection:
-                    connection.execute(
-                        labels_table.insert().values(
-                            study_name=study_name, split=split, data=np.asarray(array, dtype="<f4").tobytes()
-                        )
-                    )
+                    connection.execute(table.insert().values(**row))
             except IntegrityError:
-                pass  # stored already (by this or another worker)
+                pass
+
+    def save_labels(self, study_name: str, labels: dict[str, np.ndarray]) -> None:
+        """Store a study's eval labels once (later calls change nothing)."""
+        self._insert_new(
+            labels_table,
+            [
+                {"study_name": study_name, "split": split, "data": np.asarray(array, dtype="<f4").tobytes()}
+                for split, array in sorted(labels.items())
+            ],
+        )
 
     def labels(self) -> dict[str, dict[str, np.ndarray]]:
         """``study_name → split → labels`` for every study that has them."""
@@ -217,18 +224,14 @@ class Storage:
         """Link points of ``study_name`` to the owner points that train them (``key → (study, key)``);
         a point linked before keeps its link."""
         known = self.links(study_name)
-        for key, (source_study, source_point) in sorted(links.items()):
-            if key in known:
-                continue
-            try:
-                with self.engine.begin() as connection:
-                    connection.execute(
-                        shared_table.insert().values(
-                            study_name=study_name, point_key=key, source_study=source_study, source_point=source_point
-                        )
-                    )
-            except IntegrityError:
-                pass  # another worker linked it first
+        self._insert_new(
+            shared_table,
+            [
+                {"study_name": study_name, "point_key": key, "source_study": study, "source_point": point}
+                for key, (study, point) in sorted(links.items())
+                if key not in known
+            ],
+        )
 
     def links(self, study_name: str) -> dict[str, tuple[str, str]]:
         with self.engine.begin() as connection:
@@ -256,18 +259,20 @@ class Storage:
                     sa.select(grid_points_table.c.point_key).where(grid_points_table.c.study_name == study_name)
                 ).scalars()
             )
-        for key, params in points.items():
-            if key in known:
-                continue
-            try:
-                with self.engine.begin() as connection:
-                    connection.execute(
-                        grid_points_table.insert().values(
-                            study_name=study_name, point_key=key, params=json.dumps(params), state="free", attempts=0
-                        )
-                    )
-            except IntegrityError:
-                pass  # another worker inserted it first
+        self._insert_new(
+            grid_points_table,
+            [
+                {
+                    "study_name": study_name,
+                    "point_key": key,
+                    "params": json.dumps(params),
+                    "state": "free",
+                    "attempts": 0,
+                }
+                for key, params in points.items()
+                if key not in known
+            ],
+        )
 
     def retry_failed(self, study_name: str) -> int:
         """Free every failed point of the study, with its attempts reset; returns how many."""

@@ -172,8 +172,11 @@ class Runner:
         self.run_points(study, method, set(points), self.options.n_trials or self.config.search.n_trials)
 
     def study_exists(self, method: str) -> bool:
-        name = self.config.study_name(method)
-        return any(s.study_name == name for s in optuna.get_all_study_summaries(self.storage.optuna, False))
+        try:
+            self.storage.optuna.get_study_id_from_name(self.config.study_name(method))
+        except KeyError:
+            return False
+        return True
 
     def run_points(self, study: optuna.Study, method: str, keys: set[str], budget: int | None) -> None:
         """Claim and run points of ``keys`` until none is left (or ``budget`` trials ran)."""

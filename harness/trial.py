@@ -19,10 +19,15 @@ from harness.hashing import fingerprint
 from harness.storage import Storage
 
 
-def _trial_record(config: StudyConfig, method: str, point: dict, seed: int, device: torch.device | None = None) -> dict:
-    """What is stored with every trial: enough to reproduce it from the database alone."""
+def resolved_config(config: StudyConfig, method: str) -> dict:
+    """The study file as one trial of ``method`` ran it (what ``reproduce`` reads back)."""
     resolved = config.model_dump(mode="json", by_alias=True)
     resolved["methods"] = [method]
+    return resolved
+
+
+def _trial_record(config: StudyConfig, method: str, point: dict, seed: int, device: torch.device | None = None) -> dict:
+    """What is stored with every trial: enough to reproduce it from the database alone."""
     return {
         "method": method,
         "point": point_key(point),
@@ -33,7 +38,7 @@ def _trial_record(config: StudyConfig, method: str, point: dict, seed: int, devi
         "worker": worker_id(),
         **runtime_info(device or pick_device(), config.fixed.compile, config.fixed.precision),
         "versions": {"torch": torch.__version__, "optuna": optuna.__version__, "python": platform.python_version()},
-        "config": resolved,
+        "config": resolved_config(config, method),
     }
 
 

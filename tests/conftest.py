@@ -69,6 +69,23 @@ def write_study(path: Path, teacher: Path, **overrides) -> Path:
     return path
 
 
+def run_command(study_file: Path, storage: str, glue_dir: Path, cache: Path, *extra: str) -> list[str]:
+    """The ``run_study.py run`` command line of a sweep, for tests that start and signal it themselves."""
+    return [
+        sys.executable,
+        str(REPO / "run_study.py"),
+        "run",
+        str(study_file),
+        "--storage",
+        storage,
+        "--data-dir",
+        str(glue_dir),
+        "--cache-dir",
+        str(cache),
+        *extra,
+    ]
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO / "run_study.py"), *args], capture_output=True, text=True, cwd=REPO, timeout=600

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from harness.cli import main
 
-from conftest import REPO, run_cli, write_study
+from conftest import REPO, run_cli, run_command, write_study
 
 KILL_STUDY = {
     "methods": ["nkd", "alp"],
@@ -69,18 +69,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, tiny_bert, glue_dir):
     study_file = write_study(tmp_path / "kill.yaml", tiny_bert, **KILL_STUDY)
     storage = f"sqlite:///{tmp_path / 'killed.db'}"
     cache = tmp_path / "cache"
-    command = [
-        sys.executable,
-        str(REPO / "run_study.py"),
-        "run",
-        str(study_file),
-        "--storage",
-        storage,
-        "--data-dir",
-        str(glue_dir),
-        "--cache-dir",
-        str(cache),
-    ]
+    command = run_command(study_file, storage, glue_dir, cache)
 
     def start():
         return subprocess.Popen(
@@ -386,20 +375,7 @@ def test_sigterm_gives_the_point_back_like_ctrl_c(tmp_path, tiny_bert, glue_dir,
     study_file = write_study(tmp_path / "term.yaml", tiny_bert, **KILL_STUDY)
     storage = f"sqlite:///{tmp_path / 'term.db'}"
     cache = tmp_path / "cache"
-    command = [
-        sys.executable,
-        str(REPO / "run_study.py"),
-        "run",
-        str(study_file),
-        "--storage",
-        storage,
-        "--data-dir",
-        str(glue_dir),
-        "--cache-dir",
-        str(cache),
-        "--workers",
-        str(workers),
-    ]
+    command = run_command(study_file, storage, glue_dir, cache, "--workers", str(workers))
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None and not any(cache.glob("checkpoints/*/*.pt")):

@@ -14,7 +14,7 @@ from harness.config import load_study
 from harness.sharing import computation, plan
 from harness.storage import Storage
 
-from conftest import write_study
+from conftest import run_command, write_study
 
 METHODS = ["nkd", "kd", "alp", "ckd"]
 SEARCH = {"lr": [1e-4], "eta": [0.0, 0.5], "lambda": [0.0, 0.2]}
@@ -138,7 +138,6 @@ def test_tpe_shares_finished_equivalent_trials(tmp_path, tiny_bert, glue_dir):
 def test_kills_at_random_moments_leave_one_training_per_computation(tmp_path, tiny_bert, glue_dir):
     import random
     import subprocess
-    import sys
 
     from conftest import REPO
     from test_resilience import _wait_then_kill, best_values
@@ -147,18 +146,7 @@ def test_kills_at_random_moments_leave_one_training_per_computation(tmp_path, ti
         tmp_path / "tiny.yaml", tiny_bert, methods=METHODS, fixed={**FIXED, "epochs": 2}, search=SEARCH
     )
     storage = f"sqlite:///{tmp_path / 'killed.db'}"
-    command = [
-        sys.executable,
-        str(REPO / "run_study.py"),
-        "run",
-        str(study_file),
-        "--storage",
-        storage,
-        "--data-dir",
-        str(glue_dir),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    ]
+    command = run_command(study_file, storage, glue_dir, tmp_path / "cache")
     rng = random.Random(11)
     for _ in range(2):
         started, wait = time.monotonic(), rng.uniform(4.0, 9.0)

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 GLUE ?= $(wildcard ../shared/glue)
 DATA_FLAG := $(if $(GLUE),--data-dir $(GLUE),)
 
-.PHONY: demo test lint bench gpu-check clean-demo
+.PHONY: demo example test lint bench gpu-check clean-demo
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,17 @@ $(VENV)/.installed: requirements.txt
 demo: $(VENV)/.installed
 	$(PY) run_study.py run studies/demo.yaml $(DATA_FLAG)
 	$(PY) run_study.py report --name demo --out reports/demo
+
+# The offline example report (reports/offline-glue, README there): four tasks, all eight methods, holdout
+# selection, then five-seed confirmations of every method's best point, then the report.
+EXAMPLE_TASKS := sst2 stsb mrpc cola
+EXAMPLE_DB := sqlite:///studies/offline-glue.db
+example: $(VENV)/.installed
+	for task in $(EXAMPLE_TASKS); do \
+		$(PY) run_study.py run studies/offline-glue-$$task.yaml --storage $(EXAMPLE_DB) --workers 2 $(DATA_FLAG) || exit 1; \
+	done
+	$(PY) run_study.py confirm --name offline-glue --top 1 --seeds 3 --storage $(EXAMPLE_DB) $(DATA_FLAG)
+	$(PY) run_study.py report --name offline-glue --storage $(EXAMPLE_DB) --out reports/offline-glue
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests

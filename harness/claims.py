@@ -11,10 +11,14 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-HEARTBEAT_SECONDS = 10
+from harness.retry import retry_public_methods
+
+# How often a worker writes its claim's heartbeat, and how old a heartbeat may grow before any worker may take
+# the point over. HARNESS_HEARTBEAT_SECONDS changes the first (tests use it to make a lost claim quick to see).
+HEARTBEAT_SECONDS = float(os.environ.get("HARNESS_HEARTBEAT_SECONDS", 10))
 GRACE_SECONDS = 120
 
 
@@ -70,6 +74,7 @@ def worker_is_dead(worker: str) -> bool:
     return bool(start) and start[0] not in ("0", now) and now != ""
 
 
+@functools.partial(retry_public_methods, skip=("heartbeat", "mark_lost"))
 @dataclass
 class Claim:
     """A grid point this worker owns until it marks it done or releases it."""
@@ -82,12 +87,22 @@ class Claim:
     attempts: int = 1
     stale_trial_id: int | None = None
     stale_worker: str | None = None
+    lost: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    lost_reason: str = ""
 
     def attach(self, trial_id: int) -> None:
-        self.storage._update(self.study_name, self.key, self.worker, trial_id=trial_id, heartbeat_at=time.time())
+        now = time.time()
+        if not self.storage._update(self.study_name, self.key, self.worker, trial_id=trial_id, heartbeat_at=now):
+            self.mark_lost("taken over by another worker")
 
-    def heartbeat(self) -> None:
-        self.storage._update(self.study_name, self.key, self.worker, heartbeat_at=time.time())
+    def heartbeat(self) -> bool:
+        """Refresh the heartbeat; ``False`` when the row is no longer this worker's (the claim is lost)."""
+        return bool(self.storage._update(self.study_name, self.key, self.worker, heartbeat_at=time.time()))
+
+    def mark_lost(self, reason: str) -> None:
+        """From now on the trial working for this claim stops at its next step (:func:`harness.signals.check`)."""
+        self.lost_reason = reason
+        self.lost.set()
 
     def done(self) -> None:
         self.storage._update(self.study_name, self.key, self.worker, state="done")
@@ -117,24 +132,50 @@ class Claim:
 
 
 class Heartbeat:
-    """Context manager: refresh a claim's heartbeat from a background thread."""
+    """Context manager: refresh a claim's heartbeat from a background thread, and watch it.
 
-    def __init__(self, claim: Claim, every: float = HEARTBEAT_SECONDS):
-        self.claim, self.every = claim, every
+    A heartbeat that updates no row means another worker took the point over; a heartbeat that cannot be
+    written (the database restarting, a network outage) is retried after ``retry``, 2×, 4×, … (at most ``every``),
+    and once the last written one is older than :data:`GRACE_SECONDS` the point may be taken over at any
+    moment. Either way the claim is marked lost, and the trial stops at its next step
+    (:func:`harness.signals.check`, active inside this block) without writing anything more for it.
+    """
+
+    def __init__(
+        self, claim: Claim, every: float = HEARTBEAT_SECONDS, grace: float = GRACE_SECONDS, retry: float = 1.0
+    ):
+        self.claim, self.every, self.grace, self.retry = claim, every, grace, retry
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._watch = None
 
     def _run(self) -> None:
-        while not self._stop.wait(self.every):
+        written, delay = time.monotonic(), self.every
+        while not self._stop.wait(delay):
             try:
-                self.claim.heartbeat()
-            except Exception:  # noqa: BLE001 - a missed heartbeat is retried at the next tick
-                pass
+                owned = self.claim.heartbeat()
+            except Exception as error:  # noqa: BLE001 - retried with back-off, a lost claim past the grace
+                if time.monotonic() - written > self.grace:
+                    self.claim.mark_lost(
+                        f"no heartbeat could be written for {self.grace:.0f} s ({type(error).__name__})"
+                    )
+                    return
+                delay = min(self.retry, self.every) if delay >= self.every else min(2 * delay, self.every)
+                continue
+            if not owned:
+                self.claim.mark_lost("taken over by another worker")
+                return
+            written, delay = time.monotonic(), self.every
 
     def __enter__(self) -> Heartbeat:
+        from harness.signals import watch
+
+        self._watch = watch(self.claim)
+        self._watch.__enter__()
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self._watch.__exit__(*exc)

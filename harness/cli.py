@@ -7,6 +7,7 @@ Every user error (a :class:`~harness.errors.HarnessError`) is printed as one lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.quiet import quiet_libraries
-from harness.signals import EXIT_TERMINATED, Terminated, terminate_like_interrupt
+from harness.signals import EXIT_TERMINATED, Terminated, cooperative, terminate_like_interrupt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -285,15 +286,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     terminate_like_interrupt()
+    # commands that train stop at their next step on SIGTERM (harness.signals); the others at once
+    stops = cooperative() if args.command in ("run", "confirm", "reproduce") else contextlib.nullcontext()
     try:
         quiet_libraries()
-        return {
-            "run": cmd_run,
-            "report": cmd_report,
-            "status": cmd_status,
-            "reproduce": cmd_reproduce,
-            "confirm": cmd_confirm,
-        }[args.command](args)
+        with stops:
+            return {
+                "run": cmd_run,
+                "report": cmd_report,
+                "status": cmd_status,
+                "reproduce": cmd_reproduce,
+                "confirm": cmd_confirm,
+            }[args.command](args)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ import torch
 from filelock import FileLock
 from transformers import AutoModelForSequenceClassification
 
+from harness import signals
 from harness.config import StudyConfig
 from harness.device import pick_device
 from harness.encoding import EncodedSplit, encode_split
@@ -256,6 +257,7 @@ class Experiment:
             shape=(n, model.config.num_hidden_layers, model.config.hidden_size),
         )
         for index in eval_batches(token_lengths(self.train), self.config.fixed.eval_batch_size):
+            signals.check()
             batch = to_batch(self.train, index, self.pad_token_id, self.device)
             batch.pop("labels")
             out = model(**batch, output_hidden_states=True)

@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from harness.claims import GRACE_SECONDS, Claim, worker_is_dead
 from harness.errors import HarnessError
+from harness.retry import retry_public_methods
 from harness.urls import engine_kwargs, mask_url, parse_url, prepare_sqlite
 
 _metadata = sa.MetaData()
@@ -100,8 +101,10 @@ labels_table = sa.Table(
 )
 
 
+@retry_public_methods
 class Storage:
-    """One database: Optuna's tables and the grid-claim table."""
+    """One database: Optuna's tables and the grid-claim table (every public call retried on a lost
+    connection, :mod:`harness.retry`)."""
 
     def __init__(self, url: str, create: bool = True, with_optuna: bool = True):
         """Open (``create``: or create) the database at ``url``; a bad URL is a one-line error.
@@ -125,10 +128,10 @@ class Storage:
     def optuna(self):
         """Optuna's RDB storage on the same database (``optuna.storages.RDBStorage``)."""
         if self._optuna is None:
-            import optuna
+            from harness.retry import retrying_rdb_storage
 
             with self._one_line_errors():
-                self._optuna = optuna.storages.RDBStorage(self.url, engine_kwargs=engine_kwargs(self._parsed))
+                self._optuna = retrying_rdb_storage(self.url, engine_kwargs(self._parsed))
         return self._optuna
 
     @contextlib.contextmanager
@@ -355,14 +358,15 @@ class Storage:
                     stale_worker=row["worker"] if stale else None,
                 )
 
-    def _update(self, study_name: str, key: str, me: str, **values) -> None:
+    def _update(self, study_name: str, key: str, me: str, **values) -> int:
+        """Update a point this worker holds; the number of rows changed (0: it is no longer this worker's)."""
         table = grid_points_table.c
         with self.engine.begin() as connection:
-            connection.execute(
+            return connection.execute(
                 grid_points_table.update()
                 .where(table.study_name == study_name, table.point_key == key, table.worker == me)
                 .values(**values)
-            )
+            ).rowcount
 
     def _give_back(self, study_name: str, key: str, me: str, used: int) -> None:
         """Free a point this worker holds, handing back ``used`` attempts."""

@@ -27,13 +27,13 @@ epoch, never the maximum over dev epochs). The eval logits of that epoch are sto
 from __future__ import annotations
 
 import datetime
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
+from harness import signals
 from harness.claims import HEARTBEAT_SECONDS, Heartbeat, worker_id
 from harness.config import StudyConfig, grid_points, point_key
 from harness.copies import adopt, copy_into, finished_trial
@@ -188,7 +188,7 @@ class Runner:
             if claim is None:
                 if not waiting:
                     break
-                time.sleep(WAIT_SECONDS)
+                signals.wait(WAIT_SECONDS)
                 waiting.clear()
                 continue
             if claim.key in links:
@@ -229,6 +229,9 @@ class Runner:
             fail_trial(self.storage, trial._trial_id, "interrupted")
             claim.interrupt()
             raise
+        except signals.ClaimLost as lost:  # the new owner fails this trial and resumes from the checkpoint
+            self.log(f"{lost}; stopped training it, the worker that took it over resumes from its checkpoint")
+            return None
         if state == TrialState.FAIL:
             claim.release(str(trial.user_attrs.get("fail_reason", "failed")), self.options.max_attempts)
         else:
@@ -268,6 +271,8 @@ class Runner:
         source = finished_trial(self.storage, source_name, source_key)
         if source is None:  # done without a finished trial cannot happen; be safe and wait
             claim.give_back()
+            return None
+        if claim.lost.is_set():  # another worker took this point over while its source trained: it copies it
             return None
         trial_id = adopt(
             self.storage, self.config, self.me, study, method, claim, self._distributions(claim.params), source

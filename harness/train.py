@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from harness import signals
 from harness.device import LossLog, autocast_for, pick_device, prefetch
 from harness.encoding import EncodedSplit, collate
 from harness.files import atomic_write
@@ -82,12 +83,14 @@ class TeacherSignal:
 @dataclass
 class History:
     """What a run produced: one record per epoch, the best epoch's value, and the eval logits of
-    the best and the last epoch (``predictions[epoch][split]``, float16)."""
+    the best and the last epoch (``predictions[epoch][split]``, float16). ``resumed_from``: the epochs
+    restored from a checkpoint (0 for a run from scratch)."""
 
     epochs: list[dict] = field(default_factory=list)
     best_value: float = -math.inf
     best_epoch: int = -1
     predictions: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    resumed_from: int = 0
 
     def add(self, record: dict, value: float, predictions: dict[str, np.ndarray] | None = None) -> None:
         self.epochs.append(record)
@@ -160,6 +163,7 @@ def predict(
         else None
     )
     for index in eval_batches(lengths, batch_size):
+        signals.check()
         batch = to_batch(data, index, pad_token_id, device)
         batch.pop("labels")
         with amp:
@@ -334,7 +338,7 @@ def fit(
         history = state["history"]
         if not hasattr(history, "predictions"):  # a checkpoint written before predictions were kept
             history.predictions = {}
-        start_epoch = len(history.epochs)
+        start_epoch = history.resumed_from = len(history.epochs)
         for record in history.epochs:  # the resumed run reports the restored epochs again
             if on_epoch is not None:
                 on_epoch(record)
@@ -357,6 +361,7 @@ def fit(
             disable=not progress,
         )
         for index, batch in bar:
+            signals.check()  # SIGTERM or a lost claim: stop at this step (harness.signals)
             with amp:
                 terms = losses(forward, batch, index)
                 loss = losses.total(terms)
@@ -391,6 +396,7 @@ def fit(
             "train_seconds": train_seconds,
             "seconds": time.perf_counter() - started,
         }
+        signals.check()  # a claim lost during the evaluation: write nothing more
         history.add(record, value, logits)
         if checkpoint is not None:
             state = {

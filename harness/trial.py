@@ -16,6 +16,7 @@ from harness.config import StudyConfig, point_key
 from harness.device import pick_device, runtime_info
 from harness.errors import HarnessError
 from harness.hashing import fingerprint
+from harness.signals import ClaimLost
 from harness.storage import Storage
 
 
@@ -145,6 +146,8 @@ class TrialRunner:
         except HarnessError:
             self.finish(study, trial, TrialState.FAIL, None, time.perf_counter() - started)
             raise
+        except ClaimLost:  # not this worker's trial any more: nothing is written, the checkpoint is the new owner's
+            raise
         except Exception as error:  # noqa: BLE001 - recorded as the trial's failure reason
             reason = f"{type(error).__name__}: {error}".splitlines()[0][:500]
             trial.set_user_attr("fail_reason", reason)
@@ -154,6 +157,8 @@ class TrialRunner:
             return TrialState.FAIL
         seconds = time.perf_counter() - started
         trial.set_user_attr("best_epoch", history.best_epoch)
+        if history.resumed_from:
+            trial.set_user_attr("resumed_from_epoch", history.resumed_from)
         reported = (
             history.epochs[-1]["epoch"]
             if confirmation and self.experiment.select_split == self.experiment.task.eval_splits[0]

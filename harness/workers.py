@@ -63,7 +63,7 @@ def _worker_main(
     import sys
 
     from harness.quiet import quiet_libraries
-    from harness.signals import EXIT_TERMINATED, Terminated, terminate_like_interrupt
+    from harness.signals import EXIT_TERMINATED, Terminated, cooperative, terminate_like_interrupt
 
     terminate_like_interrupt()
     quiet_libraries(transformers=True)
@@ -72,9 +72,12 @@ def _worker_main(
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
         experiment = Experiment(config, data_dir, options.cache_dir, progress=False, device=torch.device(device))
-        Runner(
-            config, Storage(url), experiment, options, log=lambda line: print(f"[worker {index}] {line}", flush=True)
-        ).run()
+
+        def log(line: str) -> None:
+            print(f"[worker {index}] {line}", flush=True)
+
+        with cooperative():
+            Runner(config, Storage(url), experiment, options, log=log).run()
     except HarnessError as error:
         print(f"error: [worker {index}] {error}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -105,12 +108,12 @@ def run_workers(
     ]
     for process in processes:
         process.start()
-    try:
-        for process in processes:
-            process.join()
-    except KeyboardInterrupt as interrupt:  # Ctrl-C reaches the workers by itself; SIGTERM is passed on
-        from harness.signals import Terminated
+    from harness.signals import Terminated, wait
 
+    try:
+        while any(process.is_alive() for process in processes):
+            wait(0.5)  # wakes at once on SIGTERM
+    except KeyboardInterrupt as interrupt:  # Ctrl-C reaches the workers by itself; SIGTERM is passed on
         if isinstance(interrupt, Terminated):
             for process in processes:
                 if process.is_alive():

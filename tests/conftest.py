@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -90,3 +95,72 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO / "run_study.py"), *args], capture_output=True, text=True, cwd=REPO, timeout=600
     )
+
+
+@dataclass
+class Postgres:
+    """A throwaway PostgreSQL cluster: its URL (the password is a placeholder the server ignores) and a restart."""
+
+    url: str
+    data: Path
+    log: Path
+    as_user: list[str]
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: every open connection is cut, the server is back when this returns.
+        (The server's output goes to its log: a pipe would stay open as long as the server runs.)"""
+        subprocess.run(
+            [*self.as_user, "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-m", "fast", "-w", "restart"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=120,
+        )
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL cluster on 127.0.0.1 in a temp dir (as the postgres user when run as root)."""
+    if shutil.which("initdb") is None:
+        pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="harness-pg-"))
+    if as_user:
+        shutil.chown(folder, "postgres", "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = folder / "data"
+    subprocess.run(
+        [*as_user, "initdb", "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True
+    )
+    subprocess.run(
+        [
+            *as_user,
+            "pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(folder / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        admin = sa.create_engine(f"postgresql://postgres@127.0.0.1:{port}/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(sa.text("CREATE DATABASE sweeps"))
+        admin.dispose()
+        yield Postgres(f"postgresql://postgres:not-shown@127.0.0.1:{port}/sweeps", data, folder / "log", as_user)
+    finally:
+        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres) -> str:
+    return postgres.url

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -148,49 +145,6 @@ def _duplicate_free_sweep(storage: str, workers: int, tmp_path: Path, tiny_bert:
 
 def test_four_workers_on_sqlite_run_every_point_once(tmp_path, tiny_bert, glue_dir):
     _duplicate_free_sweep(f"sqlite:///{tmp_path / 'par.db'}", 4, tmp_path, tiny_bert, glue_dir)
-
-
-@pytest.fixture
-def postgres_url():
-    """A throwaway PostgreSQL cluster on 127.0.0.1 in a temp dir (as the postgres user when run as root)."""
-    if shutil.which("initdb") is None:
-        pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    folder = Path(tempfile.mkdtemp(prefix="harness-pg-"))
-    if as_user:
-        shutil.chown(folder, "postgres", "postgres")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    data = folder / "data"
-    subprocess.run(
-        [*as_user, "initdb", "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True
-    )
-    subprocess.run(
-        [
-            *as_user,
-            "pg_ctl",
-            "-D",
-            str(data),
-            "-l",
-            str(folder / "log"),
-            "-w",
-            "-o",
-            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        admin = sa.create_engine(f"postgresql://postgres@127.0.0.1:{port}/postgres", isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(sa.text("CREATE DATABASE sweeps"))
-        admin.dispose()
-        yield f"postgresql://postgres:not-shown@127.0.0.1:{port}/sweeps"
-    finally:
-        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_eight_workers_on_postgresql_run_every_point_once(tmp_path, tiny_bert, glue_dir, postgres_url):

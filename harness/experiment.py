@@ -30,7 +30,7 @@ from harness.config import StudyConfig
 from harness.device import pick_device
 from harness.encoding import EncodedSplit, encode_split
 from harness.errors import HarnessError
-from harness.files import atomic_dir, publish_dir
+from harness.files import atomic_folder, ensure_space, reserve
 from harness.glue import GlueSplit, get_task, subsample
 from harness.hashing import fingerprint
 from harness.holdout import HOLDOUT_SPLIT, split_holdout
@@ -189,24 +189,23 @@ class Experiment:
         )
         # The teacher used for distillation is the model after its last epoch (not the best epoch).
         last = history.epochs[-1]
-        tmp = atomic_dir(final)
-        model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        (tmp / TEACHER_INFO).write_text(
-            json.dumps(
-                {
-                    "source": self.config.teacher,
-                    "task": self.task.name,
-                    "recipe": recipe.model_dump(),
-                    "dev_metrics": last["metrics"],
-                    "value": last["value"],
-                    "history": history.epochs,
-                    "data": self.data_hashes,
-                },
-                indent=2,
+        with atomic_folder(final) as tmp:
+            model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / TEACHER_INFO).write_text(
+                json.dumps(
+                    {
+                        "source": self.config.teacher,
+                        "task": self.task.name,
+                        "recipe": recipe.model_dump(),
+                        "dev_metrics": last["metrics"],
+                        "value": last["value"],
+                        "history": history.epochs,
+                        "data": self.data_hashes,
+                    },
+                    indent=2,
+                )
             )
-        )
-        publish_dir(tmp, final)
         checkpoint.unlink(missing_ok=True)
 
     def load_teacher_model(self):
@@ -245,31 +244,31 @@ class Experiment:
     def _write_outputs(self, final: Path) -> None:
         model = self.load_teacher_model()
         n = len(self.train)
-        tmp = atomic_dir(final)
-        # Written straight into memory-mapped files: MNLI × BERT-base is ~14 GB of [CLS] vectors.
-        logits = np.lib.format.open_memmap(
-            tmp / "logits.npy", mode="w+", dtype=np.float32, shape=(n, model.config.num_labels)
-        )
-        cls = np.lib.format.open_memmap(
-            tmp / "cls.npy",
-            mode="w+",
-            dtype=np.dtype(self.config.fixed.teacher_cache_dtype),
-            shape=(n, model.config.num_hidden_layers, model.config.hidden_size),
-        )
-        for index in eval_batches(token_lengths(self.train), self.config.fixed.eval_batch_size):
-            signals.check()
-            batch = to_batch(self.train, index, self.pad_token_id, self.device)
-            batch.pop("labels")
-            out = model(**batch, output_hidden_states=True)
-            logits[index] = out.logits.float().cpu().numpy()
-            cls[index] = layer_cls(out.hidden_states).float().cpu().numpy()
-        manifest = {}
-        for name, array in (("logits", logits), ("cls", cls)):
-            array.flush()
-            manifest[name] = {"shape": list(array.shape), "sha256": sha256_file(tmp / f"{name}.npy")}
-        del logits, cls
-        (tmp / "manifest.json").write_text(json.dumps(manifest))
-        publish_dir(tmp, final)
+        dtype = np.dtype(self.config.fixed.teacher_cache_dtype)
+        cls_shape = (n, model.config.num_hidden_layers, model.config.hidden_size)
+        ensure_space(final.parent, n * model.config.num_labels * 4 + int(np.prod(cls_shape)) * dtype.itemsize)
+        with atomic_folder(final) as tmp:
+            # Written straight into memory-mapped files (MNLI × BERT-base is ~14 GB of [CLS] vectors), their
+            # blocks reserved first: a write through a map to a full disk would kill the process (SIGBUS).
+            logits = np.lib.format.open_memmap(
+                tmp / "logits.npy", mode="w+", dtype=np.float32, shape=(n, model.config.num_labels)
+            )
+            cls = np.lib.format.open_memmap(tmp / "cls.npy", mode="w+", dtype=dtype, shape=cls_shape)
+            reserve(tmp / "logits.npy")
+            reserve(tmp / "cls.npy")
+            for index in eval_batches(token_lengths(self.train), self.config.fixed.eval_batch_size):
+                signals.check()
+                batch = to_batch(self.train, index, self.pad_token_id, self.device)
+                batch.pop("labels")
+                out = model(**batch, output_hidden_states=True)
+                logits[index] = out.logits.float().cpu().numpy()
+                cls[index] = layer_cls(out.hidden_states).float().cpu().numpy()
+            manifest = {}
+            for name, array in (("logits", logits), ("cls", cls)):
+                array.flush()
+                manifest[name] = {"shape": list(array.shape), "sha256": sha256_file(tmp / f"{name}.npy")}
+            del logits, cls
+            (tmp / "manifest.json").write_text(json.dumps(manifest))
 
     def teacher_dev_cls(self) -> np.ndarray:
         """The teacher's [CLS] vector of every layer on the first eval split, ``[n, N, H]`` (computed once)."""
@@ -383,12 +382,11 @@ class Experiment:
             probe=probe,
         )
         if save_to is not None:
-            tmp = atomic_dir(save_to)
-            student.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            torch.save(inter.state_dict() if inter is not None else {}, tmp / "inter_layer_loss.pt")
-            shutil.rmtree(save_to, ignore_errors=True)
-            publish_dir(tmp, save_to)
+            with atomic_folder(save_to) as tmp:
+                student.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+                torch.save(inter.state_dict() if inter is not None else {}, tmp / "inter_layer_loss.pt")
+                shutil.rmtree(save_to, ignore_errors=True)
         return history
 
     def prepare_shared(self) -> None:

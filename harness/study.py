@@ -229,6 +229,9 @@ class Runner:
             fail_trial(self.storage, trial._trial_id, "interrupted")
             claim.interrupt()
             raise
+        except HarnessError:  # not the point's fault (a full disk, …): it goes back unused, this worker stops
+            claim.give_back()
+            raise
         except signals.ClaimLost as lost:  # the new owner fails this trial and resumes from the checkpoint
             self.log(f"{lost}; stopped training it, the worker that took it over resumes from its checkpoint")
             return None

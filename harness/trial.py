@@ -143,7 +143,8 @@ class TrialRunner:
             self.log(f"  trial {trial.number} {desc}: pruned")
             _drop(checkpoint)
             return TrialState.PRUNED
-        except HarnessError:
+        except HarnessError as error:  # the set-up, not the point (a full disk, a bad file): the run stops
+            trial.set_user_attr("fail_reason", str(error).splitlines()[0][:500])
             self.finish(study, trial, TrialState.FAIL, None, time.perf_counter() - started)
             raise
         except ClaimLost:  # not this worker's trial any more: nothing is written, the checkpoint is the new owner's

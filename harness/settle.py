@@ -68,12 +68,29 @@ def fail_trial(storage: Storage, trial_id: int, reason: str) -> None:
 def fail_orphans(study: optuna.Study, storage: Storage) -> None:
     """Mark RUNNING trials that no live worker owns as FAIL.
 
-    A trial is an orphan when its worker (``host:pid``) ran on this host and is gone, or when it
-    never got as far as naming its worker and started more than ``GRACE_SECONDS`` ago.
+    A trial is an orphan when its worker (``host:pid``) ran on this host and is gone, when its claim is
+    stale (its heartbeat older than ``GRACE_SECONDS``: a worker on any host that died or lost touch) or held
+    for another trial, or when it never got as far as naming its worker and started more than
+    ``GRACE_SECONDS`` ago.
     """
     now = time.time()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    claims = {row["point_key"]: row for row in storage.points(study.study_name)} if running else {}
+    for trial in running:
         worker = trial.user_attrs.get("worker")
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
-        if (worker is not None and worker_is_dead(worker)) or (worker is None and started < now - GRACE_SECONDS):
+        claim = claims.get(trial.user_attrs.get("claim"))
+        lost = claim is not None and started < now - GRACE_SECONDS and _claim_lost(claim, trial, worker, now)
+        if (
+            lost
+            or (worker is not None and worker_is_dead(worker))
+            or (worker is None and started < now - GRACE_SECONDS)
+        ):
             fail_trial(storage, trial._trial_id, WORKER_DIED)
+
+
+def _claim_lost(row: dict, trial, worker: str | None, now: float) -> bool:
+    """The trial's claim row no longer backs it: held for another trial or worker, or stale."""
+    if row["worker"] != worker or row["trial_id"] != trial._trial_id:
+        return True
+    return row["state"] == "claimed" and Storage._is_stale(row, now)

@@ -219,12 +219,17 @@ class Runner:
         params = claim.params
         trial = self._new_trial(study, claim.key, params)
         point = {name: trial.params[name] for name in ("lr", "eta", "lambda")}
+        return self._train_claimed(study, method, claim, trial, point, params.get("seed"))
+
+    def _train_claimed(
+        self, study: optuna.Study, method: str, claim, trial: optuna.Trial, point: dict, seed: int | None = None
+    ) -> TrialState | None:
+        """Train ``trial`` for the point ``claim`` holds, from its epoch checkpoint if one is left, and settle the
+        claim; ``None`` when the claim was lost on the way (the trial is its new owner's to fail)."""
         claim.attach(trial._trial_id)
         try:
             with Heartbeat(claim):
-                state = self._run_one(
-                    study, trial, method, point, self.trials.checkpoint_path(study, claim.key), seed=params.get("seed")
-                )
+                state = self._run_one(study, trial, method, point, self.trials.checkpoint_path(study, claim.key), seed)
         except KeyboardInterrupt:  # the epoch checkpoint is kept: the next run resumes from it
             fail_trial(self.storage, trial._trial_id, "interrupted")
             claim.interrupt()
@@ -337,6 +342,7 @@ class Runner:
         """
         points = grid_points(self.config, method)
         budget = self.options.n_trials or self.config.search.n_trials or len(points)
+        self.storage.ensure_points(study.study_name, {point_key(p): p for p in points})  # TPE claims them too
         fail_orphans(study, self.storage)
         self.log(f"{study.study_name}: TPE over {len(points)} valid grid points, budget {budget} trials")
         seed = int(fingerprint({"worker": self.me}), 16) + len(study.get_trials(deepcopy=False))
@@ -349,17 +355,33 @@ class Runner:
             lambda trial, point: self._evaluate_tpe(study, method, trial, point),
             self.options.max_attempts,
             {"worker": self.me},
+            settle=lambda: fail_orphans(study, self.storage),
         )
 
-    def _evaluate_tpe(self, study: optuna.Study, method: str, trial: optuna.Trial, point: dict) -> TrialState:
-        """Train a TPE proposal, unless an equivalent trial of another method of the study file has
-        finished: then the proposal copies it (``equivalent_of``). Concurrent TPE workers do not
-        claim points, so two of them may still train one computation at the same moment."""
+    def _evaluate_tpe(self, study: optuna.Study, method: str, trial: optuna.Trial, point: dict) -> TrialState | None:
+        """Claim a TPE proposal's point, then train it (resuming its epoch checkpoint if a dead worker left
+        one), unless an equivalent trial of another method of the study file has finished: then the proposal
+        copies it (``equivalent_of``). ``None`` when the point is claimed by another live worker: the
+        proposal is told as a duplicate (FAIL, ``duplicate_of``), not trained and not counted."""
+        key = point_key(point)
+        trial.set_user_attr("claim", key)
+        claim = self.storage.claim_next(study.study_name, self.me, self.options.max_attempts, {key})
+        if claim is not None and claim.stale_worker is not None and settle_stale(study, self.storage, claim):
+            claim.done()  # the dead worker had finished it: the next proposal of it is told that outcome
+            claim = None
+        if claim is None:
+            trial.set_user_attr("point", key)
+            trial.set_user_attr("duplicate_of", "claimed by another worker")
+            study.tell(trial, None, state=TrialState.FAIL)
+            return None
         source = self._equivalent_finished(method, point)
         if source is None:
-            return self._run_one(study, trial, method, point, None)
-        self.log(f"  trial {trial.number} {method} {point_key(point)}: shared with trial_id {source._trial_id}")
-        return copy_into(self.storage, self.config, self.me, study, method, trial, source)
+            return self._train_claimed(study, method, claim, trial, point)
+        self.log(f"  trial {trial.number} {method} {key}: shared with trial_id {source._trial_id}")
+        claim.attach(trial._trial_id)
+        state = copy_into(self.storage, self.config, self.me, study, method, trial, source)
+        claim.done()
+        return state
 
     def _equivalent_finished(self, method: str, point: dict) -> optuna.trial.FrozenTrial | None:
         """A finished, trained (not copied) grid trial of another method that is the same computation."""

@@ -17,10 +17,11 @@ def tpe_search(
     config: StudyConfig,
     method: str,
     budget: int,
-    evaluate: Callable[[optuna.Trial, dict], TrialState],
+    evaluate: Callable[[optuna.Trial, dict], TrialState | None],
     max_failures: int,
     trial_attrs: dict | None = None,
     done: Callable[[], bool] = lambda: False,
+    settle: Callable[[], None] | None = None,
 ) -> None:
     """Let the study's sampler propose valid grid points of ``method`` until ``budget`` trials are evaluated.
 
@@ -28,18 +29,26 @@ def tpe_search(
     grid point. A trial is a deterministic function of its point and seed, so a proposal of a point
     that already completed or was pruned is not run again: it is told the earlier outcome (value,
     or the pruned trial's epoch scores), is marked ``duplicate_of``, costs nothing and does not
-    count against the budget. The search also ends when every valid point has been evaluated
-    (completed or pruned), after ``max_failures`` failed trials in a row, or when ``done()`` says
-    so. ``evaluate(trial, point)`` runs the trial, tells the study its outcome and returns its
-    state; ``trial_attrs`` are set on every trial as soon as it exists. :class:`Runner` runs real
-    trials with it; :mod:`bench.sweep` replays them.
+    count against the budget; nor do seed confirmations. The search also ends when every valid point
+    has been evaluated (completed or pruned), after ``max_failures`` failed trials in a row, or when
+    ``done()`` says so. ``evaluate(trial, point)`` runs the trial, tells the study its outcome and
+    returns its state, or ``None`` when it did not run it (its point is another worker's; counted like a
+    repeat); ``trial_attrs`` are set on every trial as soon as it exists; ``settle()`` runs before every
+    proposal (the runner fails RUNNING trials of dead workers there, so they stop counting against the
+    budget). :class:`Runner` runs real trials with it; :mod:`bench.sweep` replays them.
     """
     points = grid_points(config, method)
     pairs = sorted({f"{p['eta']:g},{p['lambda']:g}" for p in points})
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     failures = repeats = 0
     while failures < max_failures and repeats < MAX_TPE_REPEATS and not done():
-        trials = [t for t in study.get_trials(deepcopy=False) if "duplicate_of" not in t.user_attrs]
+        if settle is not None:
+            settle()
+        trials = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if "duplicate_of" not in t.user_attrs and not t.user_attrs.get("confirmation")
+        ]
         evaluated = {t.user_attrs.get("point"): t for t in trials if t.state in finished}
         active = sum(t.state in (*finished, TrialState.RUNNING) for t in trials)
         if active >= budget or len(evaluated) >= len(points):
@@ -61,5 +70,8 @@ def tpe_search(
             repeats += 1
             continue
         state = evaluate(trial, point)
+        if state is None:
+            repeats += 1
+            continue
         failures = failures + 1 if state == TrialState.FAIL else 0
         repeats = 0

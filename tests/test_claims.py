@@ -237,3 +237,37 @@ def test_three_workers_survive_a_postgresql_restart(tmp_path, tiny_bert, glue_di
     engine.dispose()
     assert [state for (state,) in points] == ["done"] * 6
     assert "RUNNING" not in {state for (state,) in results}
+
+
+def test_running_trials_of_a_worker_on_another_host_are_failed_once_its_heartbeat_is_stale(tmp_path):
+    """A worker on another machine that died (or lost touch) is judged by its claim's heartbeat: past the
+    grace period its RUNNING trial is failed, so it stops counting against a TPE budget; a live one stays."""
+    from harness.claims import GRACE_SECONDS
+    from harness.settle import fail_orphans
+    from harness.storage import Storage
+
+    storage = Storage(f"sqlite:///{tmp_path / 'remote.db'}")
+    study = optuna.create_study(study_name="s", storage=storage.optuna, direction="maximize")
+    now = time.time()
+    ids = {}
+    for name, heartbeat in (("dead", now - GRACE_SECONDS - 60), ("alive", now)):
+        worker = f"elsewhere-{name}:4242:1:0000.1"
+        key = f"lr=0.0001,eta=0,lambda=0,{name}"
+        trial = optuna.trial.create_trial(
+            state=TrialState.RUNNING, user_attrs={"worker": worker, "claim": key}, params={}, distributions={}
+        )
+        trial.datetime_start = trial.datetime_start.fromtimestamp(now - GRACE_SECONDS - 120)
+        study.add_trial(trial)
+        ids[name] = study.get_trials()[-1]._trial_id
+        storage.ensure_points("s", {key: {"lr": 1e-4, "eta": 0.0, "lambda": 0.0}})
+        with storage.engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "UPDATE harness_grid_points SET state = 'claimed', worker = :w, trial_id = :t, heartbeat_at = :h "
+                    "WHERE point_key = :k"
+                ),
+                {"w": worker, "t": ids[name], "h": heartbeat, "k": key},
+            )
+    fail_orphans(study, storage)
+    states = {t._trial_id: t.state for t in study.get_trials()}
+    assert states[ids["dead"]] == TrialState.FAIL and states[ids["alive"]] == TrialState.RUNNING

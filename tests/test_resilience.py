@@ -45,8 +45,9 @@ def check_one_complete_per_point(storage: str, expected_points: int) -> None:
         trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
         states = Counter(t.state for t in trials)
         assert states[TrialState.RUNNING] == 0, summary.study_name
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        points = [(t.params["lr"], t.params["eta"], t.params["lambda"]) for t in complete]
+        # TPE tells a re-proposed point its earlier outcome (duplicate_of): not a second training
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
+        points = [t.user_attrs["point"] for t in complete]
         assert len(points) == len(set(points)) == expected_points, (summary.study_name, points)
 
 
@@ -62,8 +63,10 @@ def _wait_then_kill(process: subprocess.Popen, ready, limit: float) -> bool:
     return False
 
 
-def test_sigkill_at_random_moments_then_resume(tmp_path, tiny_bert, glue_dir):
-    study_file = write_study(tmp_path / "kill.yaml", tiny_bert, **KILL_STUDY)
+@pytest.mark.parametrize("sampler", ["grid", "tpe"])
+def test_sigkill_at_random_moments_then_resume(tmp_path, tiny_bert, glue_dir, sampler):
+    study = {**KILL_STUDY, "search": {**KILL_STUDY["search"], "sampler": sampler}}
+    study_file = write_study(tmp_path / "kill.yaml", tiny_bert, **study)
     storage = f"sqlite:///{tmp_path / 'killed.db'}"
     cache = tmp_path / "cache"
     command = run_command(study_file, storage, glue_dir, cache)
@@ -107,7 +110,9 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, tiny_bert, glue_dir):
     assert best_values(storage) == best_values(reference)
 
 
-def _duplicate_free_sweep(storage: str, workers: int, tmp_path: Path, tiny_bert: Path, glue_dir: Path) -> None:
+def _duplicate_free_sweep(
+    storage: str, workers: int, tmp_path: Path, tiny_bert: Path, glue_dir: Path, sampler: str = "grid"
+) -> None:
     lrs = [1e-4, 9e-5, 8e-5, 7e-5, 6e-5, 5e-5]
     study_file = write_study(
         tmp_path / "par.yaml",
@@ -120,7 +125,7 @@ def _duplicate_free_sweep(storage: str, workers: int, tmp_path: Path, tiny_bert:
             "eval_batch_size": 512,
             "teacher": {"epochs": 1, "max_train_samples": 32},
         },
-        search={"lr": lrs, "eta": [0.5]},
+        search={"lr": lrs, "eta": [0.5], "sampler": sampler},
     )
     result = run_cli(
         "run",
@@ -139,12 +144,14 @@ def _duplicate_free_sweep(storage: str, workers: int, tmp_path: Path, tiny_bert:
     check_one_complete_per_point(storage, expected_points=len(lrs))
     for summary in optuna.get_all_study_summaries(storage):
         trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+        trials = [t for t in trials if "duplicate_of" not in t.user_attrs]  # TPE proposals of taken points
         assert all(t.state == TrialState.COMPLETE for t in trials)  # nothing failed, nothing ran twice
         assert len({t.user_attrs["worker"] for t in trials}) > 1  # the work was really shared
 
 
-def test_four_workers_on_sqlite_run_every_point_once(tmp_path, tiny_bert, glue_dir):
-    _duplicate_free_sweep(f"sqlite:///{tmp_path / 'par.db'}", 4, tmp_path, tiny_bert, glue_dir)
+@pytest.mark.parametrize("sampler", ["grid", "tpe"])
+def test_four_workers_on_sqlite_run_every_point_once(tmp_path, tiny_bert, glue_dir, sampler):
+    _duplicate_free_sweep(f"sqlite:///{tmp_path / 'par.db'}", 4, tmp_path, tiny_bert, glue_dir, sampler)
 
 
 def test_eight_workers_on_postgresql_run_every_point_once(tmp_path, tiny_bert, glue_dir, postgres_url):

@@ -87,3 +87,31 @@ def test_the_budget_counts_run_trials_only():
     study, runs = _run(_config(n_trials=3), 0, set())
     assert len(runs) == 3
     assert len([t for t in study.get_trials() if "duplicate_of" not in t.user_attrs]) == 3
+
+
+def test_confirmations_and_points_taken_by_other_workers_are_not_counted():
+    """A seed confirmation in the study is not an evaluated point, and a proposal whose point another worker
+    holds (``evaluate`` returns None) is neither trained here nor counted against the budget."""
+    config = _config(n_trials=3)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    confirmation = study.ask()
+    confirmation.set_user_attr("confirmation", True)
+    confirmation.set_user_attr("point", point_key(grid_points(config, "alp")[0]))
+    study.tell(confirmation, 9.0)
+    taken = point_key(grid_points(config, "alp")[1])
+    runs, settled = [], []
+
+    def evaluate(trial: optuna.Trial, point: dict) -> TrialState | None:
+        key = point_key(point)
+        trial.set_user_attr("point", key)
+        if key == taken:
+            trial.set_user_attr("duplicate_of", "claimed by another worker")
+            study.tell(trial, None, state=TrialState.FAIL)
+            return None
+        runs.append(key)
+        study.tell(trial, point["lr"] * 1000 + point["eta"])
+        return TrialState.COMPLETE
+
+    tpe_search(study, config, "alp", 3, evaluate, max_failures=3, settle=lambda: settled.append(1))
+    assert len(runs) == 3 and taken not in runs
+    assert len(settled) >= 3  # settled before every proposal

@@ -7,7 +7,7 @@ DATA_FLAG := $(if $(GLUE),--data-dir $(GLUE),)
 
 .PHONY: demo example test lint bench gpu-check clean-demo
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt

@@ -44,11 +44,14 @@ def _storage_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
+    from harness import __version__
+
     parser = argparse.ArgumentParser(
-        prog="run_study.py",
+        prog=prog,
         description="Optuna sweeps of knowledge-distillation methods (ALP-KD and its baselines) on GLUE.",
     )
+    parser.add_argument("--version", action="version", version=f"alp-kd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{run,report,status,confirm,reproduce}")
 
     run = commands.add_parser(
@@ -281,9 +284,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def console() -> None:
+    """The ``alp-kd`` command (``pip install -e .``): the same sub-commands as ``run_study.py``."""
+    sys.exit(main(prog="alp-kd"))
+
+
+def main(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     terminate_like_interrupt()
     # commands that train stop at their next step on SIGTERM (harness.signals); the others at once

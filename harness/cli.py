@@ -52,7 +52,9 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
         description="Optuna sweeps of knowledge-distillation methods (ALP-KD and its baselines) on GLUE.",
     )
     parser.add_argument("--version", action="version", version=f"alp-kd {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,report,status,confirm,reproduce}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{run,report,status,confirm,reproduce,export}"
+    )
 
     run = commands.add_parser(
         "run",
@@ -153,6 +155,25 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
     _storage_arg(again)
     again.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, then the hub)")
     again.add_argument("--cache-dir", type=Path, default=None)
+
+    export = commands.add_parser(
+        "export",
+        help="write a trial's student (at its reported epoch) as a Hugging Face folder with a model card",
+        description="Write one trial's student, at its reported epoch, as a Hugging Face folder "
+        "(config.json with label names, model.safetensors, tokenizer) with a model card README.md. Kept "
+        "weights are copied; otherwise the trial is re-trained deterministically from its stored config. "
+        "The folder is re-scored on dev and compared with the database.",
+    )
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("trial_id", type=int, nargs="?", help="the trial's trial_id (see: status, trials.csv)")
+    which.add_argument("--best", action="store_true", help="the best trial of the matching studies")
+    export.add_argument("--name", default=None, help="with --best: only the studies of this study file")
+    export.add_argument("--task", default=None, help="with --best: only this task's studies")
+    export.add_argument("--method", default=None, help="with --best: only this method's study")
+    export.add_argument("--out", type=Path, required=True, help="a new folder for the student")
+    _storage_arg(export)
+    export.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, then the hub)")
+    export.add_argument("--cache-dir", type=Path, default=None)
     return parser
 
 
@@ -289,13 +310,32 @@ def console() -> None:
     sys.exit(main(prog="alp-kd"))
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from harness.export import choose_trial, export
+    from harness.loading import resolve_data_dir
+
+    quiet_libraries(transformers=True)
+    if args.trial_id is not None and (args.name or args.task or args.method):
+        raise HarnessError("--name, --task and --method choose among trials for --best; not with a trial_id")
+    storage = _open_storage(args.storage)
+    chosen = choose_trial(storage, args.trial_id, args.name, args.task, args.method)
+    data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), None)
+    check = export(storage, chosen, args.out, data_dir, args.cache_dir or _default_cache())
+    print(
+        f"exported trial {chosen.trial._trial_id} ({chosen.study_name}) to {args.out}: {check['split']} "
+        f"{check['metric']} {check['exported']:.4f} (database {check['stored']:.4f}); "
+        f"model card {args.out / 'README.md'}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     terminate_like_interrupt()
     # commands that train stop at their next step on SIGTERM (harness.signals); the others at once
-    stops = cooperative() if args.command in ("run", "confirm", "reproduce") else contextlib.nullcontext()
+    stops = cooperative() if args.command in ("run", "confirm", "reproduce", "export") else contextlib.nullcontext()
     try:
         quiet_libraries()
         with stops:
@@ -305,6 +345,7 @@ def main(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
                 "status": cmd_status,
                 "reproduce": cmd_reproduce,
                 "confirm": cmd_confirm,
+                "export": cmd_export,
             }[args.command](args)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)

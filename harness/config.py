@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import HarnessError
 from harness.glue import get_task
@@ -75,7 +75,11 @@ class Fixed(_Strict):
     weight_decay: float = Field(0.01, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
     teacher_outputs: Literal["cache", "live"] = "cache"
-    save_students: bool = False
+    # Which trained students stay on disk (under the cache's students/ folder), at their reported epoch:
+    # ``best`` the current best trial of each study (replaced when a better one finishes), ``all`` every
+    # trial, ``none`` nothing (``export`` then re-trains the trial deterministically). Not part of the
+    # study's fingerprint: it can be changed between runs. (Study files before it had ``save_students``.)
+    keep_students: Literal["best", "all", "none"] = "best"
     compile: bool = False
     # auto: bf16 on a GPU that has it, else fp16 with a gradient scaler; fp32 on CPU (see harness.train.autocast_for)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -92,6 +96,16 @@ class Fixed(_Strict):
     @classmethod
     def _scale_as_text(cls, value: object) -> object:
         return str(value) if isinstance(value, int) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_save_students(cls, data: object) -> object:
+        """``save_students: true`` (configs stored before ``keep_students``) means ``keep_students: all``."""
+        if isinstance(data, dict) and "save_students" in data:
+            data = dict(data)
+            if data.pop("save_students") is True:
+                data.setdefault("keep_students", "all")
+        return data
 
 
 class Search(_Strict):
@@ -179,6 +193,9 @@ class StudyConfig(_Strict):
                 payload["fixed"].pop(key)
         if payload["fixed"]["precision"] == "auto":  # likewise for precision
             payload["fixed"].pop("precision")
+        # what is kept on disk does not change a result; the hash stays the one of studies made before
+        payload["fixed"].pop("keep_students")
+        payload["fixed"]["save_students"] = False
         return fingerprint(payload)
 
 

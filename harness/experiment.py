@@ -331,12 +331,17 @@ class Experiment:
         on_epoch=None,
         desc: str | None = None,
         save_to: Path | None = None,
+        save_epoch: str = "best",
+        epochs: int | None = None,
     ) -> History:
         """Distil the teacher into a fresh student with one grid point's values.
 
-        With ``save_to``, the trained student (``save_pretrained``) and the trained parameters of the
-        inter-layer loss (CKD's projections, a student-side projection) as ``inter_layer_loss.pt``
-        are published there atomically after the last epoch.
+        With ``save_to``, the trained student after its ``save_epoch`` (``best``, or ``last``) is published
+        there atomically as a Hugging Face folder (``save_pretrained``: weights, config with the task's
+        label names, tokenizer), with the inter-layer loss's trained parameters (CKD's projections)
+        as ``inter_layer_loss.pt`` (those are of the last epoch). ``epochs`` stops the run after that many
+        epochs of the study's schedule (the learning-rate schedule still spans ``fixed.epochs``), which
+        gives exactly the weights an uninterrupted trial had after that epoch.
         """
         fixed = self.config.fixed
         spec = get_method(method)
@@ -363,6 +368,9 @@ class Experiment:
             signal = self.teacher_signal(live=live)
         hyper = self.hyper(point, seed)
         probe = self.alpha_probe(inter) if inter is not None and spec.inter == "alp" else None
+        if not self.task.is_regression:
+            student.config.id2label = dict(enumerate(self.task.label_names))
+            student.config.label2id = {name: index for index, name in enumerate(self.task.label_names)}
         history = fit(
             student,
             self.task,
@@ -380,8 +388,13 @@ class Experiment:
             compile_model=fixed.compile,
             select_split=self.select_split,
             probe=probe,
+            keep_best=save_to is not None and save_epoch == "best",
+            stop_after=epochs,
         )
         if save_to is not None:
+            if save_epoch == "best" and history.best_state is not None:
+                student.load_state_dict(history.best_state)
+            history.best_state = None
             with atomic_folder(save_to) as tmp:
                 student.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)

@@ -84,13 +84,15 @@ class TeacherSignal:
 class History:
     """What a run produced: one record per epoch, the best epoch's value, and the eval logits of
     the best and the last epoch (``predictions[epoch][split]``, float16). ``resumed_from``: the epochs
-    restored from a checkpoint (0 for a run from scratch)."""
+    restored from a checkpoint (0 for a run from scratch). ``best_state``: the model's weights after the
+    best epoch (on the CPU), kept by ``fit(keep_best=True)`` and in its checkpoints."""
 
     epochs: list[dict] = field(default_factory=list)
     best_value: float = -math.inf
     best_epoch: int = -1
     predictions: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     resumed_from: int = 0
+    best_state: dict | None = None  # the model's weights (CPU) after the best epoch, with fit(keep_best=True)
 
     def add(self, record: dict, value: float, predictions: dict[str, np.ndarray] | None = None) -> None:
         self.epochs.append(record)
@@ -289,6 +291,8 @@ def fit(
     compile_model: bool = False,
     select_split: str | None = None,
     probe: Callable[[np.ndarray], dict] | None = None,
+    keep_best: bool = False,
+    stop_after: int | None = None,
 ) -> History:
     """Train ``model`` (and the inter-layer loss's projections) and score it after every epoch.
 
@@ -301,6 +305,8 @@ def fit(
     on CPU and only pays off for long GPU trials). ``select_split`` names the eval split whose
     primary metric is the epoch's value (default: the first). ``probe(cls)`` gets the student's dev
     [CLS] states after each epoch and returns JSON-able fields for the epoch record (ALP's α).
+    ``keep_best`` keeps a CPU copy of the weights after the best epoch in ``History.best_state``;
+    ``stop_after`` ends the run after that epoch (the schedule still spans ``hyper.epochs``).
     """
     device = device or pick_device()
     model.to(device)
@@ -344,7 +350,7 @@ def fit(
                 on_epoch(record)
 
     lengths = token_lengths(train)
-    for epoch in range(start_epoch, hyper.epochs):
+    for epoch in range(start_epoch, min(stop_after or hyper.epochs, hyper.epochs)):
         started = time.perf_counter()
         torch.manual_seed(hyper.seed * 1000 + epoch)
         model.train()
@@ -398,6 +404,10 @@ def fit(
         }
         signals.check()  # a claim lost during the evaluation: write nothing more
         history.add(record, value, logits)
+        if keep_best and history.best_epoch == record["epoch"]:
+            history.best_state = {
+                name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()
+            }
         if checkpoint is not None:
             state = {
                 "model": model.state_dict(),

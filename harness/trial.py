@@ -4,6 +4,7 @@ and telling Optuna and our results table its outcome (value, reported epoch, pre
 from __future__ import annotations
 
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -129,14 +130,20 @@ class TrialRunner:
         )
         started = time.perf_counter()
         desc = f"{method} {point_key(point)}" + (f" seed {seed}" if confirmation else "")
-        save_to = None
-        if self.config.fixed.save_students:
-            save_to = self.cache_dir / "students" / self.folder(study) / f"{point_key(point)},seed={seed}"
-            trial.set_user_attr("student_path", str(save_to))
+        # a confirmation under dev selection reports its last epoch (no choice made on dev); all others the best
+        reports_last = confirmation and self.experiment.select_split == self.experiment.task.eval_splits[0]
+        save_to = self._student_folder(study, trial, point, seed, confirmation)
         try:
             reporter = _epoch_reporter(trial, self.storage, self.config.fixed.epochs, prune=not confirmation)
             history = self.experiment.run_trial(
-                method, point, seed=seed, checkpoint=checkpoint, save_to=save_to, on_epoch=reporter, desc=desc
+                method,
+                point,
+                seed=seed,
+                checkpoint=checkpoint,
+                save_to=save_to,
+                save_epoch="last" if reports_last else "best",
+                on_epoch=reporter,
+                desc=desc,
             )
         except optuna.TrialPruned:
             self.finish(study, trial, TrialState.PRUNED, None, time.perf_counter() - started)
@@ -160,22 +167,31 @@ class TrialRunner:
         trial.set_user_attr("best_epoch", history.best_epoch)
         if history.resumed_from:
             trial.set_user_attr("resumed_from_epoch", history.resumed_from)
-        reported = (
-            history.epochs[-1]["epoch"]
-            if confirmation and self.experiment.select_split == self.experiment.task.eval_splits[0]
-            else history.best_epoch
-        )
+        reported = history.epochs[-1]["epoch"] if reports_last else history.best_epoch
         trial.set_user_attr("reported_epoch", reported)
         if reported in history.predictions:
             self.storage.save_predictions(trial._trial_id, reported, history.predictions[reported])
         value = history.best_value if reported == history.best_epoch else history.epochs[-1]["value"]
+        if save_to is not None:
+            trial.set_user_attr("student_path", str(save_to))
         self.finish(study, trial, TrialState.COMPLETE, value, seconds)
         _drop(checkpoint)
+        if save_to is not None and self.config.fixed.keep_students == "best":
+            keep_only_the_best(study)
         self.log(
             f"  trial {trial.number} {desc}: {self.experiment.select_split} {self.experiment.task.primary_metric}"
             f" {value:.4f} (epoch {reported}, {seconds:.0f} s)"
         )
         return TrialState.COMPLETE
+
+    def _student_folder(
+        self, study: optuna.Study, trial: optuna.Trial, point: dict, seed: int, confirmation: bool
+    ) -> Path | None:
+        """Where this trial's student is kept (``fixed.keep_students``); ``None`` when it is not."""
+        policy = self.config.fixed.keep_students
+        if policy == "none" or (policy == "best" and confirmation):
+            return None
+        return self.cache_dir / "students" / self.folder(study) / f"{point_key(point)},seed={seed}"
 
     def finish(
         self, study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None, seconds: float
@@ -185,6 +201,23 @@ class TrialRunner:
         trial.set_user_attr("seconds", seconds)
         self.storage.record_result(trial._trial_id, state=state.name, value=value, seconds=seconds)
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+
+
+def keep_only_the_best(study: optuna.Study) -> None:
+    """``keep_students: best``: remove the kept students of every trial of ``study`` but its best (highest
+    value; seed confirmations and TPE duplicates are never the best)."""
+    candidates = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not t.user_attrs.get("confirmation") and "duplicate_of" not in t.user_attrs
+    ]
+    if not candidates:
+        return
+    best = max(candidates, key=lambda t: (t.value, -t.number))
+    for trial in study.get_trials(deepcopy=False):
+        path = trial.user_attrs.get("student_path")
+        if path and trial.number != best.number and "equivalent_of" not in trial.user_attrs:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _drop(checkpoint: Path | None) -> None:

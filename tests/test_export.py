@@ -1,0 +1,115 @@
+"""Export: a trial's student at its reported epoch as a Hugging Face folder that transformers alone loads
+offline and that re-scores on dev to the stored value; kept when it is the best, re-trained otherwise."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from conftest import GLUE_DIR, run_cli, write_study
+
+
+def dev_accuracy_with_transformers_alone(folder, max_length: int) -> float:
+    """Score an exported folder on SST-2 dev with nothing but transformers and the GLUE file."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    with (GLUE_DIR / "SST-2" / "dev.tsv").open(newline="") as stream:
+        rows = list(csv.DictReader(stream, delimiter="\t", quoting=csv.QUOTE_NONE))
+    labels = np.array([int(row["label"]) for row in rows])
+    predictions = []
+    with torch.no_grad():
+        for start in range(0, len(rows), 128):
+            batch = tokenizer(
+                [row["sentence"] for row in rows[start : start + 128]],
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            predictions.append(model(**batch).logits.argmax(-1).numpy())
+    return float((np.concatenate(predictions) == labels).mean())
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, tiny_bert, glue_dir):
+    """A finished tiny sweep with the default keep_students: best."""
+    folder = tmp_path_factory.mktemp("export")
+    study_file = write_study(
+        folder / "export.yaml", tiny_bert, methods=["nkd", "kd"], search={"lr": [2e-4, 5e-5], "eta": [0.5]}
+    )
+    storage = f"sqlite:///{folder / 'export.db'}"
+    cache = folder / "cache"
+    done = run_cli("run", str(study_file), "--storage", storage, "--data-dir", str(glue_dir), "--cache-dir", str(cache))
+    assert done.returncode == 0, done.stderr
+    return folder, storage, cache
+
+
+def _export(swept, glue_dir, out, *which):
+    folder, storage, cache = swept
+    return run_cli(
+        "export",
+        *which,
+        "--out",
+        str(out),
+        "--storage",
+        storage,
+        "--data-dir",
+        str(glue_dir),
+        "--cache-dir",
+        str(cache),
+    )
+
+
+def test_the_best_student_is_kept_exported_and_reloads_to_its_stored_score(swept, glue_dir):
+    folder, storage, cache = swept
+    kept = [p for p in (cache / "students").glob("*/*") if p.is_dir()]
+    assert len(kept) == 2  # keep_students: best — one per study, the others were removed
+    out = folder / "best-kd"
+    result = _export(swept, glue_dir, out, "--best", "--method", "kd")
+    assert result.returncode == 0, result.stderr
+    assert "copying its kept student" in result.stdout
+    study = optuna.load_study(study_name="tiny/SST-2/kd", storage=storage)
+    best = max((t for t in study.get_trials() if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    stored = best.user_attrs["epochs"][best.user_attrs["reported_epoch"] - 1]["metrics"]["dev"]["accuracy"]
+    assert abs(dev_accuracy_with_transformers_alone(out, 32) - stored) <= 1 / 872 + 1e-9
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert (out / "model.safetensors").is_file()
+    card = (out / "README.md").read_text()
+    for part in ("SST-2", "dev accuracy", "kd", "lr / η / λ", "seed", "teacher", "Selection protocol", "export"):
+        assert part in card, part
+
+
+def test_a_student_that_was_not_kept_is_re_trained_to_the_same_weights(swept, glue_dir):
+    folder, storage, _ = swept
+    study = optuna.load_study(study_name="tiny/SST-2/nkd", storage=storage)
+    complete = sorted((t for t in study.get_trials() if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    worst = complete[0]  # not the best: its student was removed
+    out = folder / "worst-nkd"
+    result = _export(swept, glue_dir, out, str(worst._trial_id))
+    assert result.returncode == 0, result.stderr
+    assert "re-training it deterministically" in result.stdout
+    stored = worst.user_attrs["epochs"][worst.user_attrs["reported_epoch"] - 1]["metrics"]["dev"]["accuracy"]
+    assert abs(dev_accuracy_with_transformers_alone(out, 32) - stored) <= 1 / 872 + 1e-9
+
+
+def test_bad_export_requests_are_one_line(swept, glue_dir):
+    folder, _, _ = swept
+    (folder / "taken").mkdir()
+    (folder / "taken" / "x").write_text("x")
+    for which, message in (
+        (["999999"], "no trial with trial_id 999999"),
+        (["--best", "--method", "alp"], "no complete trial with method 'alp'"),
+        (["--best"], "exists and is not empty"),
+    ):
+        result = _export(swept, glue_dir, folder / "taken", *which)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr

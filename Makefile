@@ -18,18 +18,21 @@ demo: $(VENV)/.installed
 	$(PY) run_study.py report --name demo --out reports/demo
 
 # The offline example report (reports/offline-glue, README there): four tasks, all eight methods, holdout
-# selection, then five-seed confirmations of every method's best point, then the report.
+# selection, then three-seed confirmations of every method's best point, then the report. The variables
+# let a test run the same commands on tiny copies of the study files (tests/test_example.py).
 EXAMPLE_TASKS := sst2 stsb mrpc cola
+EXAMPLE_STUDIES := studies
 EXAMPLE_DB := sqlite:///studies/offline-glue.db
+EXAMPLE_OUT := reports/offline-glue
+CONFIRM := $(PY) run_study.py confirm --name offline-glue --top 1 --seeds 3 --storage $(EXAMPLE_DB) $(DATA_FLAG)
 example: $(VENV)/.installed
 	for task in $(EXAMPLE_TASKS); do \
-		$(PY) run_study.py run studies/offline-glue-$$task.yaml --storage $(EXAMPLE_DB) --workers 2 $(DATA_FLAG) || exit 1; \
+		$(PY) run_study.py run $(EXAMPLE_STUDIES)/offline-glue-$$task.yaml --storage $(EXAMPLE_DB) --workers 2 $(DATA_FLAG) \
+			|| exit 1; \
 	done
 	# two confirmation processes share the points through their claims (one thread each: faster on 2 cores)
-	OMP_NUM_THREADS=1 $(PY) run_study.py confirm --name offline-glue --top 1 --seeds 3 --storage $(EXAMPLE_DB) $(DATA_FLAG) & \
-	other=$$!; OMP_NUM_THREADS=1 $(PY) run_study.py confirm --name offline-glue --top 1 --seeds 3 \
-		--storage $(EXAMPLE_DB) $(DATA_FLAG); mine=$$?; wait $$other && exit $$mine
-	$(PY) run_study.py report --name offline-glue --storage $(EXAMPLE_DB) --out reports/offline-glue
+	OMP_NUM_THREADS=1 $(CONFIRM) & other=$$!; OMP_NUM_THREADS=1 $(CONFIRM); mine=$$?; wait $$other && exit $$mine
+	$(PY) run_study.py report --name offline-glue --storage $(EXAMPLE_DB) --out $(EXAMPLE_OUT)
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests

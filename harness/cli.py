@@ -53,7 +53,7 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"alp-kd {__version__}")
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{run,report,status,confirm,reproduce,export}"
+        dest="command", required=True, metavar="{run,plan,report,status,confirm,reproduce,export}"
     )
 
     run = commands.add_parser(
@@ -155,6 +155,18 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
     _storage_arg(again)
     again.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, then the hub)")
     again.add_argument("--cache-dir", type=Path, default=None)
+
+    planned = commands.add_parser(
+        "plan",
+        help="what a sweep will cost (trainings, time measured here, disk) before it runs; creates no database",
+        description="Per method the grid size and the trainings after sharing equivalent points, examples per "
+        "trial, the time estimated from a short micro-run on this machine, and the disk the teacher, its "
+        "output cache and the kept students take. Creates no database.",
+    )
+    planned.add_argument("study_file", type=Path)
+    planned.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, then the hub)")
+    planned.add_argument("--cache-dir", type=Path, default=None)
+    planned.add_argument("--no-measure", action="store_true", help="skip the timed micro-run")
 
     export = commands.add_parser(
         "export",
@@ -310,6 +322,19 @@ def console() -> None:
     sys.exit(main(prog="alp-kd"))
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from harness.config import load_study
+    from harness.loading import resolve_data_dir
+    from harness.plan import plan_lines
+
+    quiet_libraries(transformers=True)
+    config = load_study(args.study_file)
+    study_dir = str((args.study_file.parent / config.data_dir).resolve()) if config.data_dir is not None else None
+    data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), study_dir)
+    print("\n".join(plan_lines(config, data_dir, args.cache_dir or _default_cache(), measure=not args.no_measure)))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from harness.export import choose_trial, export
     from harness.loading import resolve_data_dir
@@ -346,6 +371,7 @@ def main(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
                 "reproduce": cmd_reproduce,
                 "confirm": cmd_confirm,
                 "export": cmd_export,
+                "plan": cmd_plan,
             }[args.command](args)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)

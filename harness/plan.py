@@ -1,0 +1,160 @@
+"""``run_study.py plan STUDY.yaml``: what a sweep will cost before it runs, from the study file and a short
+measured micro-run on this machine. No database is created and nothing is trained to completion.
+
+Per method: the grid size and the trainings left after sharing equivalent points (:func:`harness.sharing.plan`),
+examples per trial; the estimated time: a few timed optimizer steps of the student and of the teacher on
+real batches (forward, backward, AdamW) and a few timed evaluation batches, extrapolated to every trial's
+steps and evaluations (an inter-layer method's step costs about an NKD step on CPU: the bench's
+alp_step/nkd_step ratio is ≈ 1); and the disk the teacher, its output cache and the kept students take,
+with a warning when the cache folder's filesystem has less free space.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+from harness.config import StudyConfig
+from harness.errors import HarnessError
+from harness.methods import get_method
+from harness.sharing import describe_grids, plan
+
+MICRO_STEPS = 6  # timed steps per model, after two untimed warm-up steps
+
+
+def _gb(size: float) -> str:
+    return f"{size / 1e9:.2f} GB"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _step_seconds(model, data, batch_size: int, pad_token_id: int, device) -> tuple[float, float]:
+    """Seconds per training step (forward, backward, AdamW) and per evaluation batch, on real batches."""
+    import torch
+
+    from harness.train import to_batch, token_lengths, train_batches
+
+    batches = train_batches(token_lengths(data), batch_size, 0, 0)
+    batches = (batches * (MICRO_STEPS + 2))[: MICRO_STEPS + 2]  # a small training set is cycled
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    timed = []
+    for number, index in enumerate(batches):
+        started = time.perf_counter()
+        batch = to_batch(data, index, pad_token_id, device)
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if number >= 2:
+            timed.append(time.perf_counter() - started)
+    model.eval()
+    evals = []
+    with torch.no_grad():
+        for number, index in enumerate(batches[:3]):
+            started = time.perf_counter()
+            batch = to_batch(data, index, pad_token_id, device)
+            batch.pop("labels")
+            model(**batch)
+            if number:
+                evals.append(time.perf_counter() - started)
+    return sum(timed) / len(timed), sum(evals) / len(evals)
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def plan_lines(config: StudyConfig, data_dir: Path | None, cache_dir: Path, measure: bool = True) -> list[str]:
+    """The plan, as the lines ``run_study.py plan`` prints."""
+    lines = [f"plan for {config.name}/{config.task}: teacher {config.teacher}, {config.student_layers}-layer student"]
+    lines += describe_grids(config)
+    counts = plan(config)
+    trainings = sum(own for _, own in counts.values())
+    try:
+        from harness.experiment import TEACHER_INFO, Experiment
+
+        experiment = Experiment(config, data_dir, cache_dir, progress=False)
+    except HarnessError as error:
+        lines.append(
+            f"  cannot measure or size the rest here: {error} (the teacher's shape and speed and the data's size "
+            "are unknown offline; run plan where the teacher and the data can be loaded)"
+        )
+        return lines
+    fixed = config.fixed
+    n_train, evaluated = len(experiment.train), sum(len(d) for d in experiment.evals.values())
+    teacher_n = min(fixed.teacher.max_train_samples or len(experiment._full_train), len(experiment._full_train))
+    steps = math.ceil(n_train / fixed.batch_size) * fixed.epochs
+    eval_batches = sum(math.ceil(len(d) / fixed.eval_batch_size) for d in experiment.evals.values()) * fixed.epochs
+    lines.append(
+        f"  per trial: {n_train} training examples × {fixed.epochs} epoch(s) = {steps} steps of {fixed.batch_size}; "
+        f"{evaluated} examples scored after every epoch ({', '.join(experiment.evals)})"
+    )
+    teacher_cached = (cache_dir / "teachers" / experiment.teacher_key() / TEACHER_INFO).is_file()
+    needs_outputs = any(get_method(m).searches_eta for m in config.methods)
+
+    from harness.models import build_student, load_config
+
+    teacher_config = load_config(experiment.pretrained)
+    student = build_student(
+        experiment.pretrained, config.student_layers, experiment.task.num_labels, fixed.student_init, fixed.seed
+    )
+    student_bytes = _params(student) * 4
+    cache_bytes = 0
+    if needs_outputs:
+        itemsize = 2 if fixed.teacher_cache_dtype == "float16" else 4
+        cache_bytes = n_train * (
+            experiment.task.num_labels * 4 + teacher_config.num_hidden_layers * teacher_config.hidden_size * itemsize
+        )
+    teacher = None
+    if not teacher_cached:  # the teacher's own shape: a classifier of its full depth
+        teacher = build_student(
+            experiment.pretrained, teacher_config.num_hidden_layers, experiment.task.num_labels, "bottom", fixed.seed
+        )
+    teacher_bytes = 0 if teacher is None else _params(teacher) * 4
+    kept = {"best": len(config.methods), "all": sum(size for size, _ in counts.values()), "none": 0}
+    students_bytes = kept[fixed.keep_students] * student_bytes
+    if measure:
+        started = time.perf_counter()
+        step, forward = _step_seconds(
+            student, experiment.train, fixed.batch_size, experiment.pad_token_id, experiment.device
+        )
+        trial_seconds = steps * step + eval_batches * forward * fixed.eval_batch_size / fixed.batch_size
+        teacher_seconds = 0.0
+        if teacher is not None:
+            teacher_step, teacher_forward = _step_seconds(
+                teacher, experiment.train, fixed.teacher.batch_size, experiment.pad_token_id, experiment.device
+            )
+            teacher_seconds = math.ceil(teacher_n / fixed.teacher.batch_size) * fixed.teacher.epochs * teacher_step
+            if needs_outputs:
+                teacher_seconds += math.ceil(n_train / fixed.batch_size) * teacher_forward
+        took = time.perf_counter() - started
+        total = trainings * trial_seconds + teacher_seconds
+        lines.append(
+            f"  measured here in {took:.0f} s ({MICRO_STEPS} timed steps of the student"
+            + ("" if teacher_cached else " and of the teacher")
+            + f", on {experiment.device}): {step * 1000:.0f} ms per student step → about {_duration(trial_seconds)} "
+            f"per trial, {trainings} trainings ≈ {_duration(trainings * trial_seconds)}"
+            + ("" if teacher_cached else f", teacher fine-tuning ≈ {_duration(teacher_seconds)}")
+            + f"; in all ≈ {_duration(total)} with one worker (seed confirmations not included)"
+        )
+    else:
+        lines.append("  time not measured (--no-measure)")
+    needed = cache_bytes + teacher_bytes + students_bytes
+    lines.append(
+        f"  disk in {cache_dir}: teacher {'cached already' if teacher_cached else _gb(teacher_bytes)}, "
+        f"teacher-output cache {_gb(cache_bytes)}, kept students ({fixed.keep_students}) {_gb(students_bytes)}"
+        f" ({_gb(student_bytes)} each), plus one epoch checkpoint per running trial"
+    )
+    folder = next((p for p in (cache_dir, *cache_dir.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        lines.append(f"  warning: only {_gb(free)} free in {folder}, {_gb(needed)} needed: use another --cache-dir")
+    return lines

@@ -1,0 +1,36 @@
+"""`plan`: grid sizes, trainings after sharing, a measured time estimate and the disk, without a database."""
+
+from __future__ import annotations
+
+import re
+
+from harness.cli import main
+
+from conftest import run_cli, write_study
+
+
+def test_plan_sizes_a_sweep_without_creating_a_database(tmp_path, tiny_bert, glue_dir):
+    study_file = write_study(
+        tmp_path / "plan.yaml", tiny_bert, search={"lr": [1e-4], "eta": [0.0, 0.5], "lambda": [0.0, 0.5]}
+    )
+    result = run_cli("plan", str(study_file), "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "7 grid points, 4 trainings" in out
+    assert "per trial: 64 training examples × 2 epoch(s) = 4 steps of 32" in out
+    assert re.search(r"measured here in \d+ s \(6 timed steps of the student and of the teacher", out), out
+    assert re.search(r"4 trainings ≈ \d+ (s|min)", out) and "teacher fine-tuning ≈" in out
+    assert re.search(r"teacher-output cache 0\.\d\d GB, kept students \(best\) 0\.\d\d GB", out), out
+    assert not list(tmp_path.rglob("*.db")) and not (tmp_path / "cache" / "teachers").exists()
+
+
+def test_plan_warns_when_the_cache_folder_is_short_of_space(tmp_path, tiny_bert, glue_dir, capsys, monkeypatch):
+    from harness import plan
+
+    usage = plan.shutil.disk_usage
+    monkeypatch.setattr(plan.shutil, "disk_usage", lambda path: usage(path)._replace(free=10))
+    study_file = write_study(tmp_path / "plan.yaml", tiny_bert)
+    code = main(["plan", str(study_file), "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path), "--no-measure"])
+    out = capsys.readouterr().out
+    assert code == 0 and "time not measured" in out
+    assert re.search(r"warning: only 0\.00 GB free in .*, 0\.\d\d GB needed: use another --cache-dir", out), out

@@ -62,6 +62,7 @@ def study_status(storage: Storage) -> list[str]:
             f"{study.study_name}: grid {grid}, complete {count['COMPLETE']}, running {count['RUNNING']}, "
             f"failed {count['FAIL']}, pruned {count['PRUNED']}, left {left}"
             + (f", shared {shared} (copied from equivalent trials, not trained)" if shared else "")
+            + _eta(storage, study.study_name, points, count["RUNNING"])
         )
         for trial in trials:
             if trial.state == "RUNNING":
@@ -78,3 +79,28 @@ def study_status(storage: Storage) -> list[str]:
             if p["state"] == "failed"
         ]
     return lines
+
+
+def _eta(storage: Storage, study_name: str, points: list[dict], running: int) -> str:
+    """``, ETA …`` from the study's measured mean training time and the points it still trains itself
+    (shared points cost nothing), spread over the trials running now; empty before a trial finished."""
+    from harness.storage import results_table
+
+    table = results_table.c
+    with storage.engine.connect() as connection:
+        seconds = connection.execute(
+            sa.select(sa.func.avg(table.seconds), sa.func.count()).where(
+                table.study_name == study_name, table.state == "COMPLETE", table.seconds > 0
+            )
+        ).one()
+    linked = set(storage.links(study_name)) if points else set()
+    to_train = sum(p["state"] != "done" and p["point_key"] not in linked for p in points)
+    if not to_train or not seconds[1]:
+        return ""
+    eta = seconds[0] * to_train / max(1, running)
+    shown = f"{eta / 60:.0f} min" if eta >= 90 else f"{eta:.0f} s"
+    return (
+        f", ETA ~{shown} ({to_train} to train × mean {seconds[0]:.0f} s over {seconds[1]} trained"
+        + (f", {running} running at once" if running > 1 else "")
+        + ")"
+    )

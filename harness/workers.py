@@ -110,9 +110,12 @@ def run_workers(
         process.start()
     from harness.signals import Terminated, wait
 
+    bar = SweepProgress(config, url)
     try:
         while any(process.is_alive() for process in processes):
             wait(0.5)  # wakes at once on SIGTERM
+            bar.update()
+        bar.update(force=True)
     except KeyboardInterrupt as interrupt:  # Ctrl-C reaches the workers by itself; SIGTERM is passed on
         if isinstance(interrupt, Terminated):
             for process in processes:
@@ -121,4 +124,38 @@ def run_workers(
         for process in processes:
             process.join()
         raise
+    finally:
+        bar.close()
     return max(abs(process.exitcode or 0) for process in processes)
+
+
+class SweepProgress:
+    """The parent's one progress bar over its workers (theirs are off): grid points done of the study file's
+    total, trials running, and tqdm's ETA from the rate so far; read from the database every few seconds."""
+
+    def __init__(self, config: StudyConfig, url: str, every: float = 5.0):
+        from tqdm.auto import tqdm
+
+        from harness.sharing import plan
+
+        self.names = [config.study_name(method) for method in config.methods]
+        self.storage, self.every, self.last = Storage(url, with_optuna=False), every, 0.0
+        total = sum(size for size, _ in plan(config).values())
+        self.bar = tqdm(total=total, desc=f"{config.name}/{config.task}", unit="point", dynamic_ncols=True)
+
+    def update(self, force: bool = False) -> None:
+        import time
+
+        if not force and time.monotonic() - self.last < self.every:
+            return
+        self.last = time.monotonic()
+        try:
+            rows = [row for name in self.names for row in self.storage.points(name)]
+        except Exception:  # noqa: BLE001 - a progress bar never stops a sweep
+            return
+        done = sum(row["state"] == "done" for row in rows)
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix(running=sum(row["state"] == "claimed" for row in rows), refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()

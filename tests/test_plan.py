@@ -34,3 +34,16 @@ def test_plan_warns_when_the_cache_folder_is_short_of_space(tmp_path, tiny_bert,
     out = capsys.readouterr().out
     assert code == 0 and "time not measured" in out
     assert re.search(r"warning: only 0\.00 GB free in .*, 0\.\d\d GB needed: use another --cache-dir", out), out
+
+
+def test_status_shows_an_eta_from_the_measured_trial_time(tmp_path, tiny_bert, glue_dir):
+    study_file = write_study(tmp_path / "eta.yaml", tiny_bert, methods=["nkd"], search={"lr": [1e-4, 5e-5, 2e-5]})
+    storage = f"sqlite:///{tmp_path / 'eta.db'}"
+    where = ["--storage", storage, "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
+    assert run_cli("run", str(study_file), *where, "--n-trials", "1").returncode == 0
+    status = run_cli("status", "--storage", storage)
+    assert status.returncode == 0, status.stderr
+    assert re.search(
+        r"tiny/SST-2/nkd: grid 3, complete 1, .*left 2, ETA ~\d+ s \(2 to train × mean \d+ s over 1 trained\)",
+        status.stdout,
+    ), status.stdout

@@ -141,6 +141,8 @@ def _duplicate_free_sweep(
     )
     assert result.returncode == 0, result.stderr
     assert "locked" not in result.stderr + result.stdout
+    # the parent's one progress bar over its workers ends at every point of both methods
+    assert "tiny/SST-2: 100%" in result.stderr and f"{2 * len(lrs)}/{2 * len(lrs)}" in result.stderr
     check_one_complete_per_point(storage, expected_points=len(lrs))
     for summary in optuna.get_all_study_summaries(storage):
         trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()

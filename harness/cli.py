@@ -183,6 +183,13 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
     export.add_argument("--task", default=None, help="with --best: only this task's studies")
     export.add_argument("--method", default=None, help="with --best: only this method's study")
     export.add_argument("--out", type=Path, required=True, help="a new folder for the student")
+    export.add_argument(
+        "--predict",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write GLUE leaderboard files (<TASK>.tsv) for DIR/<TASK>/test.tsv (or DIR/test.tsv)",
+    )
     _storage_arg(export)
     export.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, then the hub)")
     export.add_argument("--cache-dir", type=Path, default=None)
@@ -345,7 +352,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     storage = _open_storage(args.storage)
     chosen = choose_trial(storage, args.trial_id, args.name, args.task, args.method)
     data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), None)
-    check = export(storage, chosen, args.out, data_dir, args.cache_dir or _default_cache())
+    check = export(storage, chosen, args.out, data_dir, args.cache_dir or _default_cache(), predict=args.predict)
     print(
         f"exported trial {chosen.trial._trial_id} ({chosen.study_name}) to {args.out}: {check['split']} "
         f"{check['metric']} {check['exported']:.4f} (database {check['stored']:.4f}); "

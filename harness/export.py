@@ -85,9 +85,16 @@ def _best(storage: Storage, name: str | None, task: str | None, method: str | No
 
 
 def export(
-    storage: Storage, chosen: Chosen, out: Path, data_dir: Path | None, cache_dir: Path, log=print
+    storage: Storage,
+    chosen: Chosen,
+    out: Path,
+    data_dir: Path | None,
+    cache_dir: Path,
+    log=print,
+    predict: Path | None = None,
 ) -> dict[str, float]:
-    """Write ``chosen``'s student to ``out`` (a new folder) with a model card; return the dev check."""
+    """Write ``chosen``'s student to ``out`` (a new folder) with a model card, and with ``predict`` (a folder
+    of GLUE test files) its leaderboard prediction files; return the dev check."""
     from harness.experiment import Experiment
 
     if out.exists() and any(out.iterdir()):
@@ -99,6 +106,11 @@ def export(
     point = {key: float(attrs[key]) for key in ("lr", "eta", "lambda")}
     seed = int(attrs["seed"])
     experiment = Experiment(chosen.config, data_dir, cache_dir)
+    if predict is not None:  # the test files are checked before anything is trained or written
+        from harness.loading import load_test, test_files
+
+        for split, _ in test_files(experiment.task):
+            load_test(experiment.task, split, predict)
     kept = Path(attrs["student_path"]) if attrs.get("student_path") else None
     if kept is not None and (kept / "config.json").is_file():
         log(f"trial {chosen.trial._trial_id}: copying its kept student ({kept})")
@@ -115,6 +127,8 @@ def export(
         )
     check = rescore(experiment, out, chosen.trained, reported)
     write_card(storage, chosen, out, reported, check)
+    if predict is not None:
+        write_predictions(experiment, out, predict, out, log)
     return check
 
 
@@ -204,3 +218,37 @@ def write_card(storage: Storage, chosen: Chosen, out: Path, reported: int, check
         "",
     ]
     atomic_write(out / "README.md", lambda stream: stream.write("\n".join(lines).encode()), durable=False)
+
+
+def write_predictions(experiment, folder: Path, tests: Path, out: Path, log=print) -> list[Path]:
+    """GLUE leaderboard files of the exported student for the test files under ``tests``: ``<TASK>.tsv``
+    (MNLI: ``MNLI-m.tsv``, ``MNLI-mm.tsv``), ``index<TAB>prediction`` rows, classes written as the official
+    files write them, STS-B scores clipped to [0, 5]."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from harness.encoding import encode_split
+    from harness.loading import STS_B_RANGE, load_test, prediction_labels, test_files
+    from harness.train import predict
+
+    task = experiment.task
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder))
+    labels = prediction_labels(task)
+    written = []
+    for split, name in test_files(task):
+        index, data = load_test(task, split, tests)
+        encoded = encode_split(data, experiment.tokenizer, experiment.config.fixed.max_seq_length)
+        logits, _ = predict(
+            model, encoded, experiment.config.fixed.eval_batch_size, experiment.pad_token_id, torch.device("cpu")
+        )
+        if labels is None:
+            shown = [f"{v:.3f}" for v in np.clip(logits[:, 0], *STS_B_RANGE)]
+        else:
+            shown = [labels[k] for k in logits.argmax(-1)]
+        text = "index\tprediction\n" + "".join(f"{i}\t{p}\n" for i, p in zip(index, shown))
+        path = out / f"{name}.tsv"
+        atomic_write(path, lambda stream, text=text: stream.write(text.encode()), durable=False)
+        log(f"  {path}: {len(index)} predictions for {data.source}")
+        written.append(path)
+    return written

@@ -261,6 +261,74 @@ def _load_tsv(task: TaskSpec, split: str, data_dir: Path) -> GlueSplit:
     )
 
 
+# --------------------------------------------------------------------------- test files (no labels)
+
+# The text columns of the official test.tsv files, by header name, and the file names the GLUE leaderboard
+# expects for a task's predictions (MNLI has two test files).
+_TEST_TEXTS: dict[str, tuple[str, ...]] = {
+    "CoLA": ("sentence",),
+    "SST-2": ("sentence",),
+    "MRPC": ("#1 String", "#2 String"),
+    "STS-B": ("sentence1", "sentence2"),
+    "QQP": ("question1", "question2"),
+    "MNLI": ("sentence1", "sentence2"),
+    "QNLI": ("question", "sentence"),
+    "RTE": ("sentence1", "sentence2"),
+}
+TEST_FILES: dict[str, tuple[tuple[str, str], ...]] = {
+    "MNLI": (("test_matched", "MNLI-m"), ("test_mismatched", "MNLI-mm")),
+}
+
+
+def test_files(task: TaskSpec) -> tuple[tuple[str, str], ...]:
+    """(test split, leaderboard file name) pairs of a task: ``test`` → ``<TASK>.tsv``, MNLI's two."""
+    return TEST_FILES.get(task.name, (("test", task.name),))
+
+
+def load_test(task: TaskSpec, split: str, folder: Path) -> tuple[list[str], GlueSplit]:
+    """The ``index`` column and the texts of an official test file, ``<folder>/<TASK>/<split>.tsv`` (or
+    ``<folder>/<split>.tsv``); its labels are zeros. A missing file or column is a one-line error."""
+    path = folder / task.name / f"{split}.tsv"
+    if not path.is_file():
+        path = folder / f"{split}.tsv"
+    if not path.is_file():
+        raise HarnessError(f"missing GLUE test file {folder / task.name / f'{split}.tsv'} (nor {path})")
+    text, digest = _read_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    header = next(reader, None) or []
+    wanted = ("index" if "index" in header else "id", *_TEST_TEXTS[task.name])
+    missing = [name for name in wanted if name not in header]
+    if missing:
+        raise HarnessError(
+            f"{path} line 1: no column {missing[0]!r} (allowed: a GLUE test header with {', '.join(wanted)})"
+        )
+    where = [header.index(name) for name in wanted]
+    rows = []
+    for row in reader:
+        if len(row) != len(header):
+            raise HarnessError(f"{path} line {reader.line_num}: {len(row)} columns (allowed: {len(header)})")
+        rows.append([row[i] for i in where])
+    if not rows:
+        raise HarnessError(f"{path}: no data rows after the header (allowed: a header and at least one data row)")
+    columns = list(zip(*rows))
+    split_data = GlueSplit(
+        task=task.name,
+        split=split,
+        text_a=list(columns[1]),
+        text_b=list(columns[2]) if len(columns) > 2 else None,
+        labels=np.zeros(len(rows), dtype=np.float32 if task.is_regression else np.int64),
+        source=str(path),
+        sha256=digest,
+    )
+    return list(columns[0]), split_data
+
+
+def prediction_labels(task: TaskSpec) -> tuple[str, ...] | None:
+    """How the leaderboard writes each class (the strings of the official files, in label-id order);
+    ``None`` for STS-B's scores."""
+    return _LAYOUTS[task.name].file_labels
+
+
 # --------------------------------------------------------------------------- data dir
 
 

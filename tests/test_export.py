@@ -113,3 +113,26 @@ def test_bad_export_requests_are_one_line(swept, glue_dir):
         result = _export(swept, glue_dir, folder / "taken", *which)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+
+
+def test_glue_submission_files_from_test_files_in_the_official_layout(swept, glue_dir, tmp_path):
+    """`export --predict`: SST-2.tsv with index and 0/1 predictions for every test row, in the GLUE
+    leaderboard format; a test file with the wrong header is one line and writes no folder."""
+    tests = tmp_path / "glue-test"
+    (tests / "SST-2").mkdir(parents=True)
+    with (GLUE_DIR / "SST-2" / "dev.tsv").open(newline="") as stream:
+        rows = list(csv.DictReader(stream, delimiter="\t", quoting=csv.QUOTE_NONE))[:50]
+    lines = ["index\tsentence"] + [f"{i}\t{row['sentence']}" for i, row in enumerate(rows)]
+    (tests / "SST-2" / "test.tsv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "submission"
+    result = _export(swept, glue_dir, out, "--best", "--method", "kd", "--predict", str(tests))
+    assert result.returncode == 0, result.stderr
+    written = (out / "SST-2.tsv").read_text().splitlines()
+    assert written[0] == "index\tprediction" and len(written) == 51
+    assert [line.split("\t")[0] for line in written[1:]] == [str(i) for i in range(50)]
+    assert {line.split("\t")[1] for line in written[1:]} <= {"0", "1"}
+
+    (tests / "SST-2" / "test.tsv").write_text("id\ttext\n0\ta sentence\n")
+    bad = _export(swept, glue_dir, tmp_path / "never", "--best", "--predict", str(tests))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "no column 'sentence'" in bad.stderr and not (tmp_path / "never").exists()

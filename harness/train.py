@@ -375,15 +375,16 @@ def fit(
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, hyper.max_grad_norm)
+                norm = torch.nn.utils.clip_grad_norm_(params, hyper.max_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, hyper.max_grad_norm)
+                norm = torch.nn.utils.clip_grad_norm_(params, hyper.max_grad_norm)
                 optimizer.step()
+            lr = scheduler.get_last_lr()[0]  # the rate this step used
             scheduler.step()
-            if log.add(terms, loss, epoch + 1):
+            if log.add(terms, loss, epoch + 1, lr=lr, grad_norm=norm):
                 bar.set_postfix(loss=f"{log.last:.4f}", refresh=False)
         log.flush(epoch + 1)
         bar.close()
@@ -398,6 +399,7 @@ def fit(
             "value": value,
             "metrics": metrics,
             "losses": log.means(len(batches)),
+            "steps": log.trace,  # every SYNC_EVERY steps: unweighted terms, gradient norm, learning rate
             **probed,
             "train_seconds": train_seconds,
             "seconds": time.perf_counter() - started,

@@ -159,3 +159,39 @@ def test_student_init_bottom_and_skip_copy_pretrained_layers(tiny_bert):
     assert skip.config.num_hidden_layers == 2 and len(skip.base_model.encoder.layer) == 2
     out = skip(input_ids=torch.tensor([[101, 2000, 102]]), output_hidden_states=True)
     assert len(out.hidden_states) == 3
+
+
+def test_each_epoch_keeps_a_compact_step_log(tiny_bert, data, teacher, monkeypatch):
+    """Every SYNC_EVERY steps one row: the step, each loss term unweighted and the total, the gradient
+    norm before clipping, the learning rate; rows of two identical runs are equal."""
+    from harness import device
+
+    monkeypatch.setattr(device, "SYNC_EVERY", 1)
+    train, evals = data
+    hyper = Hyper(lr=5e-4, eta=0.5, lam=0.2, epochs=2, seed=3, batch_size=8, warmup_ratio=0.5)
+
+    def run():
+        student = build_student(str(tiny_bert), 2, 2, "bottom", seed=3)
+        return fit(
+            student,
+            TASK,
+            hyper,
+            train,
+            evals,
+            0,
+            inter=make_inter("alp", student, teacher),
+            teacher=TeacherSignal(live=teacher),
+        )
+
+    first = run()
+    steps = -(-len(train) // 8)
+    for record in first.epochs:
+        trace = record["steps"]
+        assert trace["columns"] == ["step", "ce", "kd", "inter", "total", "grad_norm", "lr"]
+        assert [row[0] for row in trace["rows"]] == list(range(1, steps + 1))
+        assert all(row[5] > 0 and 0 <= row[6] <= 5e-4 for row in trace["rows"])  # the first step: warm-up from 0
+        means = dict(zip(trace["columns"][1:5], np.mean([row[1:5] for row in trace["rows"]], axis=0)))
+        assert means == pytest.approx(record["losses"], rel=1e-4)
+    lrs = [row[6] for record in first.epochs for row in record["steps"]["rows"]]
+    assert lrs[0] < max(lrs) and lrs[-1] < max(lrs)  # warm-up, then the linear decay
+    assert [r["steps"] for r in run().epochs] == [r["steps"] for r in first.epochs]

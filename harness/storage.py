@@ -311,14 +311,21 @@ class Storage:
             now = time.time()
             # A free point has attempts left; a stale claim is always taken over (a killed worker
             # does not use up an attempt: only a trial that raised does).
+            rows = [row for row in self.points(study_name) if keys is None or row["point_key"] in keys]
+            # A point already claimed by this worker is one whose claim committed while its connection
+            # dropped (the call was retried, harness.retry): a worker asks for a point of a study only
+            # while it holds none there, so it takes that one back instead of leaving it claimed for good.
+            mine = [row for row in rows if row["state"] == "claimed" and row["worker"] == me]
+            if mine:
+                row = mine[0]
+                return Claim(
+                    self, study_name, row["point_key"], json.loads(row["params"]), me, attempts=row["attempts"]
+                )
             candidates = [
                 row
-                for row in self.points(study_name)
-                if (keys is None or row["point_key"] in keys)
-                and (
-                    (row["state"] == "free" and row["attempts"] < max_attempts)
-                    or (row["state"] == "claimed" and self._is_stale(row, now))
-                )
+                for row in rows
+                if (row["state"] == "free" and row["attempts"] < max_attempts)
+                or (row["state"] == "claimed" and self._is_stale(row, now))
             ]
             if not candidates:
                 return None

@@ -271,3 +271,20 @@ def test_running_trials_of_a_worker_on_another_host_are_failed_once_its_heartbea
     fail_orphans(study, storage)
     states = {t._trial_id: t.state for t in study.get_trials()}
     assert states[ids["dead"]] == TrialState.FAIL and states[ids["alive"]] == TrialState.RUNNING
+
+
+def test_a_claim_that_committed_while_its_connection_dropped_is_taken_back_on_the_retry(tmp_path):
+    """The retried ``claim_next`` of a worker whose first try committed finds the point claimed by itself
+    and takes it back (it asks only while holding no point of the study), so the point is not stranded."""
+    from harness.storage import Storage
+
+    storage = Storage(f"sqlite:///{tmp_path / 'retry.db'}", with_optuna=False)
+    storage.ensure_points(
+        "s", {"a": {"lr": 1e-4, "eta": 0.0, "lambda": 0.0}, "b": {"lr": 5e-5, "eta": 0.0, "lambda": 0.0}}
+    )
+    first = storage.claim_next("s", "host:1:1:x", max_attempts=3)  # committed, but say the answer was lost
+    again = storage.claim_next("s", "host:1:1:x", max_attempts=3)
+    assert again is not None and again.key == first.key and again.attempts == 1
+    other = storage.claim_next("s", "host:2:1:x", max_attempts=3)
+    assert other is not None and other.key != first.key
+    assert storage.claim_next("s", "host:3:1:x", max_attempts=3) is None

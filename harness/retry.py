@@ -63,11 +63,22 @@ def retry_public_methods(cls: type, skip: tuple[str, ...] = ()) -> type:
     return cls
 
 
+_CACHED_STORAGE_CALLS = (
+    "_create_new_trial",
+    "_get_best_trial_id",
+    "_get_stale_trial_ids",
+    "_get_trials",
+    "_set_trial_param",
+)
+
+
 @functools.cache
 def _retrying_rdb_class() -> type:
     from optuna.storages import BaseStorage, RDBStorage
 
     names = [n for n in dir(BaseStorage) if not n.startswith("_") and callable(getattr(RDBStorage, n))]
+    # Optuna's _CachedStorage (what a Study holds) also calls these private RDBStorage methods directly
+    names += [n for n in _CACHED_STORAGE_CALLS if callable(getattr(RDBStorage, n, None))]
     methods = {name: retrying(getattr(RDBStorage, name)) for name in names}
     return type("RetryingRDBStorage", (RDBStorage,), {"__module__": __name__, **methods})
 

@@ -4,12 +4,14 @@ heartbeats that cannot be written are retried with back-off and, past the grace 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import optuna
 import pytest
@@ -170,6 +172,13 @@ def test_transient_database_errors_are_retried_and_others_are_not(monkeypatch):
     with pytest.raises(sa.exc.IntegrityError):
         flaky(sa.exc.IntegrityError("INSERT", {}, Exception("duplicate key")))
     assert len(calls) == 1  # a constraint error is an answer, not a blip
+
+    rdb = retry._retrying_rdb_class()
+    cached = Path(optuna.storages._cached_storage.__file__).read_text()
+    heartbeats = {"get_heartbeat_interval", "get_heartbeat_stale_trial_callback", "record_heartbeat"}  # unused
+    calls = set(re.findall(r"self\._backend\.(\w+)", cached)) - heartbeats
+    # every storage call a Study makes through Optuna's cache goes through the retries, private ones too
+    assert calls and all(getattr(getattr(rdb, name), "retrying", False) for name in calls), calls
 
     wrapped = optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
     wrapped.__cause__ = lost

@@ -23,6 +23,16 @@ from harness.claims import Claim, Heartbeat, pid_scope
 
 from conftest import REPO, run_command, write_study
 
+# Trials long enough (300 steps of a tiny BERT) for a claim to be stolen or the server restarted mid-trial.
+SLOW_TRIALS = {
+    "epochs": 3,
+    "batch_size": 8,
+    "max_seq_length": 32,
+    "max_train_samples": 800,
+    "eval_batch_size": 256,
+    "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
+}
+
 
 class FakeStorage:
     """Answers ``_update`` like :class:`harness.storage.Storage`: rows changed, or raises ``errors`` first."""
@@ -86,14 +96,7 @@ def test_a_worker_whose_claim_is_stolen_stops_and_the_new_owner_resumes(tmp_path
         tmp_path / "steal.yaml",
         tiny_bert,
         methods=["nkd"],
-        fixed={
-            "epochs": 3,
-            "batch_size": 8,
-            "max_seq_length": 32,
-            "max_train_samples": 800,
-            "eval_batch_size": 256,
-            "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
-        },
+        fixed=SLOW_TRIALS,
         search={"lr": [1e-4, 5e-5], "eta": [0.0], "lambda": [0.0]},
     )
     storage = f"sqlite:///{tmp_path / 'steal.db'}"
@@ -194,14 +197,7 @@ def test_three_workers_survive_a_postgresql_restart(tmp_path, tiny_bert, glue_di
         tmp_path / "restart.yaml",
         tiny_bert,
         methods=["nkd", "alp"],
-        fixed={
-            "epochs": 3,
-            "batch_size": 8,
-            "max_seq_length": 32,
-            "max_train_samples": 800,
-            "eval_batch_size": 256,
-            "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
-        },
+        fixed=SLOW_TRIALS,
         search={"lr": [1e-4, 5e-5, 2e-5], "eta": [0.5], "lambda": [0.2]},
     )
     cache = tmp_path / "cache"

@@ -12,10 +12,14 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError
 from harness.quiet import quiet_libraries
 from harness.signals import EXIT_TERMINATED, Terminated, cooperative, terminate_like_interrupt
+
+if TYPE_CHECKING:
+    from harness.study import RunOptions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,6 +83,7 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
         help="where fine-tuned teachers, teacher outputs and epoch checkpoints live "
         "(default: $HARNESS_CACHE or .cache in the repo)",
     )
+    _tensorboard_arg(run)
     run.add_argument("--max-attempts", type=int, default=3, help="attempts per grid point before giving up on it")
     run.add_argument(
         "--retry-failed",
@@ -144,6 +149,7 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
     _storage_arg(confirm)
     confirm.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, then the hub)")
     confirm.add_argument("--cache-dir", type=Path, default=None)
+    _tensorboard_arg(confirm)
 
     again = commands.add_parser(
         "reproduce",
@@ -208,12 +214,34 @@ def _open_storage(url: str | None, create: bool = False, with_optuna: bool = Tru
     return Storage(url, create=create, with_optuna=with_optuna)
 
 
+def _tensorboard_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tensorboard",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write TensorBoard event files: one run per trial, DIR/<study>/<point> "
+        "(step losses, gradient norm, lr, epoch metrics); needs the tensorboard package",
+    )
+
+
+def _run_options(args: argparse.Namespace, **more) -> RunOptions:
+    """The options of ``run`` and ``confirm``; ``--tensorboard`` is checked before anything trains."""
+    from harness.study import RunOptions
+
+    if args.tensorboard is not None:
+        from harness.board import require
+
+        require()
+    return RunOptions(cache_dir=args.cache_dir or _default_cache(), tensorboard=args.tensorboard, **more)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.config import load_study
     from harness.experiment import Experiment
     from harness.loading import resolve_data_dir
     from harness.sharing import describe_grids
-    from harness.study import Runner, RunOptions
+    from harness.study import Runner
     from harness.urls import parse_url
     from harness.workers import assign_devices, parse_devices, run_workers
 
@@ -236,8 +264,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config.data_dir is not None:
         study_dir = str((args.study_file.parent / config.data_dir).resolve())
     data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), study_dir)
-    cache_dir = args.cache_dir or _default_cache()
-    options = RunOptions(cache_dir=cache_dir, max_attempts=args.max_attempts, n_trials=args.n_trials)
+    options = _run_options(args, max_attempts=args.max_attempts, n_trials=args.n_trials)
+    cache_dir = options.cache_dir
     # data and teacher checked before the database is touched
     experiment = Experiment(config, data_dir, cache_dir, device=torch.device(first))
     storage = _open_storage(args.storage, create=True)
@@ -295,14 +323,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_confirm(args: argparse.Namespace) -> int:
     from harness.confirm import confirm_studies
     from harness.loading import resolve_data_dir
-    from harness.study import RunOptions
 
     quiet_libraries(transformers=True)
     if args.top < 1 or args.seeds < 1:
         raise HarnessError(f"--top and --seeds must be at least 1, got {args.top} and {args.seeds}")
     storage = _open_storage(args.storage)
     data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), None)
-    options = RunOptions(cache_dir=args.cache_dir or _default_cache())
+    options = _run_options(args)
     confirm_studies(storage, args.name, args.top, args.seeds, data_dir, options)
     print("done. Report: python run_study.py report" + (f" --name {args.name}" if args.name else ""))
     return 0

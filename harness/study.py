@@ -55,6 +55,7 @@ class RunOptions:
     cache_dir: Path
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     n_trials: int | None = None
+    tensorboard: Path | None = None  # write TensorBoard event files of every trial here (harness.board)
 
 
 def open_study(storage: Storage, config: StudyConfig, method: str) -> optuna.Study:
@@ -101,7 +102,7 @@ class Runner:
     def __init__(self, config: StudyConfig, storage: Storage, experiment: Experiment, options: RunOptions, log=print):
         self.config, self.storage, self.experiment, self.options, self.log = config, storage, experiment, options, log
         self.me = worker_id()
-        self.trials = TrialRunner(config, storage, experiment, options.cache_dir, log)
+        self.trials = TrialRunner(config, storage, experiment, options.cache_dir, log, tensorboard=options.tensorboard)
 
     def _run_one(self, *args, **kwargs) -> TrialState:
         """One trial (:meth:`harness.trial.TrialRunner.run`); a method, so that benchmarks can time it."""

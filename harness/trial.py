@@ -53,13 +53,15 @@ def stop_after(trial: optuna.Trial, epoch: int, epochs: int) -> bool:
     return epoch < epochs and trial.should_prune()
 
 
-def _epoch_reporter(trial: optuna.Trial, storage: Storage, epochs: int, prune: bool = True):
+def _epoch_reporter(trial: optuna.Trial, storage: Storage, epochs: int, prune: bool = True, board=None):
     records: list[dict] = []
 
     def on_epoch(record: dict) -> None:
         records.append(record)
         trial.set_user_attr("epochs", records)
         storage.record_result(trial._trial_id, epochs=records)
+        if board is not None:
+            board.epoch(record)
         trial.report(record["value"], record["epoch"])
         if prune and stop_after(trial, record["epoch"], epochs):
             raise optuna.TrialPruned()
@@ -70,7 +72,15 @@ def _epoch_reporter(trial: optuna.Trial, storage: Storage, epochs: int, prune: b
 class TrialRunner:
     """Runs single trials of one study file's methods in this process (the experiment is built by the caller)."""
 
-    def __init__(self, config: StudyConfig, storage: Storage, experiment, cache_dir: Path, log=print):
+    def __init__(
+        self,
+        config: StudyConfig,
+        storage: Storage,
+        experiment,
+        cache_dir: Path,
+        log=print,
+        tensorboard: Path | None = None,
+    ):
         self.config, self.storage, self.experiment, self.cache_dir, self.log = (
             config,
             storage,
@@ -78,6 +88,7 @@ class TrialRunner:
             cache_dir,
             log,
         )
+        self.tensorboard = tensorboard  # a folder: TensorBoard event files of every trial (harness.board)
 
     def folder(self, study: optuna.Study) -> str:
         """Where a study's epoch checkpoints and saved students live: keyed by everything that
@@ -133,8 +144,11 @@ class TrialRunner:
         # a confirmation under dev selection reports its last epoch (no choice made on dev); all others the best
         reports_last = confirmation and self.experiment.select_split == self.experiment.task.eval_splits[0]
         save_to = self._student_folder(study, trial, point, seed, confirmation)
+        board = self._board(study, method, record, confirmation)
         try:
-            reporter = _epoch_reporter(trial, self.storage, self.config.fixed.epochs, prune=not confirmation)
+            reporter = _epoch_reporter(
+                trial, self.storage, self.config.fixed.epochs, prune=not confirmation, board=board
+            )
             history = self.experiment.run_trial(
                 method,
                 point,
@@ -163,6 +177,9 @@ class TrialRunner:
             self.log(f"  trial {trial.number} {desc}: FAILED ({reason})")
             _drop(checkpoint)
             return TrialState.FAIL
+        finally:
+            if board is not None:
+                board.close()
         seconds = time.perf_counter() - started
         trial.set_user_attr("best_epoch", history.best_epoch)
         if history.resumed_from:
@@ -183,6 +200,17 @@ class TrialRunner:
             f" {value:.4f} (epoch {reported}, {seconds:.0f} s)"
         )
         return TrialState.COMPLETE
+
+    def _board(self, study: optuna.Study, method: str, record: dict, confirmation: bool):
+        """This trial's TensorBoard run (``--tensorboard``), or ``None``."""
+        if self.tensorboard is None:
+            return None
+        from harness.board import TrialBoard, run_folder
+
+        seed = record["seed"] if confirmation else None
+        folder = run_folder(self.tensorboard, study.study_name, record["point"], seed)
+        text = {"method": method, "point": record["point"], "seed": str(record["seed"]), "study": study.study_name}
+        return TrialBoard(folder, text)
 
     def _student_folder(
         self, study: optuna.Study, trial: optuna.Trial, point: dict, seed: int, confirmation: bool

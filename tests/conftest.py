@@ -97,6 +97,15 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the run in ``folder``: tag -> [(step, value)], in file order."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(str(folder), size_guidance={event_accumulator.SCALARS: 0})
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
 @dataclass
 class Postgres:
     """A throwaway PostgreSQL cluster: its URL (the password is a placeholder the server ignores) and a restart."""

@@ -6,15 +6,18 @@ import optuna
 import pandas as pd
 import pytest
 
+from harness.board import run_folder
 from harness.cli import main
 
-from conftest import run_cli, write_study
+from conftest import read_scalars, run_cli, write_study
 
 
 def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
     study_file = write_study(tmp_path / "tiny.yaml", tiny_bert)
     storage = f"sqlite:///{tmp_path / 'sweep.db'}"
+    board = tmp_path / "tensorboard"
     common = ["--storage", storage, "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
+    common += ["--tensorboard", str(board)]
 
     # An interrupted sweep: one trial per method only.
     first = run_cli("run", str(study_file), *common, "--n-trials", "1")
@@ -81,6 +84,8 @@ def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
             str(glue_dir),
             "--cache-dir",
             str(tmp_path / "cache"),
+            "--tensorboard",
+            str(board),
         )
         assert confirm.returncode == 0, confirm.stderr
     for method in ("nkd", "kd", "alp"):
@@ -91,6 +96,19 @@ def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
         assert sorted(t.user_attrs["seed"] for t in extra) == [43, 44]
         assert {t.user_attrs["point"] for t in extra} == {best.user_attrs["point"]}
         assert all(t.state.name == "COMPLETE" for t in extra)
+
+    # --tensorboard: one run per trial (grid points and confirmations), holding what the database stores.
+    for method in ("nkd", "kd", "alp"):
+        for trial in optuna.load_study(study_name=f"tiny/SST-2/{method}", storage=storage).get_trials():
+            seed = trial.user_attrs["seed"] if trial.user_attrs["confirmation"] else None
+            scalars = read_scalars(run_folder(board, f"tiny/SST-2/{method}", trial.user_attrs["point"], seed))
+            epochs = trial.user_attrs["epochs"]
+            stored = [row[-3] for record in epochs for row in record["steps"]["rows"]]  # the total loss
+            assert [v for _, v in scalars["train/total"]] == pytest.approx(stored)
+            assert [v for _, v in scalars["dev/accuracy"]] == pytest.approx(
+                [record["metrics"]["dev"]["accuracy"] for record in epochs]
+            )
+    assert len(list(board.glob("*/*"))) == 6 + 3 * 2
 
     status = run_cli("status", "--storage", storage)
     assert "tiny/SST-2/alp: grid 2, complete 4, running 0, failed 0, pruned 0, left 0" in status.stdout

@@ -270,11 +270,17 @@ def test_optuna_dashboard_opens_the_same_database(tmp_path):
     )
     study = open_study(storage, config, "alp")
     storage.ensure_points(study.study_name, {"p": {"lr": 1e-5, "eta": 0.0, "lambda": 0.0}})
+    steps = {
+        "columns": ["step", "ce", "total", "grad_norm", "lr"],
+        "rows": [[50 * i, 0.7, 0.7, 1.2, 1e-5] for i in range(40)],
+    }
+    epoch = {"epoch": 1, "value": 0.61, "metrics": {"dev": {"accuracy": 0.61}}, "losses": {"ce": 0.7}, "steps": steps}
     study.add_trial(
         optuna.trial.create_trial(
             value=0.61,
             params={"lr": 1e-5},
             distributions={"lr": optuna.distributions.CategoricalDistribution([1e-5, 2e-5])},
+            user_attrs={"epochs": [epoch]},
         )
     )
     app = optuna_dashboard.wsgi(url)
@@ -300,6 +306,10 @@ def test_optuna_dashboard_opens_the_same_database(tmp_path):
     assert [s["study_name"] for s in summaries] == ["dash/RTE/alp"]
     detail = get(f"/api/studies/{summaries[0]['study_id']}")
     assert [t["values"] for t in detail["trials"]] == [[0.61]]
+    # The step log is listed with the trial; the dashboard cuts long values at 1,024 characters (TensorBoard or
+    # the database show it whole).
+    shown = {a["key"]: a["value"] for a in detail["trials"][0]["user_attrs"]}
+    assert shown["epochs"].startswith('[{"epoch": 1') and '"steps": {"columns"' in shown["epochs"]
 
 
 def test_continuing_a_study_with_other_data_is_refused(tmp_path, tiny_bert, glue_dir, capsys):

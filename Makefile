@@ -18,13 +18,14 @@ demo: $(VENV)/.installed
 	$(PY) run_study.py report --name demo --out reports/demo
 
 # The offline example report (reports/offline-glue, README there): four tasks, all eight methods, holdout
-# selection, then three-seed confirmations of every method's best point, then the report. The variables
+# selection, then five-seed confirmations of every method's best point, then the report. The variables
 # let a test run the same commands on tiny copies of the study files (tests/test_example.py).
 EXAMPLE_TASKS := sst2 stsb mrpc cola
 EXAMPLE_STUDIES := studies
 EXAMPLE_DB := sqlite:///studies/offline-glue.db
 EXAMPLE_OUT := reports/offline-glue
-CONFIRM := $(PY) run_study.py confirm --name offline-glue --top 1 --seeds 3 --storage $(EXAMPLE_DB) $(DATA_FLAG)
+EXAMPLE_SEEDS := 5
+CONFIRM := $(PY) run_study.py confirm --name offline-glue --top 1 --seeds $(EXAMPLE_SEEDS) --storage $(EXAMPLE_DB) $(DATA_FLAG)
 example: $(VENV)/.installed
 	for task in $(EXAMPLE_TASKS); do \
 		$(PY) run_study.py run $(EXAMPLE_STUDIES)/offline-glue-$$task.yaml --storage $(EXAMPLE_DB) --workers 2 $(DATA_FLAG) \

@@ -11,8 +11,9 @@ in the database, as it is stored (nothing is measured twice):
 * the point, seed and method once, as text.
 
 A grid point shared with another method's (λ = 0 ≡ KD, …) is trained once, so its run is under the study
-that trained it. The events are written when an epoch ends. A trial that resumes from its checkpoint reports its finished
-epochs again; its run folder is emptied when the trial starts, so each run holds every epoch once.
+that trained it. The events are written when an epoch ends. A trial that resumes from its checkpoint
+reports its finished epochs again; its run folder is emptied when the trial starts, so each run holds
+every epoch once.
 The ``tensorboard`` package is needed (``pip install -e .[dev]`` has it); optuna-dashboard needs nothing:
 it reads the same database.
 """

@@ -7,6 +7,11 @@ real batches (forward, backward, AdamW) and a few timed evaluation batches, extr
 steps and evaluations (an inter-layer method's step costs about an NKD step on CPU: the bench's
 alp_step/nkd_step ratio is ≈ 1); and the disk the teacher, its output cache and the kept students take,
 with a warning when the cache folder's filesystem has less free space.
+
+The micro-run is only as good as the machine is quiet: on 2 cores shared with another sweep, torch's
+threads wait for each other and a step measured ~3× slower than idle (2026-12-01). So ``plan`` first looks
+how busy the CPUs are (Linux ``/proc/stat`` over :data:`BUSY_WINDOW` s) and says so when other work used more
+than :data:`BUSY_LIMIT` of them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,26 @@ from harness.methods import get_method
 from harness.sharing import describe_grids, plan
 
 MICRO_STEPS = 6  # timed steps per model, after two untimed warm-up steps
+BUSY_WINDOW = 0.5  # seconds of watching the CPUs before the micro-run
+BUSY_LIMIT = 0.25  # more of the CPUs than this used by other work: the estimate is said to be pessimistic
+
+
+def cpu_busy(window: float = BUSY_WINDOW) -> float | None:
+    """The fraction of all CPU time used during ``window`` seconds while this process sleeps, so by
+    other work (``/proc/stat``; ``None`` where there is none)."""
+    stat = Path("/proc/stat")
+
+    def read() -> tuple[int, int]:
+        values = [int(v) for v in stat.read_text().split("\n", 1)[0].split()[1:]]
+        return sum(values), values[3] + values[4]  # all, idle + iowait
+
+    try:
+        total, idle = read()
+        time.sleep(window)
+        total2, idle2 = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (idle2 - idle) / max(total2 - total, 1)
 
 
 def _gb(size: float) -> str:
@@ -122,6 +147,7 @@ def plan_lines(config: StudyConfig, data_dir: Path | None, cache_dir: Path, meas
     kept = {"best": len(config.methods), "all": sum(size for size, _ in counts.values()), "none": 0}
     students_bytes = kept[fixed.keep_students] * student_bytes
     if measure:
+        busy = cpu_busy()
         started = time.perf_counter()
         step, forward = _step_seconds(
             student, experiment.train, fixed.batch_size, experiment.pad_token_id, experiment.device
@@ -145,6 +171,11 @@ def plan_lines(config: StudyConfig, data_dir: Path | None, cache_dir: Path, meas
             + ("" if teacher_cached else f", teacher fine-tuning ≈ {_duration(teacher_seconds)}")
             + f"; in all ≈ {_duration(total)} with one worker (seed confirmations not included)"
         )
+        if busy is not None and busy > BUSY_LIMIT:
+            lines.append(
+                f"  note: other work used {100 * busy:.0f}% of this machine's CPUs just before the micro-run; "
+                "the steps were timed on a busy machine and the estimate is longer than an idle run would take"
+            )
     else:
         lines.append("  time not measured (--no-measure)")
     needed = cache_bytes + teacher_bytes + students_bytes

@@ -47,3 +47,22 @@ def test_status_shows_an_eta_from_the_measured_trial_time(tmp_path, tiny_bert, g
         r"tiny/SST-2/nkd: grid 3, complete 1, .*left 2, ETA ~\d+ s \(2 to train × mean \d+ s over 1 trained\)",
         status.stdout,
     ), status.stdout
+
+
+def test_plan_says_when_it_measured_on_a_busy_machine(tmp_path, tiny_bert, glue_dir, capsys, monkeypatch):
+    from harness import plan
+
+    study_file = write_study(tmp_path / "plan.yaml", tiny_bert, methods=["nkd"], search={"lr": [1e-4]})
+    args = ["plan", str(study_file), "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
+    for busy, said in ((0.9, True), (0.05, False)):
+        monkeypatch.setattr(plan, "cpu_busy", lambda busy=busy: busy)
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert ("note: other work used 90% of this machine's CPUs" in out) is said, out
+
+
+def test_cpu_busy_reads_a_fraction_of_the_cpus():
+    from harness.plan import cpu_busy
+
+    busy = cpu_busy(0.05)
+    assert busy is not None and 0.0 <= busy <= 1.0  # Linux: /proc/stat

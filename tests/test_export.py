@@ -136,3 +136,71 @@ def test_glue_submission_files_from_test_files_in_the_official_layout(swept, glu
     bad = _export(swept, glue_dir, tmp_path / "never", "--best", "--predict", str(tests))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "no column 'sentence'" in bad.stderr and not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize(
+    ("task", "files"),
+    [
+        ("STS-B", {"test": "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2"}),
+        (
+            "MNLI",
+            {
+                split: "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
+                "sentence1_parse\tsentence2_parse\tsentence1\tsentence2"
+                for split in ("test_matched", "test_mismatched")
+            },
+        ),
+    ],
+)
+def test_submission_files_of_sts_b_are_clipped_scores_and_of_mnli_two_named_files(task, files, tiny_bert, tmp_path):
+    """STS-B: one score per row, clipped to [0, 5] (a head biased to +50 and to −50 gives 5.000 and 0.000);
+    MNLI: MNLI-m.tsv and MNLI-mm.tsv from test_matched/test_mismatched, classes as the official files name them."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from harness.export import write_predictions
+    from harness.glue import get_task
+    from harness.loading import prediction_labels
+
+    spec = get_task(task)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
+    experiment = SimpleNamespace(
+        task=spec,
+        tokenizer=tokenizer,
+        pad_token_id=tokenizer.pad_token_id,
+        config=SimpleNamespace(fixed=SimpleNamespace(max_seq_length=64, eval_batch_size=4)),
+    )
+    tests = tmp_path / "glue-test"
+    (tests / task).mkdir(parents=True)
+    for split, header in files.items():
+        width = len(header.split("\t"))
+        rows = [["x"] * (width - 2) + [f"a man plays {i}", f"someone plays {i}"] for i in range(7)]
+        (tests / task / f"{split}.tsv").write_text(
+            "\n".join([header] + ["\t".join([str(10 + i), *row[1:]]) for i, row in enumerate(rows)]) + "\n"
+        )
+    outputs = {}
+    for bias in (50.0, -50.0):
+        model = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=spec.num_labels)
+        with torch.no_grad():
+            model.classifier.bias.fill_(0.0)
+            model.classifier.bias[-1] = bias  # STS-B: the score; MNLI: the last class wins or loses
+        folder, out = tmp_path / f"student{bias}", tmp_path / f"out{bias}"
+        model.save_pretrained(folder)
+        written = write_predictions(experiment, folder, tests, out, log=lambda line: None)
+        outputs[bias] = {path.name: path.read_text().splitlines() for path in written}
+
+    names = {"STS-B": ["STS-B.tsv"], "MNLI": ["MNLI-m.tsv", "MNLI-mm.tsv"]}[task]
+    for bias, by_file in outputs.items():
+        assert sorted(by_file) == names
+        for lines in by_file.values():
+            assert lines[0] == "index\tprediction" and [line.split("\t")[0] for line in lines[1:]] == [
+                str(10 + i) for i in range(7)
+            ]
+            values = {line.split("\t")[1] for line in lines[1:]}
+            if task == "STS-B":
+                assert values == {"5.000" if bias > 0 else "0.000"}
+            else:
+                classes = prediction_labels(spec)
+                assert values == {classes[-1]} if bias > 0 else (classes[-1] not in values and values <= set(classes))

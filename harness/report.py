@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -119,9 +120,27 @@ def markdown_report(
     for (study_file, task), section in _sections(frame):
         lines += [f"### {study_file} / {task} (dev, {TASKS[task].primary_metric} × 100)", ""]
         lines += study_table(snapshot, section, summary[summary["study"].isin(set(section["study"]))])
-        lines += ["", f"Reproduce: `{command}`", ""]
+        lines += ["", f"Reproduce: `{command}`", "", _export_line(command, study_file, task), ""]
         lines += [f"![{title}]({path})" for title, path in figures.get((study_file, task), [])] + [""]
     return "\n".join(lines)
+
+
+def _export_line(command: str, study_file: str, task: str) -> str:
+    """How to take this section's best student out: ``export --best`` on the report's own storage."""
+    tokens = shlex.split(command)
+    storage = tokens[tokens.index("--storage") + 1] if "--storage" in tokens else None
+    export = (
+        f"python run_study.py export --best --name {shlex.quote(study_file)} --task {task}"
+        + (f" --storage {shlex.quote(storage)}" if storage else "")
+        + f" --out students/{study_file}-{task}"
+    )
+    return (
+        f"Export the student: `{export}` (add `--method M` for another method's best, and `--data-dir DIR` "
+        "unless `$GLUE_DIR` names the local GLUE folder) writes a Hugging Face "
+        "folder of the student at its reported epoch with a model card (`README.md`: score, method, lr/η/λ, "
+        "seed, teacher, selection protocol, the command that reproduces it), re-training it first when its "
+        "weights were not kept (`fixed.keep_students`)."
+    )
 
 
 def _shared_note(frame: pd.DataFrame) -> str:

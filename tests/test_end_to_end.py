@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import shlex
+
 import optuna
 import pandas as pd
 import pytest
@@ -64,6 +67,13 @@ def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
         assert float(cells[2]) == best.params["lr"]
         assert float(cells[3]) == best.params["eta"] and float(cells[4]) == best.params["lambda"]
     assert "| teacher |" in text
+    # The report says how to export the section's best student; that command, as written, works.
+    export = shlex.split(re.search(r"Export the student: `([^`]+)`", text).group(1))
+    assert export[:5] == ["python", "run_study.py", "export", "--best", "--name"] and storage in export
+    export[export.index("--out") + 1] = str(tmp_path / "student")
+    exported = run_cli(*export[2:], "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache"))
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "student" / "model.safetensors").is_file() and (tmp_path / "student" / "README.md").is_file()
     again = tmp_path / "again"
     run_cli("report", "--storage", storage, "--out", str(again), "--name", "tiny")
     assert (again / "README.md").read_text() == text

@@ -131,13 +131,20 @@ def run_workers(
 
 class SweepProgress:
     """The parent's one progress bar over its workers (theirs are off): grid points done of the study file's
-    total, trials running, and tqdm's ETA from the rate so far; read from the database every few seconds."""
+    total, trials running, and tqdm's ETA from the rate so far; read from the database every ``every``
+    seconds on a terminal, every :data:`LOG_EVERY` seconds when stderr is a file (one line each there)."""
+
+    LOG_EVERY = 60.0
 
     def __init__(self, config: StudyConfig, url: str, every: float = 5.0):
+        import sys
+
         from tqdm.auto import tqdm
 
         from harness.sharing import plan
 
+        if not sys.stderr.isatty():
+            every = max(every, self.LOG_EVERY)
         self.names = [config.study_name(method) for method in config.methods]
         self.storage, self.every, self.last = Storage(url, with_optuna=False), every, 0.0
         total = sum(size for size, _ in plan(config).values())
@@ -153,9 +160,9 @@ class SweepProgress:
             rows = [row for name in self.names for row in self.storage.points(name)]
         except Exception:  # noqa: BLE001 - a progress bar never stops a sweep
             return
-        done = sum(row["state"] == "done" for row in rows)
-        self.bar.update(done - self.bar.n)
-        self.bar.set_postfix(running=sum(row["state"] == "claimed" for row in rows), refresh=True)
+        self.bar.set_postfix(running=sum(row["state"] == "claimed" for row in rows), refresh=False)
+        self.bar.n = sum(row["state"] == "done" for row in rows)
+        self.bar.refresh()  # one write per update
 
     def close(self) -> None:
         self.bar.close()

@@ -36,7 +36,7 @@ example: $(VENV)/.installed
 	$(PY) run_study.py report --name offline-glue --storage $(EXAMPLE_DB) --out $(EXAMPLE_OUT)
 
 test: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q --durations=15 tests
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

@@ -88,7 +88,7 @@ def describe_grids(config: StudyConfig) -> list[str]:
             searched = "lr × η" if spec.searches_eta else "lr only, η = λ = 0"
         size, own = trained[method]
         shared = f", {size - own} shared (≡ {'KD/NKD' if spec.searches_lambda else 'NKD'})" if own < size else ""
-        lines.append(f"  {method}: {size} grid points ({searched}){shared}")
+        lines.append(f"  {method}: {size} grid point{'' if size == 1 else 's'} ({searched}){shared}")
     total, own = sum(g for g, _ in trained.values()), sum(t for _, t in trained.values())
     if own < total:
         lines.append(

@@ -167,8 +167,8 @@ class Runner:
         )
         shared = f" ({len(links)} shared with equivalent points of other methods)" if links else ""
         self.log(
-            f"{study.study_name}: {len(points)} valid grid points{shared}, {finished} finished, "
-            f"{len(points) - finished} to run"
+            f"{study.study_name}: {len(points)} valid grid point{'' if len(points) == 1 else 's'}{shared}, "
+            f"{finished} finished, {len(points) - finished} to run"
         )
         self.run_points(study, method, set(points), self.options.n_trials or self.config.search.n_trials)
 

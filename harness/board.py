@@ -6,8 +6,9 @@ in the database, as it is stored (nothing is measured twice):
 
 * ``train/<term>`` (each loss term unweighted, and ``total``), ``train/grad_norm`` and ``train/lr`` from the
   step log (one point per :data:`harness.device.SYNC_EVERY` steps), at the optimizer step;
-* ``<split>/<metric>`` (``dev/accuracy``, ``holdout/pearson`` …) and ``epoch/<term>`` (the epoch's mean
-  loss terms) at the step that ends each epoch;
+* ``<split>/<metric>`` (``dev/accuracy``, ``holdout/pearson`` …), ``epoch/<term>`` (the epoch's mean
+  loss terms) and, for ALP methods, ``alp/alpha_entropy`` (mean entropy of α over dev, nats) at the step
+  that ends each epoch;
 * the point, seed and method once, as text.
 
 A grid point shared with another method's (λ = 0 ≡ KD, …) is trained once, so its run is under the study
@@ -72,6 +73,8 @@ class TrialBoard:
                 self.writer.add_scalar(f"{split}/{name}", value, last)
         for name, value in record.get("losses", {}).items():
             self.writer.add_scalar(f"epoch/{name}", value, last)
+        if "alpha_entropy" in record:  # ALP: how spread its attention over teacher layers is (harness.experiment)
+            self.writer.add_scalar("alp/alpha_entropy", record["alpha_entropy"], last)
         self.offset = last
         self.writer.flush()
 

@@ -21,6 +21,7 @@ def epoch_record(epoch: int, steps: int) -> dict:
         "metrics": {"dev": {"accuracy": 0.5 + epoch / 10}, "holdout": {"accuracy": 0.4 + epoch / 10}},
         "losses": {"ce": 0.5 / epoch, "total": 0.6 / epoch},
         "steps": {"columns": ["step", "ce", "kd", "total", "grad_norm", "lr"], "rows": rows},
+        "alpha_entropy": 0.1 * epoch,
     }
 
 
@@ -48,6 +49,7 @@ def test_steps_continue_over_epochs_and_a_resumed_trial_is_written_once(tmp_path
     assert scalars["dev/accuracy"] == [(3, pytest.approx(0.6)), (6, pytest.approx(0.7))]
     assert scalars["holdout/accuracy"] == [(3, pytest.approx(0.5)), (6, pytest.approx(0.6))]
     assert [step for step, _ in scalars["epoch/total"]] == [3, 6]
+    assert scalars["alp/alpha_entropy"] == [(3, pytest.approx(0.1)), (6, pytest.approx(0.2))]
 
 
 def test_without_the_tensorboard_package_run_stops_in_one_line_before_anything(

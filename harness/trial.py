@@ -144,8 +144,9 @@ class TrialRunner:
         # a confirmation under dev selection reports its last epoch (no choice made on dev); all others the best
         reports_last = confirmation and self.experiment.select_split == self.experiment.task.eval_splits[0]
         save_to = self._student_folder(study, trial, point, seed, confirmation)
-        board = self._board(study, method, record, confirmation)
+        board = None
         try:
+            board = self._board(study, method, record, confirmation)  # an unwritable DIR fails the trial, recorded
             reporter = _epoch_reporter(
                 trial, self.storage, self.config.fixed.epochs, prune=not confirmation, board=board
             )

@@ -17,6 +17,7 @@ from harness.settle import fail_orphans
 from harness.sharing import owners
 from harness.storage import Storage
 from harness.study import Runner, RunOptions, open_study
+from harness.trial import grid_trials
 
 
 def confirm_method(runner: Runner, method: str, top: int, seeds: int) -> None:
@@ -55,11 +56,7 @@ def confirm_method(runner: Runner, method: str, top: int, seeds: int) -> None:
 
 def confirmation_points(config: StudyConfig, study: optuna.Study, top: int, seeds: int) -> dict[str, dict]:
     """The confirmation points of a study: its ``top`` best grid configurations × ``seeds`` fresh seeds."""
-    grid = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not t.user_attrs.get("confirmation") and "duplicate_of" not in t.user_attrs
-    ]
+    grid = grid_trials(study, (TrialState.COMPLETE,))
     points = {}
     for trial in sorted(grid, key=lambda t: (-t.value, t.number))[:top]:
         for offset in range(1, seeds + 1):

@@ -23,6 +23,7 @@ from harness.config import StudyConfig, parse_study
 from harness.errors import HarnessError
 from harness.files import atomic_folder, atomic_write
 from harness.storage import Storage
+from harness.trial import grid_trials
 
 
 @dataclass
@@ -71,9 +72,7 @@ def _best(storage: Storage, name: str | None, task: str | None, method: str | No
         ):
             continue
         study = optuna.load_study(study_name=study_name, storage=storage.optuna)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if not t.user_attrs.get("confirmation") and "duplicate_of" not in t.user_attrs:
-                matching.append((t, study_name, task_name))
+        matching += [(t, study_name, task_name) for t in grid_trials(study, (TrialState.COMPLETE,))]
     wanted = ", ".join(f"{k} {v!r}" for k, v in (("name", name), ("task", task), ("method", method)) if v)
     if not matching:
         raise HarnessError(f"no complete trial{f' with {wanted}' if wanted else ''} in {storage.masked}")

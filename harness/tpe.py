@@ -8,6 +8,7 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.config import StudyConfig, grid_points, point_key
+from harness.trial import grid_trials
 
 MAX_TPE_REPEATS = 100  # consecutive proposals of already-evaluated points before a TPE worker gives up
 
@@ -44,11 +45,7 @@ def tpe_search(
     while failures < max_failures and repeats < MAX_TPE_REPEATS and not done():
         if settle is not None:
             settle()
-        trials = [
-            t
-            for t in study.get_trials(deepcopy=False)
-            if "duplicate_of" not in t.user_attrs and not t.user_attrs.get("confirmation")
-        ]
+        trials = grid_trials(study)
         evaluated = {t.user_attrs.get("point"): t for t in trials if t.state in finished}
         active = sum(t.state in (*finished, TrialState.RUNNING) for t in trials)
         if active >= budget or len(evaluated) >= len(points):

@@ -143,7 +143,7 @@ class TrialRunner:
         desc = f"{method} {point_key(point)}" + (f" seed {seed}" if confirmation else "")
         # a confirmation under dev selection reports its last epoch (no choice made on dev); all others the best
         reports_last = confirmation and self.experiment.select_split == self.experiment.task.eval_splits[0]
-        save_to = self._student_folder(study, trial, point, seed, confirmation)
+        save_to = self._student_folder(study, point, seed, confirmation)
         board = None
         try:
             board = self._board(study, method, record, confirmation)  # an unwritable DIR fails the trial, recorded
@@ -213,9 +213,7 @@ class TrialRunner:
         text = {"method": method, "point": record["point"], "seed": str(record["seed"]), "study": study.study_name}
         return TrialBoard(folder, text)
 
-    def _student_folder(
-        self, study: optuna.Study, trial: optuna.Trial, point: dict, seed: int, confirmation: bool
-    ) -> Path | None:
+    def _student_folder(self, study: optuna.Study, point: dict, seed: int, confirmation: bool) -> Path | None:
         """Where this trial's student is kept (``fixed.keep_students``); ``None`` when it is not."""
         policy = self.config.fixed.keep_students
         if policy == "none" or (policy == "best" and confirmation):
@@ -232,14 +230,20 @@ class TrialRunner:
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
 
 
+def grid_trials(study: optuna.Study, states: tuple[TrialState, ...] | None = None) -> list[optuna.trial.FrozenTrial]:
+    """The trials of ``study`` that evaluate a grid point: not seed confirmations (``confirm``) and not TPE
+    proposals of a point another worker held (``duplicate_of``)."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=states)
+        if not t.user_attrs.get("confirmation") and "duplicate_of" not in t.user_attrs
+    ]
+
+
 def keep_only_the_best(study: optuna.Study) -> None:
     """``keep_students: best``: remove the kept students of every trial of ``study`` but its best (highest
     value; seed confirmations and TPE duplicates are never the best)."""
-    candidates = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not t.user_attrs.get("confirmation") and "duplicate_of" not in t.user_attrs
-    ]
+    candidates = grid_trials(study, (TrialState.COMPLETE,))
     if not candidates:
         return
     best = max(candidates, key=lambda t: (t.value, -t.number))

@@ -214,6 +214,17 @@ def _open_storage(url: str | None, create: bool = False, with_optuna: bool = Tru
     return Storage(url, create=create, with_optuna=with_optuna)
 
 
+def _data_dir(args: argparse.Namespace, config=None) -> Path | None:
+    """The GLUE folder: ``--data-dir``, then ``$GLUE_DIR``, then the study file's ``data_dir`` (relative to
+    the study file; commands without a study file have none), else ``None`` for the hub."""
+    from harness.loading import resolve_data_dir
+
+    study_dir = None
+    if config is not None and config.data_dir is not None:
+        study_dir = str((args.study_file.parent / config.data_dir).resolve())
+    return resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), study_dir)
+
+
 def _tensorboard_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tensorboard",
@@ -239,7 +250,6 @@ def _run_options(args: argparse.Namespace, **more) -> RunOptions:
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.config import load_study
     from harness.experiment import Experiment
-    from harness.loading import resolve_data_dir
     from harness.sharing import describe_grids
     from harness.study import Runner
     from harness.urls import parse_url
@@ -260,10 +270,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_study(args.study_file)
     if args.storage is not None:
         parse_url(args.storage)  # a bad URL fails now, before the data are read
-    study_dir = None
-    if config.data_dir is not None:
-        study_dir = str((args.study_file.parent / config.data_dir).resolve())
-    data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), study_dir)
+    data_dir = _data_dir(args, config)
     options = _run_options(args, max_attempts=args.max_attempts, n_trials=args.n_trials)
     cache_dir = options.cache_dir
     # data and teacher checked before the database is touched
@@ -322,13 +329,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_confirm(args: argparse.Namespace) -> int:
     from harness.confirm import confirm_studies
-    from harness.loading import resolve_data_dir
 
     quiet_libraries(transformers=True)
     if args.top < 1 or args.seeds < 1:
         raise HarnessError(f"--top and --seeds must be at least 1, got {args.top} and {args.seeds}")
     storage = _open_storage(args.storage)
-    data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), None)
+    data_dir = _data_dir(args)
     options = _run_options(args)
     confirm_studies(storage, args.name, args.top, args.seeds, data_dir, options)
     print("done. Report: python run_study.py report" + (f" --name {args.name}" if args.name else ""))
@@ -336,13 +342,12 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from harness.loading import resolve_data_dir
     from harness.trial import reproduce
 
     quiet_libraries(transformers=True)
 
     storage = _open_storage(args.storage)
-    data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), None)
+    data_dir = _data_dir(args)
     stored, value = reproduce(storage, args.trial_id, data_dir, args.cache_dir or _default_cache())
     print(
         f"trial {args.trial_id}: stored {stored}, reproduced {value:.6f}"
@@ -358,27 +363,24 @@ def console() -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from harness.config import load_study
-    from harness.loading import resolve_data_dir
     from harness.plan import plan_lines
 
     quiet_libraries(transformers=True)
     config = load_study(args.study_file)
-    study_dir = str((args.study_file.parent / config.data_dir).resolve()) if config.data_dir is not None else None
-    data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), study_dir)
+    data_dir = _data_dir(args, config)
     print("\n".join(plan_lines(config, data_dir, args.cache_dir or _default_cache(), measure=not args.no_measure)))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from harness.export import choose_trial, export
-    from harness.loading import resolve_data_dir
 
     quiet_libraries(transformers=True)
     if args.trial_id is not None and (args.name or args.task or args.method):
         raise HarnessError("--name, --task and --method choose among trials for --best; not with a trial_id")
     storage = _open_storage(args.storage)
     chosen = choose_trial(storage, args.trial_id, args.name, args.task, args.method)
-    data_dir = resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), None)
+    data_dir = _data_dir(args)
     check = export(storage, chosen, args.out, data_dir, args.cache_dir or _default_cache(), predict=args.predict)
     print(
         f"exported trial {chosen.trial._trial_id} ({chosen.study_name}) to {args.out}: {check['split']} "

@@ -143,12 +143,16 @@ class Experiment:
             payload["holdout"] = [fixed.holdout_fraction, fixed.holdout_max_samples]
         return fingerprint(payload)
 
+    def teacher_folder(self) -> Path:
+        """Where the fine-tuned teacher is cached (complete once it holds :data:`TEACHER_INFO`)."""
+        return self.cache_dir / "teachers" / self.teacher_key()
+
     def prepare_teacher(self) -> PreparedTeacher:
         """Fine-tune the teacher on the task, or load it from the cache."""
         if self.teacher is not None:
             return self.teacher
-        key = self.teacher_key()
-        final = self.cache_dir / "teachers" / key
+        final = self.teacher_folder()
+        key = final.name
         final.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(final) + ".lock"):
             if not (final / TEACHER_INFO).is_file():
@@ -246,7 +250,7 @@ class Experiment:
         n = len(self.train)
         dtype = np.dtype(self.config.fixed.teacher_cache_dtype)
         cls_shape = (n, model.config.num_hidden_layers, model.config.hidden_size)
-        ensure_space(final.parent, n * model.config.num_labels * 4 + int(np.prod(cls_shape)) * dtype.itemsize)
+        ensure_space(final.parent, output_cache_bytes(n, model.config.num_labels, cls_shape[1:], dtype))
         with atomic_folder(final) as tmp:
             # Written straight into memory-mapped files (MNLI × BERT-base is ~14 GB of [CLS] vectors), their
             # blocks reserved first: a write through a map to a full disk would kill the process (SIGBUS).
@@ -407,6 +411,12 @@ class Experiment:
         self.prepare_teacher()
         if any(get_method(m).searches_eta for m in self.config.methods):
             self.teacher_signal(live=False)
+
+
+def output_cache_bytes(n: int, num_labels: int, cls_shape: tuple[int, int], dtype) -> int:
+    """The size of a teacher-output cache of ``n`` examples: float32 logits and ``[layers, hidden]`` [CLS]
+    vectors per example in ``dtype``."""
+    return n * num_labels * 4 + n * cls_shape[0] * cls_shape[1] * np.dtype(dtype).itemsize
 
 
 def read_outputs(folder: Path, n: int) -> TeacherSignal | None:

@@ -104,7 +104,7 @@ def plan_lines(config: StudyConfig, data_dir: Path | None, cache_dir: Path, meas
     counts = plan(config)
     trainings = sum(own for _, own in counts.values())
     try:
-        from harness.experiment import TEACHER_INFO, Experiment
+        from harness.experiment import TEACHER_INFO, Experiment, output_cache_bytes
 
         experiment = Experiment(config, data_dir, cache_dir, progress=False)
     except HarnessError as error:
@@ -122,7 +122,7 @@ def plan_lines(config: StudyConfig, data_dir: Path | None, cache_dir: Path, meas
         f"  per trial: {n_train} training examples × {fixed.epochs} epoch(s) = {steps} steps of {fixed.batch_size}; "
         f"{evaluated} examples scored after every epoch ({', '.join(experiment.evals)})"
     )
-    teacher_cached = (cache_dir / "teachers" / experiment.teacher_key() / TEACHER_INFO).is_file()
+    teacher_cached = (experiment.teacher_folder() / TEACHER_INFO).is_file()
     needs_outputs = any(get_method(m).searches_eta for m in config.methods)
 
     from harness.models import build_student, load_config
@@ -134,10 +134,8 @@ def plan_lines(config: StudyConfig, data_dir: Path | None, cache_dir: Path, meas
     student_bytes = _params(student) * 4
     cache_bytes = 0
     if needs_outputs:
-        itemsize = 2 if fixed.teacher_cache_dtype == "float16" else 4
-        cache_bytes = n_train * (
-            experiment.task.num_labels * 4 + teacher_config.num_hidden_layers * teacher_config.hidden_size * itemsize
-        )
+        layers = (teacher_config.num_hidden_layers, teacher_config.hidden_size)
+        cache_bytes = output_cache_bytes(n_train, experiment.task.num_labels, layers, fixed.teacher_cache_dtype)
     teacher = None
     if not teacher_cached:  # the teacher's own shape: a classifier of its full depth
         teacher = build_student(

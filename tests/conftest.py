@@ -74,21 +74,15 @@ def write_study(path: Path, teacher: Path, **overrides) -> Path:
     return path
 
 
+def sweep_args(storage: str, glue_dir: Path, cache: Path) -> list[str]:
+    """``--storage``, ``--data-dir`` and ``--cache-dir``: where a test's commands read and write."""
+    return ["--storage", storage, "--data-dir", str(glue_dir), "--cache-dir", str(cache)]
+
+
 def run_command(study_file: Path, storage: str, glue_dir: Path, cache: Path, *extra: str) -> list[str]:
     """The ``run_study.py run`` command line of a sweep, for tests that start and signal it themselves."""
-    return [
-        sys.executable,
-        str(REPO / "run_study.py"),
-        "run",
-        str(study_file),
-        "--storage",
-        storage,
-        "--data-dir",
-        str(glue_dir),
-        "--cache-dir",
-        str(cache),
-        *extra,
-    ]
+    where = sweep_args(storage, glue_dir, cache)
+    return [sys.executable, str(REPO / "run_study.py"), "run", str(study_file), *where, *extra]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -12,14 +12,14 @@ import pytest
 from harness.board import run_folder
 from harness.cli import main
 
-from conftest import read_scalars, run_cli, write_study
+from conftest import read_scalars, run_cli, sweep_args, write_study
 
 
 def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
     study_file = write_study(tmp_path / "tiny.yaml", tiny_bert)
     storage = f"sqlite:///{tmp_path / 'sweep.db'}"
     board = tmp_path / "tensorboard"
-    common = ["--storage", storage, "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
+    common = sweep_args(storage, glue_dir, tmp_path / "cache")
     common += ["--tensorboard", str(board)]
 
     # An interrupted sweep: one trial per method only.

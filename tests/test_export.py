@@ -12,7 +12,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from conftest import GLUE_DIR, run_cli, write_study
+from conftest import GLUE_DIR, run_cli, sweep_args, write_study
 
 
 def dev_accuracy_with_transformers_alone(folder, max_length: int) -> float:
@@ -47,25 +47,14 @@ def swept(tmp_path_factory, tiny_bert, glue_dir):
     )
     storage = f"sqlite:///{folder / 'export.db'}"
     cache = folder / "cache"
-    done = run_cli("run", str(study_file), "--storage", storage, "--data-dir", str(glue_dir), "--cache-dir", str(cache))
+    done = run_cli("run", str(study_file), *sweep_args(storage, glue_dir, cache))
     assert done.returncode == 0, done.stderr
     return folder, storage, cache
 
 
 def _export(swept, glue_dir, out, *which):
     folder, storage, cache = swept
-    return run_cli(
-        "export",
-        *which,
-        "--out",
-        str(out),
-        "--storage",
-        storage,
-        "--data-dir",
-        str(glue_dir),
-        "--cache-dir",
-        str(cache),
-    )
+    return run_cli("export", *which, "--out", str(out), *sweep_args(storage, glue_dir, cache))
 
 
 def test_the_best_student_is_kept_exported_and_reloads_to_its_stored_score(swept, glue_dir):

@@ -17,7 +17,7 @@ from harness.loading import load_split
 from harness.report import load
 from harness.storage import Storage
 
-from conftest import write_study
+from conftest import sweep_args, write_study
 
 
 def _rows(split) -> Counter:
@@ -90,7 +90,7 @@ def test_holdout_sweep_selects_on_holdout_and_reads_dev_once(tmp_path, tiny_bert
         search={"lr": [3e-4, 1e-3], "eta": [0.5], "lambda": [0.2]},
     )
     storage = f"sqlite:///{tmp_path / 'h.db'}"
-    common = ["--storage", storage, "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
+    common = sweep_args(storage, glue_dir, tmp_path / "cache")
     assert main(["run", str(path), *common]) == 0
     for method in ("nkd", "alp"):
         for trial in optuna.load_study(study_name=f"tiny/SST-2/{method}", storage=storage).get_trials():

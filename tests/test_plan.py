@@ -6,7 +6,7 @@ import re
 
 from harness.cli import main
 
-from conftest import run_cli, write_study
+from conftest import run_cli, sweep_args, write_study
 
 
 def test_plan_sizes_a_sweep_without_creating_a_database(tmp_path, tiny_bert, glue_dir):
@@ -39,7 +39,7 @@ def test_plan_warns_when_the_cache_folder_is_short_of_space(tmp_path, tiny_bert,
 def test_status_shows_an_eta_from_the_measured_trial_time(tmp_path, tiny_bert, glue_dir):
     study_file = write_study(tmp_path / "eta.yaml", tiny_bert, methods=["nkd"], search={"lr": [1e-4, 5e-5, 2e-5]})
     storage = f"sqlite:///{tmp_path / 'eta.db'}"
-    where = ["--storage", storage, "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
+    where = sweep_args(storage, glue_dir, tmp_path / "cache")
     assert run_cli("run", str(study_file), *where, "--n-trials", "1").returncode == 0
     status = run_cli("status", "--storage", storage)
     assert status.returncode == 0, status.stderr

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from harness.cli import main
 
-from conftest import REPO, run_cli, run_command, write_study
+from conftest import REPO, run_cli, run_command, sweep_args, write_study
 
 KILL_STUDY = {
     "methods": ["nkd", "alp"],
@@ -170,7 +170,7 @@ def test_eight_workers_on_postgresql_run_every_point_once(tmp_path, tiny_bert, g
 
 def test_reused_name_with_other_setup_and_corrupt_checkpoint_are_one_line(tmp_path, tiny_bert, glue_dir, capsys):
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    common = ["--storage", storage, "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
+    common = sweep_args(storage, glue_dir, tmp_path / "cache")
     fixed = {
         "epochs": 1,
         "max_seq_length": 32,

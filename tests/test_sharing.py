@@ -14,7 +14,7 @@ from harness.config import load_study
 from harness.sharing import computation, plan
 from harness.storage import Storage
 
-from conftest import run_command, write_study
+from conftest import run_command, sweep_args, write_study
 
 METHODS = ["nkd", "kd", "alp", "ckd"]
 SEARCH = {"lr": [1e-4], "eta": [0.0, 0.5], "lambda": [0.0, 0.2]}
@@ -30,7 +30,7 @@ FIXED = {
 def _sweep(tmp_path, tiny_bert, glue_dir, *extra, search=None):
     study_file = write_study(tmp_path / "tiny.yaml", tiny_bert, methods=METHODS, fixed=FIXED, search=search or SEARCH)
     storage = f"sqlite:///{tmp_path / 'sweep.db'}"
-    common = ["--storage", storage, "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
+    common = sweep_args(storage, glue_dir, tmp_path / "cache")
     assert main(["run", str(study_file), *common, *extra]) == 0
     return load_study(study_file), storage, common
 

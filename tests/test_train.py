@@ -47,6 +47,14 @@ def make_inter(method: str, student, teacher) -> InterLayerLoss | None:
     )
 
 
+def fit_alp(tiny_bert, teacher, data, hyper: Hyper, **options):
+    """A fresh 2-layer student (seeded by ``hyper.seed``) distilled with ALP from the live tiny teacher."""
+    train, evals = data
+    student = build_student(str(tiny_bert), 2, 2, "bottom", seed=hyper.seed)
+    inter = make_inter("alp", student, teacher)
+    return fit(student, TASK, hyper, train, evals, 0, inter=inter, teacher=TeacherSignal(live=teacher), **options)
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_two_steps_lower_the_loss_with_finite_grads(method, tiny_bert, data, teacher):
     train, _ = data
@@ -99,29 +107,14 @@ def test_ckd_projections_are_trained_by_fit(tiny_bert, data, teacher):
 
 
 def test_same_seed_same_number_and_resume_is_exact(tiny_bert, data, teacher, tmp_path):
-    train, evals = data
     hyper = Hyper(lr=5e-4, eta=0.5, lam=0.2, epochs=2, seed=3)
 
     def run(checkpoint=None, stop_after=None):
-        student = build_student(str(tiny_bert), 2, 2, "bottom", seed=3)
-        inter = make_inter("alp", student, teacher)
-
         def on_epoch(record):
             if stop_after is not None and record["epoch"] == stop_after:
                 raise KeyboardInterrupt  # stands in for a kill right after the checkpoint is written
 
-        return fit(
-            student,
-            TASK,
-            hyper,
-            train,
-            evals,
-            0,
-            inter=inter,
-            teacher=TeacherSignal(live=teacher),
-            checkpoint=checkpoint,
-            on_epoch=on_epoch,
-        )
+        return fit_alp(tiny_bert, teacher, data, hyper, checkpoint=checkpoint, on_epoch=on_epoch)
 
     first, second = run(), run()
     assert [e["losses"]["total"] for e in first.epochs] == [e["losses"]["total"] for e in second.epochs]
@@ -167,24 +160,13 @@ def test_each_epoch_keeps_a_compact_step_log(tiny_bert, data, teacher, monkeypat
     from harness import device
 
     monkeypatch.setattr(device, "SYNC_EVERY", 1)
-    train, evals = data
     hyper = Hyper(lr=5e-4, eta=0.5, lam=0.2, epochs=2, seed=3, batch_size=8, warmup_ratio=0.5)
 
     def run():
-        student = build_student(str(tiny_bert), 2, 2, "bottom", seed=3)
-        return fit(
-            student,
-            TASK,
-            hyper,
-            train,
-            evals,
-            0,
-            inter=make_inter("alp", student, teacher),
-            teacher=TeacherSignal(live=teacher),
-        )
+        return fit_alp(tiny_bert, teacher, data, hyper)
 
     first = run()
-    steps = -(-len(train) // 8)
+    steps = -(-len(data[0]) // 8)
     for record in first.epochs:
         trace = record["steps"]
         assert trace["columns"] == ["step", "ce", "kd", "inter", "total", "grad_norm", "lr"]

@@ -33,7 +33,9 @@ def transient(error: BaseException) -> bool:
         cause = error.__cause__
     if isinstance(cause, sa.exc.DBAPIError) and cause.connection_invalidated:
         return True
-    return isinstance(cause, (sa.exc.OperationalError, sa.exc.InterfaceError))
+    # PendingRollbackError: a query in the same session already lost its connection (Optuna's _get_trials
+    # retries a failed query once in that session); Optuna rolls the session back, so a new call works.
+    return isinstance(cause, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.PendingRollbackError))
 
 
 def retrying(function):

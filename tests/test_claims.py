@@ -186,6 +186,10 @@ def test_transient_database_errors_are_retried_and_others_are_not(monkeypatch):
     wrapped = optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
     wrapped.__cause__ = lost
     assert retry.transient(wrapped) and not retry.transient(ValueError("bad value"))
+    # seen in CI: a restart mid-_get_trials leaves the session invalid, the commit then fails like this
+    pending = optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
+    pending.__cause__ = sa.exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back.")
+    assert retry.transient(pending)
 
 
 def test_three_workers_survive_a_postgresql_restart(tmp_path, tiny_bert, glue_dir, postgres):

@@ -31,13 +31,13 @@ import numpy as np
 import torch
 
 from bench.runs import PeakMemory
-from harness.config import parse_study
-from harness.experiment import Experiment
-from harness.loading import resolve_data_dir
-from harness.losses import alp_attention
-from harness.models import build_student
-from harness.quiet import quiet_libraries
-from harness.train import predict
+from harness.data.loading import resolve_data_dir
+from harness.distill.experiment import Experiment
+from harness.distill.losses import alp_attention
+from harness.distill.models import build_student
+from harness.distill.train import predict
+from harness.spec.config import parse_study
+from harness.util.quiet import quiet_libraries
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PEAK_TFLOPS = {

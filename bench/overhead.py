@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 from harness.cli import REPO_ROOT
-from harness.config import parse_study
-from harness.experiment import Experiment
-from harness.quiet import quiet_libraries
-from harness.storage import Storage
-from harness.study import Runner, RunOptions
+from harness.distill.experiment import Experiment
+from harness.spec.config import parse_study
+from harness.store.storage import Storage
+from harness.sweep.driver import Runner, RunOptions
+from harness.util.quiet import quiet_libraries
 
 
 class TimedExperiment(Experiment):

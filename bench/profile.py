@@ -1,6 +1,6 @@
 """Where the time of one student step goes: ``python -m bench.trial --profile``.
 
-:class:`StudentSteps` runs training steps of our student exactly as :func:`harness.train.fit` does,
+:class:`StudentSteps` runs training steps of our student exactly as :func:`harness.distill.train.fit` does,
 one at a time; :func:`profile_step` profiles a few of them with ``torch.profiler`` and times three
 AdamW implementations on the same parameters. The README's "Where the time goes" reads its output.
 """
@@ -12,15 +12,15 @@ import time
 
 import torch
 
-from harness.experiment import Experiment
-from harness.losses import InterLayerLoss
-from harness.methods import get_method
-from harness.models import build_student, load_config
-from harness.train import Hyper, LossTerms, to_batch, token_lengths, train_batches
+from harness.distill.experiment import Experiment
+from harness.distill.losses import InterLayerLoss
+from harness.distill.models import build_student, load_config
+from harness.distill.train import Hyper, LossTerms, to_batch, token_lengths, train_batches
+from harness.spec.methods import get_method
 
 
 class StudentSteps:
-    """Training steps of one of our students exactly as :func:`harness.train.fit` runs them, one at a time."""
+    """Training steps of one of our students exactly as :func:`harness.distill.train.fit` runs them, one at a time."""
 
     def __init__(self, experiment: Experiment, method: str, point: dict[str, float]):
         config, fixed, self.device = experiment.config, experiment.config.fixed, experiment.device

@@ -3,7 +3,7 @@
 ``python -m bench.report`` builds, in a temporary folder, an SQLite database through the
 harness's own storage and study API: four tasks × every method on the paper's grids (996 grid
 trials, some failed or pruned), four trials still RUNNING, and three confirmation seeds for
-nkd, kd and alp per task. It then times :func:`harness.report.write_report` and prints the
+nkd, kd and alp per task. It then times :func:`harness.report.document.write_report` and prints the
 numbers: drawn in one process, drawn by one process per CPU, and re-rendered into the same
 folder (nothing changed, so nothing is redrawn). It is a benchmark that prints, not a test.
 """
@@ -21,13 +21,13 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState, create_trial
 
-from harness import render
-from harness.config import grid_points, parse_study, point_key
-from harness.glue import TASKS
-from harness.methods import METHODS
-from harness.report import write_report
-from harness.storage import Storage
-from harness.study import open_study
+from harness.report import render
+from harness.report.document import write_report
+from harness.spec.config import grid_points, parse_study, point_key
+from harness.spec.methods import METHODS
+from harness.spec.tasks import TASKS
+from harness.store.storage import Storage
+from harness.sweep.driver import open_study
 
 BENCH_TASKS = ("SST-2", "MRPC", "MNLI", "STS-B")
 SEEDS = (1, 2, 3)

@@ -17,15 +17,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from harness.device import autocast_for
-from harness.encoding import EncodedSplit
-from harness.errors import HarnessError
-from harness.experiment import Experiment
-from harness.losses import InterLayerLoss, kd_loss, regression_kd_loss
-from harness.methods import get_method
-from harness.metrics import compute_metrics
-from harness.models import build_student
-from harness.train import Hyper, layer_cls
+from harness.data.encoding import EncodedSplit
+from harness.distill.device import autocast_for
+from harness.distill.experiment import Experiment
+from harness.distill.losses import InterLayerLoss, kd_loss, regression_kd_loss
+from harness.distill.models import build_student
+from harness.distill.train import Hyper, layer_cls
+from harness.spec.methods import get_method
+from harness.spec.metrics import compute_metrics
+from harness.util.errors import HarnessError
 
 # ---------------------------------------------------------------------------------------------- measuring
 

@@ -1,11 +1,11 @@
 """Sweep cost: how much of the exhaustive grid's compute TPE with epoch pruning needs to reach its best.
 
-:func:`run_sweep` runs the grid for real (every valid point once, through :class:`~harness.study.Runner`)
+:func:`run_sweep` runs the grid for real (every valid point once, through :class:`~harness.sweep.driver.Runner`)
 and then *replays* the search on it, once per sampler seed. A trial is a deterministic function of
 its (point, seed): data order and dropout depend only on them (the resume tests check that a
 resumed trial gives the uninterrupted number). So the trial TPE would run at a point produces
 exactly the grid trial's per-epoch scores. The replay tells the study those scores epoch by epoch
-through the same :func:`~harness.study.tpe_search` loop and pruner that a real sweep uses, and
+through the same :func:`~harness.sweep.driver.tpe_search` loop and pruner that a real sweep uses, and
 charges the grid trial's measured seconds up to the epoch where the trial stopped, its set-up
 included. This is the method of tabular HPO benchmarks (NAS-Bench, HPOBench). It measures the
 search's *expected* cost over many seeds instead of one lucky or unlucky draw, at the price of a
@@ -28,12 +28,12 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from harness.config import StudyConfig, grid_points, point_key
-from harness.experiment import Experiment
-from harness.storage import Storage
-from harness.study import DEFAULT_MAX_ATTEMPTS, Runner, RunOptions, pruner_for
-from harness.tpe import tpe_search
-from harness.trial import stop_after
+from harness.distill.experiment import Experiment
+from harness.spec.config import StudyConfig, grid_points, point_key
+from harness.store.storage import Storage
+from harness.sweep.driver import DEFAULT_MAX_ATTEMPTS, Runner, RunOptions, pruner_for
+from harness.sweep.tpe import tpe_search
+from harness.sweep.trial import stop_after
 
 METHOD = "alp"
 

@@ -4,7 +4,7 @@
 
 * **reference**: what a user would write: a ``transformers.Trainer`` subclass whose ``compute_loss``
   runs the frozen teacher under ``no_grad`` on every batch and adds the same KD + ALP loss as our ALP
-  trial (:func:`~harness.methods.kd_loss`, :class:`~harness.methods.InterLayerLoss`). Same lr, batch
+  trial (:func:`~harness.spec.methods.kd_loss`, :class:`~harness.spec.methods.InterLayerLoss`). Same lr, batch
   size, epochs, warm-up steps, weight decay and clipping; otherwise HF's defaults: random sampler,
   ``DataCollatorWithPadding``, ``adamw_torch_fused``, no decay on biases/LayerNorm. It evaluates every
   epoch (on the student alone), saves nothing and reports nowhere.
@@ -47,12 +47,12 @@ import torch
 from bench.profile import StudentSteps, profile_step
 from bench.runs import RunResult, build_cache, run_ours, run_reference
 from bench.sweep import SweepResult, run_sweep
-from harness.config import StudyConfig, parse_study
-from harness.errors import HarnessError
-from harness.experiment import Experiment
-from harness.loading import resolve_data_dir
-from harness.methods import get_method
-from harness.quiet import quiet_libraries
+from harness.data.loading import resolve_data_dir
+from harness.distill.experiment import Experiment
+from harness.spec.config import StudyConfig, parse_study
+from harness.spec.methods import get_method
+from harness.util.errors import HarnessError
+from harness.util.quiet import quiet_libraries
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEACHER_LR = 5e-5  # the demo's teacher recipe, so the bench reuses the demo's cached teacher

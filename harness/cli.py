@@ -1,6 +1,6 @@
 """Command line: ``python run_study.py {run,report,status} ...``.
 
-Every user error (a :class:`~harness.errors.HarnessError`) is printed as one line,
+Every user error (a :class:`~harness.util.errors.HarnessError`) is printed as one line,
 ``error: <message>``, and the process exits with status 2, without a traceback.
 """
 
@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.errors import HarnessError
-from harness.quiet import quiet_libraries
-from harness.signals import EXIT_TERMINATED, Terminated, cooperative, terminate_like_interrupt
+from harness.util.errors import HarnessError
+from harness.util.quiet import quiet_libraries
+from harness.util.signals import EXIT_TERMINATED, Terminated, cooperative, terminate_like_interrupt
 
 if TYPE_CHECKING:
-    from harness.study import RunOptions
+    from harness.sweep.driver import RunOptions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,8 +204,8 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
 
 def _open_storage(url: str | None, create: bool = False, with_optuna: bool = True):
     """The study database; only ``run`` creates one (a mistyped SQLite path elsewhere is an error)."""
-    from harness.storage import Storage
-    from harness.urls import default_storage
+    from harness.store.storage import Storage
+    from harness.store.urls import default_storage
 
     if url is None:
         if create:
@@ -217,7 +217,7 @@ def _open_storage(url: str | None, create: bool = False, with_optuna: bool = Tru
 def _data_dir(args: argparse.Namespace, config=None) -> Path | None:
     """The GLUE folder: ``--data-dir``, then ``$GLUE_DIR``, then the study file's ``data_dir`` (relative to
     the study file; commands without a study file have none), else ``None`` for the hub."""
-    from harness.loading import resolve_data_dir
+    from harness.data.loading import resolve_data_dir
 
     study_dir = None
     if config is not None and config.data_dir is not None:
@@ -238,22 +238,22 @@ def _tensorboard_arg(parser: argparse.ArgumentParser) -> None:
 
 def _run_options(args: argparse.Namespace, **more) -> RunOptions:
     """The options of ``run`` and ``confirm``; ``--tensorboard`` is checked before anything trains."""
-    from harness.study import RunOptions
+    from harness.sweep.driver import RunOptions
 
     if args.tensorboard is not None:
-        from harness.board import require
+        from harness.sweep.tensorboard import require
 
         require()
     return RunOptions(cache_dir=args.cache_dir or _default_cache(), tensorboard=args.tensorboard, **more)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.config import load_study
-    from harness.experiment import Experiment
-    from harness.sharing import describe_grids
-    from harness.study import Runner
-    from harness.urls import parse_url
-    from harness.workers import assign_devices, parse_devices, run_workers
+    from harness.distill.experiment import Experiment
+    from harness.spec.config import load_study
+    from harness.store.urls import parse_url
+    from harness.sweep.driver import Runner
+    from harness.sweep.sharing import describe_grids
+    from harness.sweep.workers import assign_devices, parse_devices, run_workers
 
     quiet_libraries(transformers=True)
     import torch
@@ -300,7 +300,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import write_report
+    from harness.report.document import write_report
 
     quiet_libraries()  # Optuna, now that the report imported it
 
@@ -318,7 +318,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from harness.status import study_status
+    from harness.tools.status import study_status
 
     storage = _open_storage(args.storage, with_optuna=False)
     lines = study_status(storage)
@@ -328,7 +328,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
-    from harness.confirm import confirm_studies
+    from harness.sweep.confirm import confirm_studies
 
     quiet_libraries(transformers=True)
     if args.top < 1 or args.seeds < 1:
@@ -342,7 +342,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from harness.trial import reproduce
+    from harness.sweep.trial import reproduce
 
     quiet_libraries(transformers=True)
 
@@ -362,8 +362,8 @@ def console() -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from harness.config import load_study
-    from harness.plan import plan_lines
+    from harness.spec.config import load_study
+    from harness.tools.plan import plan_lines
 
     quiet_libraries(transformers=True)
     config = load_study(args.study_file)
@@ -373,7 +373,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from harness.export import choose_trial, export
+    from harness.tools.export import choose_trial, export
 
     quiet_libraries(transformers=True)
     if args.trial_id is not None and (args.name or args.task or args.method):
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     terminate_like_interrupt()
-    # commands that train stop at their next step on SIGTERM (harness.signals); the others at once
+    # commands that train stop at their next step on SIGTERM (harness.util.signals); the others at once
     stops = cooperative() if args.command in ("run", "confirm", "reproduce", "export") else contextlib.nullcontext()
     try:
         quiet_libraries()

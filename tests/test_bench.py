@@ -10,12 +10,12 @@ import torch
 
 from bench.runs import PeakMemory, reference_trainer_class
 from bench.trial import Settings, bench, format_ratio, parse_args, study_config
-from harness.errors import HarnessError
-from harness.experiment import Experiment
-from harness.losses import InterLayerLoss
-from harness.methods import get_method
-from harness.models import build_student
-from harness.train import Hyper, LossTerms, TeacherSignal, to_batch
+from harness.distill.experiment import Experiment
+from harness.distill.losses import InterLayerLoss
+from harness.distill.models import build_student
+from harness.distill.train import Hyper, LossTerms, TeacherSignal, to_batch
+from harness.spec.methods import get_method
+from harness.util.errors import HarnessError
 
 RATIO_LINES = (
     r"ratio alp_trial/reference = (\d+\.\d{3}|inf|nan)",

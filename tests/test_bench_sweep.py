@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bench.sweep import HEADLINE, GridTrial, Search, SweepResult, replay_shuffled, replay_tpe, tpe_config
-from harness.config import grid_points, parse_study, point_key
+from harness.spec.config import grid_points, parse_study, point_key
 
 LRS, WEIGHTS = [1e-4, 2e-4, 5e-4], [0.0, 0.2, 0.5]
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from harness.board import TrialBoard, run_folder
 from harness.cli import main
+from harness.sweep.tensorboard import TrialBoard, run_folder
 
 from conftest import read_scalars, write_study
 

@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from harness import signals
-from harness.claims import Claim, Heartbeat, pid_scope
+from harness.store.claims import Claim, Heartbeat, pid_scope
+from harness.util import signals
 
 from conftest import REPO, run_command, write_study
 
@@ -35,7 +35,7 @@ SLOW_TRIALS = {
 
 
 class FakeStorage:
-    """Answers ``_update`` like :class:`harness.storage.Storage`: rows changed, or raises ``errors`` first."""
+    """Answers ``_update`` like :class:`harness.store.storage.Storage`: rows changed, or raises ``errors`` first."""
 
     def __init__(self, owned: bool = True, errors: int = 0):
         self.owned, self.errors, self.calls = owned, errors, []
@@ -157,7 +157,7 @@ def test_a_worker_whose_claim_is_stolen_stops_and_the_new_owner_resumes(tmp_path
 
 
 def test_transient_database_errors_are_retried_and_others_are_not(monkeypatch):
-    from harness import retry
+    from harness.store import retry
 
     monkeypatch.setattr(retry.time, "sleep", lambda seconds: None)
     calls = []
@@ -251,9 +251,9 @@ def test_three_workers_survive_a_postgresql_restart(tmp_path, tiny_bert, glue_di
 def test_running_trials_of_a_worker_on_another_host_are_failed_once_its_heartbeat_is_stale(tmp_path):
     """A worker on another machine that died (or lost touch) is judged by its claim's heartbeat: past the
     grace period its RUNNING trial is failed, so it stops counting against a TPE budget; a live one stays."""
-    from harness.claims import GRACE_SECONDS
-    from harness.settle import fail_orphans
-    from harness.storage import Storage
+    from harness.store.claims import GRACE_SECONDS
+    from harness.store.storage import Storage
+    from harness.sweep.settle import fail_orphans
 
     storage = Storage(f"sqlite:///{tmp_path / 'remote.db'}")
     study = optuna.create_study(study_name="s", storage=storage.optuna, direction="maximize")
@@ -285,7 +285,7 @@ def test_running_trials_of_a_worker_on_another_host_are_failed_once_its_heartbea
 def test_a_claim_that_committed_while_its_connection_dropped_is_taken_back_on_the_retry(tmp_path):
     """The retried ``claim_next`` of a worker whose first try committed finds the point claimed by itself
     and takes it back (it asks only while holding no point of the study), so the point is not stranded."""
-    from harness.storage import Storage
+    from harness.store.storage import Storage
 
     storage = Storage(f"sqlite:///{tmp_path / 'retry.db'}", with_optuna=False)
     storage.ensure_points(

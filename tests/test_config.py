@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import grid_points, load_study, parse_study, point_key
-from harness.errors import HarnessError
-from harness.methods import METHODS
+from harness.spec.config import grid_points, load_study, parse_study, point_key
+from harness.spec.methods import METHODS
+from harness.util.errors import HarnessError
 
 REPO = Path(__file__).resolve().parents[1]
 

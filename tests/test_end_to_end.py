@@ -9,8 +9,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from harness.board import run_folder
 from harness.cli import main
+from harness.sweep.tensorboard import run_folder
 
 from conftest import read_scalars, run_cli, sweep_args, write_study
 

@@ -1,6 +1,6 @@
 """Nested grids are the same computation: every inter-layer method at λ = 0 is KD, KD at η = 0 is NKD.
 
-This is what lets a sweep train such a point once and share it (:mod:`harness.sharing`): the test
+This is what lets a sweep train such a point once and share it (:mod:`harness.sweep.sharing`): the test
 trains both sides through :meth:`Experiment.run_trial`, the code path of every trial, and asserts
 identical per-epoch losses and dev scores, bit for bit, on CPU.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import load_study
-from harness.experiment import Experiment
-from harness.methods import METHODS, get_method
+from harness.distill.experiment import Experiment
+from harness.spec.config import load_study
+from harness.spec.methods import METHODS, get_method
 
 from conftest import write_study
 

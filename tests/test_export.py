@@ -149,9 +149,9 @@ def test_submission_files_of_sts_b_are_clipped_scores_and_of_mnli_two_named_file
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from harness.export import write_predictions
-    from harness.glue import get_task
-    from harness.loading import prediction_labels
+    from harness.data.loading import prediction_labels
+    from harness.spec.tasks import get_task
+    from harness.tools.export import write_predictions
 
     spec = get_task(task)
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))

@@ -1,4 +1,4 @@
-"""harness.fairness: expected maximum vs enumeration, Holm, paired tests, vectorised bootstrap metrics, baselines."""
+"""harness.report.statistics: expected maximum vs enumeration, Holm, paired tests, bootstrap metrics, baselines."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from harness.fairness import (
+from harness.report.statistics import (
     PairedBootstrap,
     PairedT,
     expected_max,
@@ -22,8 +22,8 @@ from harness.fairness import (
     paired_t,
     resampled_metric,
 )
-from harness.glue import get_task
-from harness.metrics import _correlation, compute_metrics
+from harness.spec.metrics import _correlation, compute_metrics
+from harness.spec.tasks import get_task
 
 GRID = [0.70, 0.72, 0.72, 0.75, 0.68, 0.75]  # six grid scores with ties
 
@@ -217,7 +217,7 @@ def test_correlations_match_scipy_row_by_row_with_ties_and_constants(metric):
     short = rng.integers(0, n, size=(8, 5))
     expected = [_correlation(metric, scores[row], gold[row]) for row in short]
     np.testing.assert_allclose(resampled_metric(metric, scores, gold, short), expected, rtol=1e-10, atol=1e-12)
-    # Constant input (a collapsed regressor, or a resample of one example) → 0.0, as harness.metrics._correlation.
+    # Constant input (a collapsed regressor, or a resample of one example) → 0.0, as harness.spec.metrics._correlation.
     constant_rows = np.array([[4] * n, list(range(n))])
     flat = np.full(n, 2.5)
     assert list(resampled_metric(metric, flat, gold, constant_rows)) == [0.0, 0.0]
@@ -345,7 +345,7 @@ def test_majority_baseline_ties_and_regression():
 
 
 def test_expected_selected_ranks_by_keys_and_reports_other_values():
-    from harness.fairness import expected_selected
+    from harness.report.statistics import expected_selected
 
     keys = [0.70, 0.72, 0.71, 0.69, 0.74]
     reported = [0.60, 0.68, 0.66, 0.70, 0.64]
@@ -358,7 +358,7 @@ def test_expected_selected_ranks_by_keys_and_reports_other_values():
 
 
 def test_expected_selected_curve_is_expected_selected_at_every_n():
-    from harness.fairness import expected_selected, expected_selected_curve
+    from harness.report.statistics import expected_selected, expected_selected_curve
 
     rng = np.random.default_rng(3)
     keys, reported = rng.normal(size=9), rng.normal(size=9)

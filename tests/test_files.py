@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from harness.cli import main
-from harness.files import DiskFull, atomic_folder, atomic_write
+from harness.util.files import DiskFull, atomic_folder, atomic_write
 
 from conftest import write_study
 
@@ -68,7 +68,7 @@ def test_a_full_disk_fails_the_trial_gives_the_point_back_and_stops_the_worker(
 ):
     """ENOSPC while an epoch checkpoint is written: the trial FAILs with the one-line reason, no checkpoint
     or temporary file is left, the point is free again with no attempt used, and no other point is started."""
-    from harness import train
+    from harness.distill import train
 
     study_file = write_study(tmp_path / "full.yaml", tiny_bert, methods=["nkd"], search={"lr": [1e-4, 5e-5]})
     storage = f"sqlite:///{tmp_path / 'full.db'}"
@@ -98,7 +98,7 @@ def test_a_full_disk_fails_the_trial_gives_the_point_back_and_stops_the_worker(
 def test_a_teacher_output_cache_that_does_not_fit_is_refused_before_it_is_written(
     tmp_path, tiny_bert, glue_dir, capsys, monkeypatch
 ):
-    from harness import files
+    from harness.util import files
 
     study_file = write_study(tmp_path / "full.yaml", tiny_bert, methods=["kd"], search={"lr": [1e-4], "eta": [0.5]})
     cache = tmp_path / "cache"

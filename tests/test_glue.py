@@ -1,4 +1,4 @@
-"""Tests for harness.glue: task table, TSV loading, data-dir resolution, metrics, encoding.
+"""Tests for harness.spec.tasks: task table, TSV loading, data-dir resolution, metrics, encoding.
 
 Real GLUE files come from ``../shared/glue`` (beside the repo root); QQP, MNLI and QNLI
 train are not there, so those tests write small files in the official layout to
@@ -21,12 +21,12 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from harness import glue
-from harness.encoding import collate, encode_split
-from harness.errors import HarnessError
-from harness.glue import TASKS, GlueSplit, get_task, subsample
-from harness.loading import hub_split_name, load_split, resolve_data_dir
-from harness.metrics import compute_metrics
+from harness.data.encoding import collate, encode_split
+from harness.data.loading import hub_split_name, load_split, resolve_data_dir
+from harness.spec import tasks
+from harness.spec.metrics import compute_metrics
+from harness.spec.tasks import TASKS, GlueSplit, get_task, subsample
+from harness.util.errors import HarnessError
 
 SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared" / "glue"
 
@@ -846,4 +846,4 @@ def test_encode_real_minilm_tokenizer_on_rte():
 
 def test_datasets_is_imported_lazily():
     # The hub loader imports datasets inside the function; local loading does not need it.
-    assert "load_dataset" not in vars(glue)
+    assert "load_dataset" not in vars(tasks)

@@ -9,13 +9,13 @@ import optuna
 import pytest
 
 from harness.cli import main
-from harness.config import load_study
-from harness.experiment import Experiment
-from harness.glue import get_task
-from harness.holdout import HOLDOUT_SPLIT, split_holdout
-from harness.loading import load_split
-from harness.report import load
-from harness.storage import Storage
+from harness.data.holdout import HOLDOUT_SPLIT, split_holdout
+from harness.data.loading import load_split
+from harness.distill.experiment import Experiment
+from harness.report.document import load
+from harness.spec.config import load_study
+from harness.spec.tasks import get_task
+from harness.store.storage import Storage
 
 from conftest import sweep_args, write_study
 

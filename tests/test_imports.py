@@ -153,12 +153,69 @@ def test_import_graph_reads_every_kind_of_import(tmp_path):
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a", "x"}, "d": {"a"}, "x": set()}) == [["a", "b", "c", "a"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
     graph = import_graph()
-    assert "harness.storage" in graph["harness.cli"]  # imported inside a function, counted all the same
+    assert "harness.store.storage" in graph["harness.cli"]  # imported inside a function, counted all the same
 
 
 def test_no_import_cycles():
     cycles = _cycles(import_graph())
     assert not cycles, "import cycles (lazy imports count):\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+# The house by concept (README, "Architecture"): a module in package P imports package Q only if Q is P or
+# lower. The command line sits on top; ``harness/__init__`` (the version) is below everything.
+LAYERS = {"util": 0, "spec": 1, "data": 2, "store": 2, "distill": 3, "sweep": 4, "report": 4, "tools": 5, "cli": 6}
+TORCH_FREE = ("spec", "store", "report")
+
+
+def _package(module: str) -> str:
+    """``harness.sweep.driver`` -> ``sweep``; ``harness.cli`` -> ``cli``; ``harness`` -> ``""``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_module_lives_in_a_layered_package():
+    loose = sorted(
+        m for m in import_graph() if m.startswith("harness") and _package(m) not in LAYERS and m != "harness"
+    )
+    assert not loose, f"modules outside the layered packages {sorted(LAYERS)}: {loose}"
+
+
+def test_packages_import_only_their_own_layer_or_lower():
+    bad = sorted(
+        f"{module} (layer {LAYERS[_package(module)]}) -> {target} (layer {LAYERS[_package(target)]})"
+        for module, targets in import_graph().items()
+        if module.startswith("harness.")
+        for target in targets
+        if target.startswith("harness.")
+        and _package(target) != _package(module)
+        and LAYERS[_package(target)] >= LAYERS[_package(module)]
+    )
+    assert not bad, "imports against the layering (lower layers never import higher or same-layer packages):\n" + (
+        "\n".join(bad)
+    )
+
+
+def test_the_layering_rule_catches_an_upward_import(tmp_path):
+    source = tmp_path / "mod.py"
+    source.write_text("from harness.sweep.driver import Runner\n")
+    known = {"harness.store.claims", "harness.sweep.driver"}
+    (target,) = _imports("harness.store.claims", source, known)
+    assert LAYERS[_package(target)] > LAYERS[_package("harness.store.claims")]
+
+
+def test_public_faces_resolve_every_name():
+    """Each package ``__init__`` re-exports a small public face lazily; every name in ``__all__`` exists."""
+    import importlib
+
+    for package in LAYERS:
+        if package == "cli":
+            continue
+        module = importlib.import_module(f"harness.{package}")
+        assert module.__all__, package
+        for name in module.__all__:
+            assert getattr(module, name) is not None, (package, name)
+        with pytest.raises(AttributeError, match="no attribute 'nope'"):
+            module.nope  # noqa: B018
 
 
 def test_core_never_imports_benchmarks_or_the_cli():
@@ -207,7 +264,7 @@ else:
 """
 
 LOAD_STUDY = """
-from harness.config import load_study
+from harness.spec.config import load_study
 load_study("studies/demo.yaml")
 """
 
@@ -232,7 +289,7 @@ def status_db(tmp_path) -> str:
     """A small database: the harness's tables and one Optuna study, made by another process."""
     url = f"sqlite:///{tmp_path / 'light.db'}"
     make = (
-        "import optuna\nfrom harness.storage import Storage\n"
+        "import optuna\nfrom harness.store.storage import Storage\n"
         f"Storage({url!r})\noptuna.create_study(study_name='t/SST-2/kd', storage={url!r})\n"
     )
     done = subprocess.run(
@@ -258,3 +315,11 @@ def test_light_commands_do_not_import_torch(command, request):
     if command == "status":
         print(f"status subprocess: {seconds:.2f} s wall")  # timing targets live in the benchmarks, not here
     assert loaded == "[]", f"{command} imported {loaded}, first through {chain}"
+
+
+@pytest.mark.parametrize("package", TORCH_FREE)
+def test_torch_free_packages_import_without_torch(package):
+    """Every module of ``spec``, ``store`` and ``report`` imports without torch or transformers."""
+    modules = sorted(m for m in import_graph() if m.startswith("harness.") and _package(m) == package)
+    loaded, chain, _ = _heavy_modules("".join(f"import {m}\n" for m in modules))
+    assert loaded == "[]", f"harness.{package} imported {loaded}, first through {chain}"

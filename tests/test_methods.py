@@ -1,4 +1,4 @@
-"""Tests for harness.methods: hand-computed losses, bucket layouts, registry and InterLayerLoss."""
+"""Tests for harness.spec.methods: hand-computed losses, bucket layouts, registry and InterLayerLoss."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.errors import HarnessError
-from harness.losses import (
+from harness.distill.losses import (
     InterLayerLoss,
     alp_attention,
     alp_context,
@@ -20,7 +19,7 @@ from harness.losses import (
     pkd_loss,
     regression_kd_loss,
 )
-from harness.methods import (
+from harness.spec.methods import (
     METHODS,
     MethodSpec,
     get_method,
@@ -29,6 +28,7 @@ from harness.methods import (
     pkd_pairs,
     po_buckets,
 )
+from harness.util.errors import HarnessError
 
 D64 = torch.float64
 

@@ -25,7 +25,7 @@ def test_plan_sizes_a_sweep_without_creating_a_database(tmp_path, tiny_bert, glu
 
 
 def test_plan_warns_when_the_cache_folder_is_short_of_space(tmp_path, tiny_bert, glue_dir, capsys, monkeypatch):
-    from harness import plan
+    from harness.tools import plan
 
     usage = plan.shutil.disk_usage
     monkeypatch.setattr(plan.shutil, "disk_usage", lambda path: usage(path)._replace(free=10))
@@ -50,7 +50,7 @@ def test_status_shows_an_eta_from_the_measured_trial_time(tmp_path, tiny_bert, g
 
 
 def test_plan_says_when_it_measured_on_a_busy_machine(tmp_path, tiny_bert, glue_dir, capsys, monkeypatch):
-    from harness import plan
+    from harness.tools import plan
 
     study_file = write_study(tmp_path / "plan.yaml", tiny_bert, methods=["nkd"], search={"lr": [1e-4]})
     args = ["plan", str(study_file), "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
@@ -62,7 +62,7 @@ def test_plan_says_when_it_measured_on_a_busy_machine(tmp_path, tiny_bert, glue_
 
 
 def test_cpu_busy_reads_a_fraction_of_the_cpus():
-    from harness.plan import cpu_busy
+    from harness.tools.plan import cpu_busy
 
     busy = cpu_busy(0.05)
     assert busy is not None and 0.0 <= busy <= 1.0  # Linux: /proc/stat

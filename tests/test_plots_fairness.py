@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import figures_fair, plots, render
+from harness.report import figures, figures_honest, render
 
 BUDGET = 6
 
@@ -56,10 +56,12 @@ PANELS = [
 
 def _jobs() -> list[render.Job]:
     return [
-        render.Job("budget__demo__SST-2.png", figures_fair.budget_curves, ("demo / SST-2", CURVES, "accuracy", BUDGET)),
-        render.Job("budget__demo__long.png", figures_fair.budget_curves, ("demo / long", LONG, "accuracy", 10)),
-        render.Job("alpha__demo__SST-2.png", figures_fair.alpha_heatmap, ("demo / SST-2", PANELS)),
-        render.Job("alpha__demo__one.png", figures_fair.alpha_heatmap, ("demo / one", PANELS[2:])),
+        render.Job(
+            "budget__demo__SST-2.png", figures_honest.budget_curves, ("demo / SST-2", CURVES, "accuracy", BUDGET)
+        ),
+        render.Job("budget__demo__long.png", figures_honest.budget_curves, ("demo / long", LONG, "accuracy", 10)),
+        render.Job("alpha__demo__SST-2.png", figures_honest.alpha_heatmap, ("demo / SST-2", PANELS)),
+        render.Job("alpha__demo__one.png", figures_honest.alpha_heatmap, ("demo / one", PANELS[2:])),
     ]
 
 
@@ -89,7 +91,7 @@ def test_new_prefixes_are_cleaned_as_stale(tmp_path: Path):
 
 def test_budget_curves_draw_one_line_and_band_per_method_in_registry_order():
     with matplotlib.style.context("default"):
-        figure = figures_fair.budget_curves("demo / SST-2", CURVES, "accuracy", BUDGET)
+        figure = figures_honest.budget_curves("demo / SST-2", CURVES, "accuracy", BUDGET)
     (ax,) = figure.axes
     lines = [line for line in ax.lines if line.get_label() in CURVES]
     assert [line.get_label() for line in lines] == ["nkd", "kd", "alp"]
@@ -97,7 +99,7 @@ def test_budget_curves_draw_one_line_and_band_per_method_in_registry_order():
         curve = CURVES[line.get_label()]
         assert list(line.get_xdata()) == curve["n"]
         assert np.allclose(line.get_ydata(), 100 * np.array(curve["mean"]))
-        assert line.get_color() == plots.method_color(line.get_label())
+        assert line.get_color() == figures.method_color(line.get_label())
     assert len(ax.collections) == len(CURVES)  # one ±1 sd band each
     assert all(band.get_alpha() == pytest.approx(0.15) for band in ax.collections)
     (budget,) = [line for line in ax.lines if line.get_label() not in CURVES]
@@ -111,20 +113,20 @@ def test_budget_curves_draw_one_line_and_band_per_method_in_registry_order():
 
 def test_budget_curves_use_a_log_axis_with_integer_ticks_past_twenty_trials():
     with matplotlib.style.context("default"):
-        ax = figures_fair.budget_curves("demo / long", LONG, "f1", 10).axes[0]
+        ax = figures_honest.budget_curves("demo / long", LONG, "f1", 10).axes[0]
     assert ax.get_xscale() == "log"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "5", "10", "20", "48"]
 
 
 def test_budget_curves_refuse_unknown_methods_and_draw_a_note_when_empty():
     with pytest.raises(ValueError, match="unknown methods"):
-        figures_fair.budget_curves("t", {"nope": _curve(2, 0.5)}, "accuracy", 2)
-    assert not figures_fair.budget_curves("t", {}, "accuracy", 2).axes
+        figures_honest.budget_curves("t", {"nope": _curve(2, 0.5)}, "accuracy", 2)
+    assert not figures_honest.budget_curves("t", {}, "accuracy", 2).axes
 
 
 def test_alpha_heatmap_draws_one_image_per_panel_on_one_scale():
     with matplotlib.style.context("default"):
-        figure = figures_fair.alpha_heatmap("demo / SST-2", PANELS)
+        figure = figures_honest.alpha_heatmap("demo / SST-2", PANELS)
     panels = [ax for ax in figure.axes if ax.images and ax.get_visible()]
     by_method = {p["method"]: p for p in PANELS}
     titles = [ax.get_title().split(" ")[0] for ax in panels]
@@ -154,5 +156,5 @@ def test_alpha_heatmap_draws_one_image_per_panel_on_one_scale():
 def test_alpha_heatmap_text_is_white_on_dark_cells():
     panel = {"method": "alp", "point": "p", "alpha": [[0.1, 0.9]], "entropy": 0.33, "one_hot": False}
     with matplotlib.style.context("default"):
-        ax = figures_fair.alpha_heatmap("t", [panel]).axes[0]
+        ax = figures_honest.alpha_heatmap("t", [panel]).axes[0]
     assert [(t.get_text(), t.get_color()) for t in ax.texts] == [("0.10", "white"), ("0.90", "black")]

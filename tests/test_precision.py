@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.losses import alp_attention, alp_loss, alp_tokens_loss, ckd_loss, pkd_loss
+from harness.distill.losses import alp_attention, alp_loss, alp_tokens_loss, ckd_loss, pkd_loss
 
 
 def _inputs(seed: int = 0):
@@ -53,8 +53,8 @@ def test_without_the_upcast_bf16_would_move_alp_attention():
 
 
 def test_workers_are_placed_round_robin_over_the_gpus():
-    from harness.errors import HarnessError
-    from harness.workers import assign_devices, parse_devices
+    from harness.sweep.workers import assign_devices, parse_devices
+    from harness.util.errors import HarnessError
 
     assert assign_devices(3, visible=0) == ["cpu", "cpu", "cpu"]
     assert assign_devices(5, visible=2) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
@@ -74,8 +74,8 @@ def test_workers_are_placed_round_robin_over_the_gpus():
 def precision_runs(tmp_path_factory, tiny_bert, glue_dir):
     import math
 
-    from harness.config import load_study
-    from harness.experiment import Experiment
+    from harness.distill.experiment import Experiment
+    from harness.spec.config import load_study
 
     from conftest import write_study
 
@@ -110,7 +110,7 @@ def test_half_precision_paths_run_on_cpu_within_a_point_of_fp32(precision_runs, 
 
 
 def test_loss_log_reads_once_per_window_and_names_a_non_finite_term():
-    from harness.device import LossLog
+    from harness.distill.device import LossLog
 
     log = LossLog(every=3)
     for step in range(7):
@@ -132,14 +132,14 @@ def test_a_half_precision_training_step_on_the_best_device(precision, tiny_bert,
     finite, with the inter-layer loss in float32 and, for fp16, the gradient scaler."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from harness.device import autocast_for, pick_device
-    from harness.encoding import encode_split
-    from harness.glue import get_task, subsample
-    from harness.loading import load_split
-    from harness.losses import InterLayerLoss
-    from harness.methods import get_method
-    from harness.models import build_student
-    from harness.train import Hyper, LossTerms, TeacherSignal, to_batch
+    from harness.data.encoding import encode_split
+    from harness.data.loading import load_split
+    from harness.distill.device import autocast_for, pick_device
+    from harness.distill.losses import InterLayerLoss
+    from harness.distill.models import build_student
+    from harness.distill.train import Hyper, LossTerms, TeacherSignal, to_batch
+    from harness.spec.methods import get_method
+    from harness.spec.tasks import get_task, subsample
 
     device = pick_device()
     task = get_task("SST-2")
@@ -170,7 +170,7 @@ def test_a_half_precision_training_step_on_the_best_device(precision, tiny_bert,
 def test_prefetch_keeps_order_raises_errors_and_stops_early():
     import threading
 
-    from harness.device import prefetch
+    from harness.distill.device import prefetch
 
     assert list(prefetch(lambda x: x * x, range(7))) == [x * x for x in range(7)]
 

@@ -14,14 +14,14 @@ import pytest
 from optuna.trial import TrialState, create_trial
 from scipy import stats
 
-from harness import plots, render
-from harness.config import parse_study
-from harness.errors import HarnessError
-from harness.reference import load_reference
-from harness.report import load, markdown_report, write_report
-from harness.seeds import Seeds
-from harness.storage import Storage
-from harness.study import open_study
+from harness.report import figures, render
+from harness.report.document import load, markdown_report, write_report
+from harness.report.reference import load_reference
+from harness.report.seed_stats import Seeds
+from harness.spec.config import parse_study
+from harness.store.storage import Storage
+from harness.sweep.driver import open_study
+from harness.util.errors import HarnessError
 
 COMMAND = "python run_study.py report --name syn"
 ALP_POINT = "lr=5e-05,eta=0.5,lambda=0.2"
@@ -372,12 +372,12 @@ def test_a_reused_heatmap_figure_draws_the_same_bytes_as_a_fresh_one():
     first = rows([0.81, 0.82, 0.83, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.91, 0.92])
     other = rows([0.5, None, 0.9, 0.7, None, 0.6, 0.5, 0.4, 0.3, None, 0.2, 0.1])
     with matplotlib.style.context("default"):
-        plots._heatmap_figure.cache_clear()
-        fresh = png(plots.heatmaps("s / A", first, [search], "accuracy"))
-        plots._heatmap_figure.cache_clear()
-        assert png(plots.heatmaps("s / B", other, [search], "accuracy")) != fresh
-        assert png(plots.heatmaps("s / A", first, [search], "accuracy")) == fresh
-    assert plots._heatmap_figure.cache_info().currsize == 1
+        figures._heatmap_figure.cache_clear()
+        fresh = png(figures.heatmaps("s / A", first, [search], "accuracy"))
+        figures._heatmap_figure.cache_clear()
+        assert png(figures.heatmaps("s / B", other, [search], "accuracy")) != fresh
+        assert png(figures.heatmaps("s / A", first, [search], "accuracy")) == fresh
+    assert figures._heatmap_figure.cache_info().currsize == 1
 
 
 def test_figures_are_the_same_bytes_drawn_in_one_process_or_several(reports, tmp_path):
@@ -482,7 +482,7 @@ def test_missing_reference_file_fails_before_writing(reports, tmp_path):
 def test_honest_sections_on_a_database_with_labels_predictions_and_attention(tmp_path):
     """Protocol statement, chance row and marks, equal budget, paired bootstrap and ALP attention, from a
     database written through the storage API (labels, predictions at the reported epoch, α per epoch)."""
-    from harness.fairness import expected_max, paired_bootstrap
+    from harness.report.statistics import expected_max, paired_bootstrap
 
     storage, done = Storage(f"sqlite:///{tmp_path / 'h.db'}"), TrialState.COMPLETE
     config = parse_study(

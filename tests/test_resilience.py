@@ -263,9 +263,9 @@ def test_optuna_dashboard_opens_the_same_database(tmp_path):
 
     import optuna_dashboard
 
-    from harness.config import parse_study
-    from harness.storage import Storage
-    from harness.study import open_study
+    from harness.spec.config import parse_study
+    from harness.store.storage import Storage
+    from harness.sweep.driver import open_study
 
     url = f"sqlite:///{tmp_path / 'd.db'}"
     storage = Storage(url)

@@ -1,13 +1,13 @@
-"""The TPE loop over grid points (harness.study.tpe_search) and the pruning rule, without models."""
+"""The TPE loop over grid points (harness.sweep.driver.tpe_search) and the pruning rule, without models."""
 
 from __future__ import annotations
 
 import optuna
 from optuna.trial import TrialState
 
-from harness.config import grid_points, parse_study, point_key
-from harness.tpe import tpe_search
-from harness.trial import stop_after
+from harness.spec.config import grid_points, parse_study, point_key
+from harness.sweep.tpe import tpe_search
+from harness.sweep.trial import stop_after
 
 
 class _AlwaysPrune(optuna.pruners.BasePruner):

@@ -10,9 +10,9 @@ import pytest
 from optuna.trial import TrialState
 
 from harness.cli import main
-from harness.config import load_study
-from harness.sharing import computation, plan
-from harness.storage import Storage
+from harness.spec.config import load_study
+from harness.store.storage import Storage
+from harness.sweep.sharing import computation, plan
 
 from conftest import run_command, sweep_args, write_study
 

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from harness.claims import worker_is_dead
-from harness.errors import HarnessError
-from harness.storage import Storage, mask_url
+from harness.store.claims import worker_is_dead
+from harness.store.storage import Storage, mask_url
+from harness.util.errors import HarnessError
 
 POINTS = {f"p{i}": {"lr": 1e-5 * (i + 1), "eta": 0.0, "lambda": 0.0} for i in range(12)}
 
@@ -49,7 +49,7 @@ def test_taking_over_a_dead_workers_claim_uses_no_attempt(tmp_path):
     storage.ensure_points("s", {"only": POINTS["p0"]})
     for _ in range(5):  # five kills in a row never exhaust a point with max_attempts=1
         dead = subprocess.run(
-            [sys.executable, "-c", "from harness.claims import worker_id; print(worker_id())"],
+            [sys.executable, "-c", "from harness.store.claims import worker_id; print(worker_id())"],
             capture_output=True,
             text=True,
             check=True,
@@ -63,7 +63,7 @@ def test_taking_over_a_dead_workers_claim_uses_no_attempt(tmp_path):
 def test_reused_pid_is_not_mistaken_for_the_dead_worker():
     import os
 
-    from harness.claims import worker_id
+    from harness.store.claims import worker_id
 
     me = worker_id()
     assert not worker_is_dead(me)
@@ -159,8 +159,8 @@ def test_interrupt_uses_no_attempt_and_give_up_and_retry(tmp_path):
 def _one_point_study(tmp_path):
     import optuna
 
-    from harness.config import grid_points, parse_study, point_key
-    from harness.study import open_study
+    from harness.spec.config import grid_points, parse_study, point_key
+    from harness.sweep.driver import open_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = Storage(f"sqlite:///{tmp_path / 'd.db'}")
@@ -186,8 +186,8 @@ def test_a_point_whose_worker_keeps_dying_before_an_epoch_is_given_up(tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    from harness.settle import MAX_SILENT_DEATHS, silent_deaths
-    from harness.study import Runner, RunOptions
+    from harness.sweep.driver import Runner, RunOptions
+    from harness.sweep.settle import MAX_SILENT_DEATHS, silent_deaths
 
     storage, config, study, key = _one_point_study(tmp_path)
 
@@ -215,7 +215,7 @@ def test_a_point_whose_worker_keeps_dying_before_an_epoch_is_given_up(tmp_path):
     (row,) = storage.points(study.study_name)
     assert row["state"] == "failed" and f"died {MAX_SILENT_DEATHS} times in a row" in row["last_error"]
     assert any("giving up" in line and "--retry-failed" in line for line in lines)
-    from harness.status import study_status
+    from harness.tools.status import study_status
 
     assert any(
         line.startswith(f"    given up: {key} after 1 attempt(s): its worker died") for line in study_status(storage)
@@ -227,7 +227,7 @@ def test_ctrl_c_frees_the_point_without_using_an_attempt(tmp_path):
 
     from optuna.trial import TrialState
 
-    from harness.study import Runner, RunOptions
+    from harness.sweep.driver import Runner, RunOptions
 
     storage, config, study, key = _one_point_study(tmp_path)
 
@@ -250,7 +250,7 @@ def test_status_reads_the_same_as_optunas_api(tmp_path):
     import optuna
     from optuna.trial import TrialState, create_trial
 
-    from harness.status import study_status
+    from harness.tools.status import study_status
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = f"sqlite:///{tmp_path / 's.db'}"
@@ -300,7 +300,7 @@ def test_a_worker_in_another_pid_namespace_is_judged_by_its_heartbeat(tmp_path):
     import socket
     import time
 
-    from harness.claims import GRACE_SECONDS, pid_scope, worker_id
+    from harness.store.claims import GRACE_SECONDS, pid_scope, worker_id
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     here = f"{socket.gethostname()}:{dead.stdout.strip()}:1:{pid_scope()}"

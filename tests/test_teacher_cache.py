@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from harness.config import parse_study
-from harness.experiment import Experiment, read_outputs
-from harness.losses import InterLayerLoss
-from harness.methods import get_method
-from harness.train import Hyper, LossTerms, to_batch
+from harness.distill.experiment import Experiment, read_outputs
+from harness.distill.losses import InterLayerLoss
+from harness.distill.train import Hyper, LossTerms, to_batch
+from harness.spec.config import parse_study
+from harness.spec.methods import get_method
 
 
 def make_experiment(tiny_bert, glue_dir, cache, **fixed) -> Experiment:
@@ -104,7 +104,7 @@ def test_float16_cache_halves_the_file_and_stays_close(tiny_bert, glue_dir, tmp_
 
 
 def test_ckd_projections_are_saved_with_the_student(tiny_bert, glue_dir, experiment, tmp_path):
-    from harness.models import build_student
+    from harness.distill.models import build_student
 
     target = tmp_path / "student"
     experiment.run_trial("ckd", {"lr": 1e-3, "eta": 0.2, "lambda": 0.5}, seed=5, save_to=target)

@@ -9,13 +9,13 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from harness.encoding import encode_split
-from harness.glue import get_task, subsample
-from harness.loading import load_split
-from harness.losses import InterLayerLoss
-from harness.methods import METHODS, get_method
-from harness.models import build_student
-from harness.train import Hyper, LossTerms, TeacherSignal, fit, to_batch, train_batches
+from harness.data.encoding import encode_split
+from harness.data.loading import load_split
+from harness.distill.losses import InterLayerLoss
+from harness.distill.models import build_student
+from harness.distill.train import Hyper, LossTerms, TeacherSignal, fit, to_batch, train_batches
+from harness.spec.methods import METHODS, get_method
+from harness.spec.tasks import get_task, subsample
 
 TASK = get_task("SST-2")
 
@@ -157,7 +157,7 @@ def test_student_init_bottom_and_skip_copy_pretrained_layers(tiny_bert):
 def test_each_epoch_keeps_a_compact_step_log(tiny_bert, data, teacher, monkeypatch):
     """Every SYNC_EVERY steps one row: the step, each loss term unweighted and the total, the gradient
     norm before clipping, the learning rate; rows of two identical runs are equal."""
-    from harness import device
+    from harness.distill import device
 
     monkeypatch.setattr(device, "SYNC_EVERY", 1)
     hyper = Hyper(lr=5e-4, eta=0.5, lam=0.2, epochs=2, seed=3, batch_size=8, warmup_ratio=0.5)

@@ -1,0 +1,169 @@
+"""Where and in what precision a run computes, and reading its losses without stalling the device.
+
+``fixed.precision`` picks the autocast dtype (:func:`autocast_for`); the inter-layer losses stay float32
+whatever it says (:func:`harness.distill.losses.float32`). :class:`LossLog` keeps every step's loss terms on the
+device and reads them once per window, so the training step never waits for the host; :func:`prefetch`
+builds the next batches on a background thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import threading
+
+import torch
+
+
+def runtime_info(device: torch.device, compile_model: bool = False, precision: str = "auto") -> dict:
+    """How a run executes, stored with each trial."""
+    _, dtype = autocast_for(device, precision)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {
+        "device": f"{device.type}:{name}",
+        "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
+        "compiled": compile_model,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def autocast_for(
+    device: torch.device, precision: str = "auto"
+) -> tuple[contextlib.AbstractContextManager, torch.dtype | None]:
+    """The autocast context of ``precision`` (``fixed.precision``) on ``device``, and its dtype (None: fp32).
+
+    ``auto``: bf16 on CUDA where supported, else fp16 (trained with a gradient scaler); fp32 on CPU.
+    ``bf16`` / ``fp16`` run autocast on CPU too (slow there, but the same code path as on a GPU). The
+    inter-layer losses stay float32 whatever this says (:func:`harness.distill.losses.float32`).
+    """
+    if precision == "auto":
+        if device.type != "cuda":
+            return contextlib.nullcontext(), None
+        precision = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    if precision == "fp32":
+        return contextlib.nullcontext(), None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device.type, dtype=dtype), dtype
+
+
+SYNC_EVERY = 50  # steps between reads of the loss terms (one host-device sync each)
+
+
+class LossLog:
+    """The loss terms of every step, kept on the device and read once per :data:`SYNC_EVERY` steps.
+
+    Reading a value (``.item()``, a finiteness test) makes the host wait for the device; doing it
+    once per window instead of ~5 times per step keeps a GPU busy. A non-finite value raises
+    :class:`FloatingPointError` with the term, the epoch and the step (the steps after it in the same
+    window have run by then; the trial fails either way, and no checkpoint is written mid-epoch).
+    Sums are float64, per term unweighted, plus ``total`` (the weighted loss). Each window also leaves one
+    row in :attr:`trace` (the step log stored with the trial): the window's last step, each term's mean,
+    the mean gradient norm (before clipping) and the learning rate at its end.
+    """
+
+    def __init__(self, every: int | None = None):
+        self.every, self.names, self.window, self.steps = every or SYNC_EVERY, None, [], 0
+        self.sums: torch.Tensor | None = None
+        self.last = math.nan
+        self.rows: list[list[float]] = []
+        self.lr = math.nan
+
+    def add(
+        self,
+        terms: dict[str, torch.Tensor],
+        loss: torch.Tensor,
+        epoch: int,
+        lr: float = math.nan,
+        grad_norm: torch.Tensor | None = None,
+    ) -> bool:
+        """Keep one step's values; read the window when it is full (returns True then)."""
+        if self.names is None:
+            self.names = [*terms, "total"]
+        norm = loss.new_tensor(math.nan) if grad_norm is None else grad_norm.detach()
+        values = [*(t.detach().float() for t in terms.values()), loss.detach().float(), norm.float()]
+        self.window.append(torch.stack(values))
+        self.lr = lr
+        if len(self.window) < self.every:
+            return False
+        self.flush(epoch)
+        return True
+
+    @property
+    def trace(self) -> dict:
+        """The step log: ``columns`` and one row per window (compact: a few rows per epoch)."""
+        return {"columns": ["step", *(self.names or []), "grad_norm", "lr"], "rows": self.rows}
+
+    def flush(self, epoch: int) -> None:
+        if not self.window:
+            return
+        block = torch.stack(self.window).double().cpu()  # the one sync of the window
+        start, self.steps, self.window = self.steps, self.steps + len(self.window), []
+        norms, block = block[:, -1], block[:, :-1]  # a gradient norm may be inf (fp16 scaler skips the step)
+        finite = norms[torch.isfinite(norms)]
+        norm = float(finite.mean()) if len(finite) else math.nan
+        self.rows.append(
+            [self.steps, *(round(float(v), 6) for v in block.mean(0)), round(norm, 6), float(f"{self.lr:.6g}")]
+        )
+        bad = ~torch.isfinite(block)
+        if bad.any():
+            row, column = (int(v) for v in bad.nonzero()[0])
+            raise FloatingPointError(
+                f"non-finite {self.names[column]} loss {block[row, column].item()} at epoch {epoch}, "
+                f"step {start + row + 1}"
+            )
+        self.sums = block.sum(0) if self.sums is None else self.sums + block.sum(0)
+        self.last = float(block[-1, -1])
+
+    def means(self, steps: int) -> dict[str, float]:
+        """Each term's mean over the epoch's ``steps``."""
+        return {
+            name: float(total) / steps
+            for name, total in zip(self.names or [], self.sums if self.sums is not None else [])
+        }
+
+
+def prefetch(make, items, depth: int = 2):
+    """``make(item)`` for every item, computed ``depth`` items ahead on a background thread, in order.
+
+    The training loop uses it to collate the next batches and start their host-to-device copies (pinned,
+    non-blocking on CUDA) while the device works on the current one. An exception in ``make`` is raised
+    in the consumer; a consumer that stops early (pruning, a failed trial) stops the thread.
+    """
+    queue_: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                value = make(item)
+                while not stop.is_set():
+                    try:
+                        queue_.put(value, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue_.put(done)
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
+            queue_.put(error)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while (value := queue_.get()) is not done:
+            if isinstance(value, BaseException):
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()

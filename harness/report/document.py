@@ -1,0 +1,218 @@
+"""Reports: a pure function of the database (``README.md``, ``trials.csv``, ``figures/``).
+
+Re-running the report on the same database gives identical files. The data are loaded by
+:mod:`harness.report.frame`; the comparison table is :mod:`harness.report.comparison`; the honest part (protocol,
+equal budget, paired tests, chance, ALP attention) is :mod:`harness.report.honest`; seed statistics
+are :mod:`harness.report.seed_stats`; published rows come from :func:`harness.report.reference.load_reference`; the
+figures are drawn by :mod:`harness.report.figures`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import shlex
+from pathlib import Path
+
+import pandas as pd
+
+from harness.report import honest
+from harness.report.comparison import comparison_table
+from harness.report.frame import Snapshot, best_per_study, best_trials, load
+from harness.report.reference import load_reference
+from harness.report.seed_stats import confirmations, seed_groups, seeds_tables
+from harness.spec.methods import METHODS
+from harness.spec.tasks import TASKS
+from harness.store.storage import Storage
+from harness.util.files import atomic_write
+
+__all__ = ["load", "markdown_report", "write_report"]
+
+
+# --------------------------------------------------------------------------- document
+def _num(value, fmt: str, scale: float = 1.0) -> str:
+    return "–" if value is None or pd.isna(value) else format(scale * value, fmt)
+
+
+def study_table(snapshot: Snapshot, section: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    lines = [
+        "| method | best dev | lr | η | λ | trial | complete | failed | pruned | running | seeds | CPU h "
+        "| GPU h | time to best (h) |",
+        "|---|" + "---:|" * 13,
+    ]
+    teacher = next(
+        (snapshot.studies[s]["teacher"] for s in sorted(set(section["study"])) if "teacher" in snapshot.studies[s]),
+        None,
+    )
+    if teacher is not None:
+        lines.append(f"| teacher | {_num(teacher.get('value'), '.2f', 100)} |" + " |" * 12)
+    order = {m: i for i, m in enumerate(METHODS)}
+    for row in sorted(summary.itertuples(), key=lambda r: order[r.method]):
+        lines.append(
+            f"| {row.method} | {_num(row.value, '.2f', 100)} | {_num(row.lr, 'g')} | {_num(row.eta, 'g')} | "
+            f"{_num(row.lam, 'g')} | {_num(row.number, '.0f')} | {row.complete} | {row.failed} | {row.pruned} | "
+            f"{row.running} | {row.seeds} | {row.cpu_hours:.3f} | {row.gpu_hours:.3f} | "
+            f"{_num(row.time_to_best, '.3f', 1 / 3600)} |"
+        )
+    return lines
+
+
+def markdown_report(
+    snapshot: Snapshot,
+    command: str,
+    reference: list[dict] | None = None,
+    figures: dict | None = None,
+    budget: int | None = None,
+    equal: tuple | None = None,
+) -> str:
+    """The README text; ``reference`` as :func:`~harness.report.reference.load_reference` returns it, ``figures`` as
+    :func:`harness.report.figures.draw_all` does, ``budget`` the equal budget n (default: the smallest grid), ``equal``
+    the equal-budget section if already computed (:func:`harness.report.honest.equal_budget`)."""
+    frame, reference, figures = snapshot.frame, reference or [], figures or {}
+    lines = ["# Sweep report", ""]
+    if frame.empty:
+        return "\n".join(lines + ["No trials in this database yet.", ""])
+    counts = frame["state"].value_counts()
+    lines += [
+        f"{len(snapshot.studies)} studies, {len(frame)} trials: "
+        + ", ".join(
+            f"{int(counts.get(state, 0))} {word}"
+            for state, word in (
+                ("COMPLETE", "complete"),
+                ("FAIL", "failed"),
+                ("PRUNED", "pruned"),
+                ("RUNNING", "running"),
+            )
+        )
+        + "."
+        + _shared_note(frame),
+        "",
+    ]
+    lines += honest.protocol_lines(snapshot)
+    lines += [
+        "## Comparison (dev, best of grid)",
+        "",
+        "Each cell: the method's best grid trial on the task (chosen by the primary metric; confirmation re-runs "
+        "left out), every metric GLUE reports for the task at that trial's reported epoch (the selected one), "
+        "× 100. **Average**: mean over tasks of each task's score, a multi-metric task scoring the mean of its "
+        "metrics (GLUE leaderboard convention). **Bold**: best student per column (Average: among students "
+        "with every task). Rows marked (published) are reference numbers, not runs of this harness.",
+        "",
+    ]
+    lines += comparison_table(snapshot, reference) + [f"Reproduce: `{command}`", ""]
+    lines += [f"![{title}]({path})" for title, path in figures.get("", [])] + [""]
+    budget_lines, _ = equal or honest.equal_budget(snapshot, budget, command)
+    lines += budget_lines + [f"![{title}]({path})" for title, path in figures.get("budget", [])] + [""]
+    found = confirmations(frame, best_trials(frame, ["task", "method"]))
+    if found:
+        lines += seeds_tables(found, command)
+    lines += honest.paired_tests(snapshot, seed_groups(found), command)
+    lines += honest.alpha_section(honest.alpha_panels(frame), figures, command)
+    lines += [
+        "## Studies",
+        "",
+        "Per study: the best grid point, trial counts, compute (CPU/GPU hours from each "
+        "trial's wall time and device) and time to best (cumulative trial time, in trial-number order, up "
+        "to and including the best trial).",
+        "",
+    ]
+    summary = best_per_study(frame)
+    for (study_file, task), section in _sections(frame):
+        lines += [f"### {study_file} / {task} (dev, {TASKS[task].primary_metric} × 100)", ""]
+        lines += study_table(snapshot, section, summary[summary["study"].isin(set(section["study"]))])
+        lines += ["", f"Reproduce: `{command}`", "", _export_line(command, study_file, task), ""]
+        lines += [f"![{title}]({path})" for title, path in figures.get((study_file, task), [])] + [""]
+    return "\n".join(lines)
+
+
+def _export_line(command: str, study_file: str, task: str) -> str:
+    """How to take this section's best student out: ``export --best`` on the report's own storage."""
+    tokens = shlex.split(command)
+    storage = tokens[tokens.index("--storage") + 1] if "--storage" in tokens else None
+    export = (
+        f"python run_study.py export --best --name {shlex.quote(study_file)} --task {task}"
+        + (f" --storage {shlex.quote(storage)}" if storage else "")
+        + f" --out students/{study_file}-{task}"
+    )
+    return (
+        f"Export the student: `{export}` (add `--method M` for another method's best, and `--data-dir DIR` "
+        "unless `$GLUE_DIR` names the local GLUE folder) writes a Hugging Face "
+        "folder of the student at its reported epoch with a model card (`README.md`: score, method, lr/η/λ, "
+        "seed, teacher, selection protocol, the command that reproduces it), re-training it first when its "
+        "weights were not kept (`fixed.keep_students`)."
+    )
+
+
+def _shared_note(frame: pd.DataFrame) -> str:
+    shared = int(frame["equivalent_of"].notna().sum())
+    if not shared:
+        return ""
+    return (
+        f" {shared} of them are shared: the same computation as another method's trial (λ = 0 ≡ KD, "
+        "η = λ = 0 ≡ NKD), trained once and copied (`equivalent_of`)."
+    )
+
+
+def _sections(frame: pd.DataFrame):
+    order = {t: i for i, t in enumerate(TASKS)}
+    keys = sorted({(f, t) for f, t in zip(frame["study_file"], frame["task"])}, key=lambda k: (k[0], order[k[1]]))
+    return [(key, frame[(frame["study_file"] == key[0]) & (frame["task"] == key[1])]) for key in keys]
+
+
+@contextlib.contextmanager
+def _long_lived_objects_frozen():
+    """Keep the objects alive on entry (imported libraries: a million of them) out of garbage collection.
+
+    Loading and drawing make many short-lived containers, and each full collection would scan the
+    whole heap again: 0.4 s of a 4.5 s report of 1,000 trials, and half of a re-render that draws
+    nothing (``python -m bench.report``). :func:`gc.freeze` moves them to the permanent
+    generation; processes forked to draw figures inherit that.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def write_report(
+    storage: Storage,
+    out: Path,
+    name: str | None,
+    command: str,
+    reference: Path | None = None,
+    workers: int | None = None,
+    budget: int | None = None,
+) -> Path:
+    """Write ``README.md``, ``trials.csv`` and ``figures/*.png`` into ``out``; returns the README path.
+
+    ``workers``: processes drawing the figures (see :func:`harness.report.render.render`); ``budget``: the equal
+    budget n (default: the smallest grid).
+    """
+    with _long_lived_objects_frozen():
+        return _write_report(storage, out, name, command, reference, workers, budget)
+
+
+def _write_report(
+    storage: Storage,
+    out: Path,
+    name: str | None,
+    command: str,
+    reference: Path | None,
+    workers: int | None,
+    budget: int | None,
+) -> Path:
+    published = load_reference(reference) if reference is not None else []
+    snapshot = load(storage, name)
+    out.mkdir(parents=True, exist_ok=True)
+    groups = seed_groups(confirmations(snapshot.frame, best_trials(snapshot.frame, ["task", "method"])))
+    figures, equal = {}, None
+    if not snapshot.frame.empty:
+        equal = honest.equal_budget(snapshot, budget, command)
+        extra = honest.figure_jobs(equal[1], honest.alpha_panels(snapshot.frame))
+        figures = figures.draw_all(snapshot, _sections(snapshot.frame), groups, out, workers, extra)
+    csv = snapshot.frame.drop(columns=["epochs", "alpha"]).to_csv(index=False).encode()
+    atomic_write(out / "trials.csv", lambda stream: stream.write(csv), durable=False)
+    text = markdown_report(snapshot, command, published, figures, budget, equal).encode()
+    atomic_write(out / "README.md", lambda stream: stream.write(text), durable=False)
+    return out / "README.md"

@@ -1,0 +1,211 @@
+"""The report's data: every harness study's trials flattened into one DataFrame, read once from the database.
+
+:func:`load` gives one row per trial with the metrics of its *reported* epoch as ``<split>.<metric>``
+columns, the stored eval labels and the predictions of the best grid trials. A database still being
+written is fine: RUNNING trials are counted, never scored. Every table and figure is built from it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import optuna
+import pandas as pd
+
+from harness.spec.methods import METHODS
+from harness.spec.tasks import TASKS
+from harness.store.storage import Storage
+
+COLUMNS = [
+    "study",
+    "study_file",
+    "task",
+    "method",
+    "number",
+    "state",
+    "value",
+    "point",
+    "lr",
+    "eta",
+    "lambda",
+    "seed",
+    "confirmation",
+    "device",
+    "worker",
+    "seconds",
+    "best_epoch",
+    "n_epochs",
+    "fail_reason",
+    "datetime_start",
+    "datetime_complete",
+    "trial_id",
+    "selection",
+    "reported_epoch",
+    "score",
+    "equivalent_of",
+    "alpha_entropy",
+]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the report knows: study user attributes by study name, one row per trial, the stored
+    eval labels (study → split → labels) and the stored eval logits of the best grid trial of every
+    (task, method) (trial_id → split → (epoch, logits))."""
+
+    studies: dict[str, dict]
+    frame: pd.DataFrame
+    labels: dict = field(default_factory=dict)
+    predictions: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- loading
+def load(storage: Storage, name: str | None = None) -> Snapshot:
+    """Read the harness studies (``<file>/<TASK>/<method>``; optionally only study file ``name``)."""
+    studies, rows = {}, []
+    for frozen in sorted(storage.optuna.get_all_studies(), key=lambda s: s.study_name):
+        parts = frozen.study_name.split("/")
+        if len(parts) != 3 or (name is not None and parts[0] != name):
+            continue
+        attrs = dict(frozen.user_attrs)
+        attrs.setdefault("task", parts[1])
+        attrs.setdefault("method", parts[2])
+        if attrs["task"] not in TASKS or attrs["method"] not in METHODS:
+            continue  # not a harness study
+        attrs["study_file"] = parts[0]
+        studies[frozen.study_name] = attrs
+        for trial in storage.optuna.get_all_trials(frozen._study_id, deepcopy=False):
+            if "duplicate_of" in trial.user_attrs:
+                continue  # a TPE proposal of an evaluated point: told the earlier value, never trained
+            rows.append(_trial_row(frozen.study_name, attrs, trial))
+    frame = pd.DataFrame(rows)
+    extra = sorted(set(frame.columns) - set(COLUMNS) - {"epochs", "alpha"})
+    frame = frame.reindex(columns=[*COLUMNS, *extra, "alpha", "epochs"])
+    frame = frame.sort_values(["study", "number"], kind="stable").reset_index(drop=True)
+    frame["confirmation"] = frame["confirmation"].astype(bool)
+    for column in ("value", "lr", "eta", "lambda", "seconds", "score", "alpha_entropy"):
+        frame[column] = pd.to_numeric(frame[column]).astype(float)
+    for column in ("number", "seed", "best_epoch", "n_epochs", "trial_id", "reported_epoch", "equivalent_of"):
+        frame[column] = frame[column].astype("Int64")
+    if frame.empty:
+        return Snapshot(studies, frame)
+    picked = best_trials(frame, ["task", "method"])["trial_id"].dropna()
+    return Snapshot(studies, frame, storage.labels(), storage.predictions(int(t) for t in picked))
+
+
+def _trial_row(study: str, attrs: dict, trial: optuna.trial.FrozenTrial) -> dict:
+    """One trial; its metrics are those of its *reported* epoch (the selected one; a confirmation under
+    ``selection: dev`` reports its last), ``score`` the primary metric on dev there."""
+    user = trial.user_attrs
+    epochs = list(user.get("epochs") or [])
+    best = _best_epoch(epochs, user.get("reported_epoch", user.get("best_epoch")))
+    spec = TASKS[attrs["task"]]
+    score = ((best.get("metrics") or {}).get(spec.eval_splits[0]) or {}).get(spec.primary_metric)
+    seconds = user.get("seconds")
+    if seconds is None and epochs:  # failed or still running: the epochs it finished
+        seconds = sum(float(e.get("seconds") or 0.0) for e in epochs)
+    row = {
+        "study": study,
+        "study_file": attrs["study_file"],
+        "task": attrs["task"],
+        "method": attrs["method"],
+        "number": trial.number,
+        "state": trial.state.name,
+        "value": trial.value,
+        "point": user.get("point"),
+        "lr": user.get("lr"),
+        "eta": user.get("eta"),
+        "lambda": user.get("lambda"),
+        "seed": user.get("seed"),
+        "confirmation": bool(user.get("confirmation", False)),
+        "device": user.get("device"),
+        "worker": user.get("worker"),
+        "seconds": seconds,
+        "best_epoch": best.get("epoch"),
+        "n_epochs": len(epochs),
+        "fail_reason": user.get("fail_reason"),
+        "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
+        "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
+        "trial_id": trial._trial_id,
+        "selection": ((attrs.get("config") or {}).get("fixed") or {}).get("selection", "dev"),
+        "reported_epoch": best.get("epoch"),
+        "score": score,
+        "equivalent_of": user.get("equivalent_of"),
+        "alpha_entropy": best.get("alpha_entropy"),
+        "alpha": best.get("alpha"),
+        "epochs": epochs,
+    }
+    for split, metrics in (best.get("metrics") or {}).items():
+        for metric, value in metrics.items():
+            row[f"{split}.{metric}"] = value
+    for term, value in (best.get("losses") or {}).items():
+        row[f"loss.{term}"] = value
+    return row
+
+
+def _best_epoch(epochs: list[dict], number: int | None) -> dict:
+    """The recorded best epoch; for a trial without one (pruned, running) its best so far."""
+    if number is not None:
+        return next((e for e in epochs if e.get("epoch") == number), {})
+    scored = [e for e in epochs if e.get("value") is not None]
+    return max(scored, key=lambda e: e["value"]) if scored else {}
+
+
+def trials_frame(storage: Storage, name: str | None = None) -> pd.DataFrame:
+    """One row per trial of every harness study (optionally only those of study file ``name``)."""
+    return load(storage, name).frame
+
+
+# --------------------------------------------------------------------------- per study
+def grid_done(frame: pd.DataFrame) -> pd.DataFrame:
+    """COMPLETE grid trials (confirmation re-runs left out)."""
+    return frame[(frame["state"] == "COMPLETE") & ~frame["confirmation"]]
+
+
+def reported_score(frame: pd.DataFrame) -> pd.Series:
+    """The dev score each trial reports: the primary metric at its reported epoch (its value where no
+    epoch record says)."""
+    return frame["score"].fillna(frame["value"])
+
+
+def best_trials(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """The best COMPLETE grid trial per group of ``by`` (ties: the first study, then the earliest trial),
+    indexed by ``by``."""
+    ranked = grid_done(frame).sort_values(["value", "study", "number"], ascending=[False, True, True], kind="stable")
+    return ranked.drop_duplicates(by).set_index(by, drop=False).sort_index()
+
+
+def best_per_study(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per study: the best grid trial, trial counts, CPU/GPU hours and time to best.
+
+    Counts are of grid trials (``seeds``: COMPLETE confirmation trials). Hours come from each trial's
+    wall time (``seconds``, or its finished epochs while it runs) on a ``cuda:`` device (GPU) or any
+    other (CPU). Time to best: the seconds of every trial numbered up to the best one.
+    """
+    state, grid = frame["state"], ~frame["confirmation"]
+    seconds = frame["seconds"].fillna(0.0).astype(float)
+    gpu = frame["device"].fillna("").astype(str).str.startswith("cuda")
+    flags = pd.DataFrame(
+        {
+            "study": frame["study"],
+            "complete": grid & (state == "COMPLETE"),
+            "failed": grid & (state == "FAIL"),
+            "pruned": grid & (state == "PRUNED"),
+            "running": grid & state.isin(["RUNNING", "WAITING"]),
+            "seeds": ~grid & (state == "COMPLETE"),
+            "cpu_hours": seconds.where(~gpu, 0.0) / 3600,
+            "gpu_hours": seconds.where(gpu, 0.0) / 3600,
+            "hours": seconds / 3600,
+        }
+    )
+    summary = flags.groupby("study", sort=True).sum()
+    counts = ["complete", "failed", "pruned", "running", "seeds"]
+    summary[counts] = summary[counts].astype(int)
+    best = best_trials(frame, ["study"]).set_index("study")
+    limit = frame["study"].map(best["number"])
+    summary["time_to_best"] = seconds.where(frame["number"] <= limit, 0.0).groupby(frame["study"]).sum()
+    summary.loc[~summary.index.isin(best.index), "time_to_best"] = math.nan
+    first = frame.groupby("study", sort=True)[["study_file", "task", "method"]].first()
+    picked = best[["value", "lr", "eta", "lambda", "number"]].rename(columns={"lambda": "lam"})
+    return first.join(summary).join(picked).reset_index()

@@ -117,7 +117,7 @@ def trial_rows(args, device: torch.device, data_dir, cache: Path) -> list[str]:
 
 def alpha_lines(args, device: torch.device, data_dir, cache: Path) -> list[str]:
     experiment = Experiment(_config(args, "gpu-check", "fp32"), data_dir, cache, progress=False, device=device)
-    teacher = torch.from_numpy(experiment.teacher_dev_cls()).to(device)
+    teacher = torch.from_numpy(experiment.teacher.dev_cls()).to(device)
     student_model = build_student(experiment.pretrained, args.student_layers, 2, "bottom", 0).to(device)
     dev = experiment.evals["dev"]
     _, student = predict(student_model, dev, 128, experiment.pad_token_id, device, states=True, precision="fp32")

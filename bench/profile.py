@@ -34,7 +34,7 @@ class StudentSteps:
         )
         inter = None
         if spec.inter is not None:
-            teacher_config = load_config(str(experiment.prepare_teacher().path))
+            teacher_config = load_config(str(experiment.teacher.prepare().path))
             inter = InterLayerLoss(
                 spec,
                 teacher_config.num_hidden_layers,
@@ -46,7 +46,7 @@ class StudentSteps:
         self.hyper = Hyper(
             lr=point["lr"], eta=point["eta"], lam=point["lambda"], batch_size=fixed.batch_size, seed=fixed.seed
         )
-        signal = experiment.teacher_signal(live=False) if spec.searches_eta else None
+        signal = experiment.teacher.signal(live=False) if spec.searches_eta else None
         self.losses = LossTerms(experiment.task, self.hyper, inter, signal, self.device)
         self.params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=self.hyper.lr, weight_decay=self.hyper.weight_decay)

@@ -114,7 +114,7 @@ def build_cache(experiment: Experiment) -> tuple[float, float]:
     """Build the teacher-output cache of the experiment's training set: (seconds, peak MiB)."""
     with PeakMemory(experiment.device) as memory:
         started = time.perf_counter()
-        experiment.teacher_signal(live=False)
+        experiment.teacher.signal(live=False)
         seconds = time.perf_counter() - started
     return seconds, memory.mib
 
@@ -210,7 +210,7 @@ def run_reference(experiment: Experiment, point: dict[str, float], out_dir: Path
         student = build_student(
             experiment.pretrained, config.student_layers, task.num_labels, fixed.student_init, fixed.seed
         )
-        teacher = experiment.load_teacher_model()
+        teacher = experiment.teacher.load_model()
         inter = InterLayerLoss(
             get_method("alp"),
             teacher.config.num_hidden_layers,

@@ -246,7 +246,7 @@ def _sweep(settings: Settings, work: Path, log) -> SweepResult:
         **{"lambda": list(settings.sweep_lambda)},
     )
     experiment = Experiment(grid_config, settings.data_dir, work, progress=False)
-    experiment.teacher_signal(live=False)  # built here, outside the grid's cost
+    experiment.teacher.signal(live=False)  # built here, outside the grid's cost
     return run_sweep(grid_config, experiment, work, settings.tolerance, settings.sweep_replays, log)
 
 
@@ -275,7 +275,7 @@ def bench(settings: Settings, log=print) -> list[str]:
             f"λ {settings.lam:g}; {device.type}, {torch.get_num_threads()} threads; {_load()}"
         )
         teacher_started = time.perf_counter()
-        teacher = experiment.prepare_teacher()
+        teacher = experiment.teacher.prepare()
         log(
             f"teacher ready in {time.perf_counter() - teacher_started:.0f} s (excluded from timings): dev "
             f"{teacher.value:.4f}, key {teacher.key}"

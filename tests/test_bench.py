@@ -89,7 +89,7 @@ def test_reference_loss_is_our_alp_loss_with_a_live_teacher(tmp_path, tiny_bert,
 
     settings = tiny_settings(tiny_bert, glue_dir, bench_cache)
     experiment = Experiment(study_config(settings, "bench", 32, 1), glue_dir, bench_cache, progress=False)
-    teacher = experiment.load_teacher_model()
+    teacher = experiment.teacher.load_model()
     student = build_student(experiment.pretrained, 2, 2, "bottom", 42)
     for module in student.modules():  # no dropout, so the two losses see the same forward pass
         if isinstance(module, torch.nn.Dropout):

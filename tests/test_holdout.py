@@ -63,7 +63,7 @@ def test_holdout_rows_never_reach_training(tmp_path, tiny_bert, glue_dir):
     assert len(experiment.evals[HOLDOUT_SPLIT]) == 150 and experiment.select_split == HOLDOUT_SPLIT
     full = load_split(get_task("SST-2"), "train", glue_dir)
     _, held = split_holdout(full, 0.5, 42, 150)
-    pool = _rows(experiment._full_train)  # what the teacher and the students' subsample are drawn from
+    pool = _rows(experiment.teacher.full_train)  # what the teacher and the students' subsample are drawn from
     assert pool + _rows(held) == _rows(full)
     student = Counter(tuple(f["input_ids"]) for f in experiment.train.features)
     held_ids = Counter(tuple(f["input_ids"]) for f in experiment.evals[HOLDOUT_SPLIT].features)

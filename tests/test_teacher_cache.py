@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.distill.experiment import Experiment, read_outputs
+from harness.distill.experiment import Experiment
 from harness.distill.losses import InterLayerLoss
+from harness.distill.teacher import read_outputs
 from harness.distill.train import Hyper, LossTerms, to_batch
 from harness.spec.config import parse_study
 from harness.spec.methods import get_method
@@ -43,8 +44,8 @@ def experiment(tiny_bert, glue_dir, tmp_path_factory):
 
 
 def test_cached_outputs_equal_live_outputs(experiment):
-    cached = experiment.teacher_signal(live=False)
-    live = experiment.teacher_signal(live=True)
+    cached = experiment.teacher.signal(live=False)
+    live = experiment.teacher.signal(live=True)
     teacher_cfg = live.live.config
     inter = InterLayerLoss(get_method("alp"), teacher_cfg.num_hidden_layers, 2, 32, 32)
     device = torch.device("cpu")
@@ -72,9 +73,9 @@ def test_trial_with_cache_matches_trial_with_live_teacher(tiny_bert, glue_dir, t
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate", "drop the manifest", "wrong row count"])
 def test_corrupt_or_partial_cache_is_detected_and_rebuilt(tiny_bert, glue_dir, tmp_path, damage):
     first = make_experiment(tiny_bert, glue_dir, tmp_path)
-    good = first.teacher_signal(live=False)
+    good = first.teacher.signal(live=False)
     reference = np.array(good.cls)
-    folder = first.outputs_dir()
+    folder = first.teacher.outputs_dir()
     cls_file = folder / "cls.npy"
     if damage == "flip a byte":
         data = bytearray(cls_file.read_bytes())
@@ -89,17 +90,19 @@ def test_corrupt_or_partial_cache_is_detected_and_rebuilt(tiny_bert, glue_dir, t
         manifest["cls"]["shape"][0] += 1
         (folder / "manifest.json").write_text(json.dumps(manifest))
     assert read_outputs(folder, len(first.train)) is None  # never used as it is
-    rebuilt = make_experiment(tiny_bert, glue_dir, tmp_path).teacher_signal(live=False)
+    rebuilt = make_experiment(tiny_bert, glue_dir, tmp_path).teacher.signal(live=False)
     np.testing.assert_array_equal(np.array(rebuilt.cls), reference)
     assert read_outputs(folder, len(first.train)) is not None
 
 
 def test_float16_cache_halves_the_file_and_stays_close(tiny_bert, glue_dir, tmp_path, experiment):
     half = make_experiment(tiny_bert, glue_dir, experiment.cache_dir, teacher_cache_dtype="float16")
-    small = half.teacher_signal(live=False)
-    full = experiment.teacher_signal(live=False)
+    small = half.teacher.signal(live=False)
+    full = experiment.teacher.signal(live=False)
     assert small.cls.dtype == np.float16 and full.cls.dtype == np.float32
-    assert (half.outputs_dir() / "cls.npy").stat().st_size < 0.6 * (experiment.outputs_dir() / "cls.npy").stat().st_size
+    assert (half.teacher.outputs_dir() / "cls.npy").stat().st_size < 0.6 * (
+        experiment.teacher.outputs_dir() / "cls.npy"
+    ).stat().st_size
     np.testing.assert_allclose(np.asarray(small.cls, dtype=np.float32), full.cls, rtol=2e-3, atol=2e-3)
 
 

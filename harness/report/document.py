@@ -18,6 +18,7 @@ import pandas as pd
 
 from harness.report import honest
 from harness.report.comparison import comparison_table
+from harness.report.figures import draw_all
 from harness.report.frame import Snapshot, best_per_study, best_trials, load
 from harness.report.reference import load_reference
 from harness.report.seed_stats import confirmations, seed_groups, seeds_tables
@@ -210,7 +211,7 @@ def _write_report(
     if not snapshot.frame.empty:
         equal = honest.equal_budget(snapshot, budget, command)
         extra = honest.figure_jobs(equal[1], honest.alpha_panels(snapshot.frame))
-        figures = figures.draw_all(snapshot, _sections(snapshot.frame), groups, out, workers, extra)
+        figures = draw_all(snapshot, _sections(snapshot.frame), groups, out, workers, extra)
     csv = snapshot.frame.drop(columns=["epochs", "alpha"]).to_csv(index=False).encode()
     atomic_write(out / "trials.csv", lambda stream: stream.write(csv), durable=False)
     text = markdown_report(snapshot, command, published, figures, budget, equal).encode()

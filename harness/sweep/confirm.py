@@ -91,6 +91,6 @@ def confirm_studies(
     for config, methods in groups.values():
         experiment = Experiment(config, data_dir, options.cache_dir)
         runner = Runner(config, storage, experiment, options, log=log)
-        experiment.prepare_teacher()
+        experiment.teacher.prepare()
         for method in methods:
             confirm_method(runner, method, top, seeds)

@@ -112,7 +112,7 @@ class Runner:
         studies = {method: open_study(self.storage, self.config, method) for method in self.config.methods}
         for study in studies.values():
             self.check_teacher(study)  # before any fine-tuning: the key is known without it
-        teacher = self.experiment.prepare_teacher()
+        teacher = self.experiment.teacher.prepare()
         self.log(
             f"teacher {self.config.teacher} on {self.config.task}: dev {teacher.value:.4f} "
             f"(teacher checkpoint {teacher.key})"
@@ -127,7 +127,7 @@ class Runner:
 
     def check_teacher(self, study: optuna.Study) -> None:
         """Refuse to continue a study with another teacher checkpoint or other data files."""
-        key = self.experiment.teacher_key()
+        key = self.experiment.teacher.key()
         stored = study.user_attrs.get("teacher")
         if stored is not None and stored["key"] != key:
             raise HarnessError(
@@ -140,7 +140,7 @@ class Runner:
         """Store the fine-tuned teacher (checkpoint id, dev scores, data hashes) with a new study."""
         self.check_teacher(study)
         if "teacher" not in study.user_attrs:
-            teacher = self.experiment.prepare_teacher()
+            teacher = self.experiment.teacher.prepare()
             study.set_user_attr(
                 "teacher",
                 {

@@ -99,7 +99,7 @@ class TrialRunner:
                 "storage": self.storage.url,
                 "study": study.study_name,
                 "fingerprint": study.user_attrs.get("fingerprint"),
-                "teacher": self.experiment.teacher.key if self.experiment.teacher else None,
+                "teacher": self.experiment.teacher.prepared.key if self.experiment.teacher.prepared else None,
             }
         )
 
@@ -120,7 +120,7 @@ class TrialRunner:
         seed = self.config.fixed.seed if seed is None else seed
         record = _trial_record(self.config, method, point, seed, getattr(self.experiment, "device", None))
         record["confirmation"] = confirmation
-        record.update(teacher_key=self.experiment.teacher.key, data_sha256=self.experiment.data_hashes)
+        record.update(teacher_key=self.experiment.teacher.prepared.key, data_sha256=self.experiment.data_hashes)
         for key, value in record.items():
             if key != "config":
                 trial.set_user_attr(key, value)

@@ -101,7 +101,8 @@ def plan_lines(config: StudyConfig, data_dir: Path | None, cache_dir: Path, meas
     counts = plan(config)
     trainings = sum(own for _, own in counts.values())
     try:
-        from harness.distill.experiment import TEACHER_INFO, Experiment, output_cache_bytes
+        from harness.distill.experiment import Experiment
+        from harness.distill.teacher import TEACHER_INFO, output_cache_bytes
 
         experiment = Experiment(config, data_dir, cache_dir, progress=False)
     except HarnessError as error:
@@ -112,14 +113,16 @@ def plan_lines(config: StudyConfig, data_dir: Path | None, cache_dir: Path, meas
         return lines
     fixed = config.fixed
     n_train, evaluated = len(experiment.train), sum(len(d) for d in experiment.evals.values())
-    teacher_n = min(fixed.teacher.max_train_samples or len(experiment._full_train), len(experiment._full_train))
+    teacher_n = min(
+        fixed.teacher.max_train_samples or len(experiment.teacher.full_train), len(experiment.teacher.full_train)
+    )
     steps = math.ceil(n_train / fixed.batch_size) * fixed.epochs
     eval_batches = sum(math.ceil(len(d) / fixed.eval_batch_size) for d in experiment.evals.values()) * fixed.epochs
     lines.append(
         f"  per trial: {n_train} training examples × {fixed.epochs} epoch(s) = {steps} steps of {fixed.batch_size}; "
         f"{evaluated} examples scored after every epoch ({', '.join(experiment.evals)})"
     )
-    teacher_cached = (experiment.teacher_folder() / TEACHER_INFO).is_file()
+    teacher_cached = (experiment.teacher.folder() / TEACHER_INFO).is_file()
     needs_outputs = any(get_method(m).searches_eta for m in config.methods)
 
     from harness.distill.models import build_student, load_config

@@ -1,0 +1,271 @@
+"""The teacher of one study in one worker process: fine-tuned once, its outputs cached, its dev states.
+
+The fine-tuned teacher is cached under ``<cache>/teachers/<key>`` (the key fingerprints its source, task,
+recipe, data and seed), fine-tuned by one process under a file lock with a checkpoint per epoch, and
+published by an atomic rename. Teacher outputs (logits and the [CLS] vector of every teacher layer) for the
+student's training set are computed once per (teacher checkpoint, encoded training set) and cached on disk
+as ``.npy`` files, memory-mapped when read. A manifest with each file's sha256 is written last and the
+folder is published by an atomic rename, so a killed writer leaves nothing that is ever read; a cache
+whose files do not match their manifest is rebuilt. The teacher runs in eval mode, so cached and live
+outputs agree. ``fixed.teacher_cache_dtype`` stores the [CLS] vectors as float32 (default) or float16
+(half the disk and page cache; logits stay float32).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+from transformers import AutoModelForSequenceClassification
+
+from harness.data.encoding import EncodedSplit, encode_split
+from harness.distill.train import Hyper, TeacherSignal, eval_batches, fit, layer_cls, predict, to_batch, token_lengths
+from harness.spec.config import StudyConfig
+from harness.spec.tasks import GlueSplit, TaskSpec, subsample
+from harness.util import signals
+from harness.util.errors import HarnessError
+from harness.util.files import atomic_folder, ensure_space, reserve
+from harness.util.hashing import fingerprint, sha256_file
+
+TEACHER_INFO = "harness_teacher.json"
+
+
+@dataclass(frozen=True)
+class PreparedTeacher:
+    key: str
+    path: Path
+    dev_metrics: dict
+    value: float
+
+
+def encoding_hash(data: EncodedSplit) -> str:
+    digest = hashlib.sha256()
+    for feature in data.features:
+        digest.update(np.asarray(feature["input_ids"], dtype=np.int32).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:16]
+
+
+class Teacher:
+    """The teacher's life cycle for one study file: :meth:`prepare` (fine-tune or load), :meth:`signal`
+    (cached outputs or the live model), :meth:`dev_cls` (its dev [CLS] states, for ALP's α probe)."""
+
+    def __init__(
+        self,
+        config: StudyConfig,
+        task: TaskSpec,
+        pretrained: str,
+        tokenizer,
+        data_hashes: dict[str, str],
+        full_train: GlueSplit,
+        train: EncodedSplit,
+        evals: dict[str, EncodedSplit],
+        cache_dir: Path,
+        device: torch.device,
+        progress: bool = True,
+    ):
+        """``full_train``: the training split without the holdout slice, before the students' subsampling
+        (the teacher subsamples it by its own recipe); ``train``: the students' encoded training set."""
+        self.config = config
+        self.task = task
+        self.pretrained = pretrained
+        self.tokenizer = tokenizer
+        self.pad_token_id = tokenizer.pad_token_id or 0
+        self.data_hashes = data_hashes
+        self.full_train = full_train
+        self.train = train
+        self.evals = evals
+        self.cache_dir = cache_dir
+        self.device = device
+        self.progress = progress
+        self.prepared: PreparedTeacher | None = None
+        self._signal: TeacherSignal | None = None
+        self._dev_cls: np.ndarray | None = None
+
+    def key(self) -> str:
+        fixed = self.config.fixed
+        payload = {
+            "source": self.config.teacher,
+            "task": self.task.name,
+            "recipe": fixed.teacher.model_dump(),
+            "data": self.data_hashes,
+            "max_seq_length": fixed.max_seq_length,
+            "seed": fixed.seed,
+        }
+        if fixed.selection == "holdout":  # the teacher never trains on the holdout slice either
+            payload["holdout"] = [fixed.holdout_fraction, fixed.holdout_max_samples]
+        return fingerprint(payload)
+
+    def folder(self) -> Path:
+        """Where the fine-tuned teacher is cached (complete once it holds :data:`TEACHER_INFO`)."""
+        return self.cache_dir / "teachers" / self.key()
+
+    def prepare(self) -> PreparedTeacher:
+        """Fine-tune the teacher on the task, or load it from the cache."""
+        if self.prepared is not None:
+            return self.prepared
+        final = self.folder()
+        key = final.name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(final) + ".lock"):
+            if not (final / TEACHER_INFO).is_file():
+                self._fine_tune(final)
+        info = json.loads((final / TEACHER_INFO).read_text())
+        self.prepared = PreparedTeacher(key=key, path=final, dev_metrics=info["dev_metrics"], value=info["value"])
+        return self.prepared
+
+    def _fine_tune(self, final: Path) -> None:
+        recipe, fixed = self.config.fixed.teacher, self.config.fixed
+        torch.manual_seed(fixed.seed)
+        model = AutoModelForSequenceClassification.from_pretrained(self.pretrained, num_labels=self.task.num_labels)
+        train = encode_split(
+            subsample(self.full_train, recipe.max_train_samples, fixed.seed), self.tokenizer, fixed.max_seq_length
+        )
+        hyper = Hyper(
+            lr=recipe.lr,
+            epochs=recipe.epochs,
+            batch_size=recipe.batch_size,
+            eval_batch_size=fixed.eval_batch_size,
+            seed=fixed.seed,
+            warmup_ratio=recipe.warmup_ratio,
+            weight_decay=recipe.weight_decay,
+            max_grad_norm=fixed.max_grad_norm,
+        )
+        checkpoint = final.with_name(final.name + ".ckpt")
+        history = fit(
+            model,
+            self.task,
+            hyper,
+            train,
+            self.evals,
+            self.pad_token_id,
+            checkpoint=checkpoint,
+            desc=f"teacher {self.config.teacher}",
+            device=self.device,
+            progress=self.progress,
+        )
+        # The teacher used for distillation is the model after its last epoch (not the best epoch).
+        last = history.epochs[-1]
+        with atomic_folder(final) as tmp:
+            model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / TEACHER_INFO).write_text(
+                json.dumps(
+                    {
+                        "source": self.config.teacher,
+                        "task": self.task.name,
+                        "recipe": recipe.model_dump(),
+                        "dev_metrics": last["metrics"],
+                        "value": last["value"],
+                        "history": history.epochs,
+                        "data": self.data_hashes,
+                    },
+                    indent=2,
+                )
+            )
+        checkpoint.unlink(missing_ok=True)
+
+    def load_model(self):
+        teacher = self.prepare()
+        model = AutoModelForSequenceClassification.from_pretrained(teacher.path)
+        return model.to(self.device).eval()
+
+    def signal(self, live: bool) -> TeacherSignal:
+        """Teacher outputs for the student's training set: cached arrays, or the live teacher."""
+        if live:
+            return TeacherSignal(live=self.load_model())
+        if self._signal is None:
+            self._signal = self._cached_outputs()
+        return self._signal
+
+    def outputs_dir(self) -> Path:
+        teacher = self.prepare()
+        dtype = self.config.fixed.teacher_cache_dtype
+        return self.cache_dir / "teacher_outputs" / f"{teacher.key}-{encoding_hash(self.train)}-{dtype}"
+
+    def _cached_outputs(self) -> TeacherSignal:
+        final = self.outputs_dir()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(final) + ".lock"):
+            signal = read_outputs(final, len(self.train))
+            if signal is None:
+                shutil.rmtree(final, ignore_errors=True)
+                self._write_outputs(final)
+                signal = read_outputs(final, len(self.train))
+        if signal is None:
+            raise HarnessError(f"teacher output cache {str(final)!r} could not be written and read back")
+        return signal
+
+    @torch.no_grad()
+    def _write_outputs(self, final: Path) -> None:
+        model = self.load_model()
+        n = len(self.train)
+        dtype = np.dtype(self.config.fixed.teacher_cache_dtype)
+        cls_shape = (n, model.config.num_hidden_layers, model.config.hidden_size)
+        ensure_space(final.parent, output_cache_bytes(n, model.config.num_labels, cls_shape[1:], dtype))
+        with atomic_folder(final) as tmp:
+            # Written straight into memory-mapped files (MNLI × BERT-base is ~14 GB of [CLS] vectors), their
+            # blocks reserved first: a write through a map to a full disk would kill the process (SIGBUS).
+            logits = np.lib.format.open_memmap(
+                tmp / "logits.npy", mode="w+", dtype=np.float32, shape=(n, model.config.num_labels)
+            )
+            cls = np.lib.format.open_memmap(tmp / "cls.npy", mode="w+", dtype=dtype, shape=cls_shape)
+            reserve(tmp / "logits.npy")
+            reserve(tmp / "cls.npy")
+            for index in eval_batches(token_lengths(self.train), self.config.fixed.eval_batch_size):
+                signals.check()
+                batch = to_batch(self.train, index, self.pad_token_id, self.device)
+                batch.pop("labels")
+                out = model(**batch, output_hidden_states=True)
+                logits[index] = out.logits.float().cpu().numpy()
+                cls[index] = layer_cls(out.hidden_states).float().cpu().numpy()
+            manifest = {}
+            for name, array in (("logits", logits), ("cls", cls)):
+                array.flush()
+                manifest[name] = {"shape": list(array.shape), "sha256": sha256_file(tmp / f"{name}.npy")}
+            del logits, cls
+            (tmp / "manifest.json").write_text(json.dumps(manifest))
+
+    def dev_cls(self) -> np.ndarray:
+        """The teacher's [CLS] vector of every layer on the first eval split, ``[n, N, H]`` (computed once)."""
+        if self._dev_cls is None:
+            data = self.evals[self.task.eval_splits[0]]
+            _, self._dev_cls = predict(
+                self.load_model(),
+                data,
+                self.config.fixed.eval_batch_size,
+                self.pad_token_id,
+                self.device,
+                states=True,
+                precision="fp32",  # like the teacher-output cache: α is compared against float32 teacher states
+            )
+        return self._dev_cls
+
+
+def output_cache_bytes(n: int, num_labels: int, cls_shape: tuple[int, int], dtype) -> int:
+    """The size of a teacher-output cache of ``n`` examples: float32 logits and ``[layers, hidden]`` [CLS]
+    vectors per example in ``dtype``."""
+    return n * num_labels * 4 + n * cls_shape[0] * cls_shape[1] * np.dtype(dtype).itemsize
+
+
+def read_outputs(folder: Path, n: int) -> TeacherSignal | None:
+    """Memory-map a teacher-output cache, or ``None`` if it is missing, partial or corrupt."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        arrays = {}
+        for name in ("logits", "cls"):
+            path = folder / f"{name}.npy"
+            if sha256_file(path) != manifest[name]["sha256"]:
+                return None
+            arrays[name] = np.load(path, mmap_mode="r")
+            if list(arrays[name].shape) != manifest[name]["shape"] or arrays[name].shape[0] != n:
+                return None
+    except (OSError, ValueError, KeyError):
+        return None
+    return TeacherSignal(logits=arrays["logits"], cls=arrays["cls"])

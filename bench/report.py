@@ -27,7 +27,7 @@ from harness.spec.config import grid_points, parse_study, point_key
 from harness.spec.methods import METHODS
 from harness.spec.tasks import TASKS
 from harness.store.storage import Storage
-from harness.sweep.driver import open_study
+from harness.sweep.studies import open_study
 
 BENCH_TASKS = ("SST-2", "MRPC", "MNLI", "STS-B")
 SEEDS = (1, 2, 3)

@@ -31,7 +31,8 @@ from optuna.trial import TrialState
 from harness.distill.experiment import Experiment
 from harness.spec.config import StudyConfig, grid_points, point_key
 from harness.store.storage import Storage
-from harness.sweep.driver import DEFAULT_MAX_ATTEMPTS, Runner, RunOptions, pruner_for
+from harness.sweep.driver import DEFAULT_MAX_ATTEMPTS, Runner, RunOptions
+from harness.sweep.studies import pruner_for
 from harness.sweep.tpe import tpe_search
 from harness.sweep.trial import stop_after
 

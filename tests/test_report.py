@@ -20,7 +20,7 @@ from harness.report.reference import load_reference
 from harness.report.seed_stats import Seeds
 from harness.spec.config import parse_study
 from harness.store.storage import Storage
-from harness.sweep.driver import open_study
+from harness.sweep.studies import open_study
 from harness.util.errors import HarnessError
 
 COMMAND = "python run_study.py report --name syn"

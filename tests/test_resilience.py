@@ -265,7 +265,7 @@ def test_optuna_dashboard_opens_the_same_database(tmp_path):
 
     from harness.spec.config import parse_study
     from harness.store.storage import Storage
-    from harness.sweep.driver import open_study
+    from harness.sweep.studies import open_study
 
     url = f"sqlite:///{tmp_path / 'd.db'}"
     storage = Storage(url)

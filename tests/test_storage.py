@@ -160,7 +160,7 @@ def _one_point_study(tmp_path):
     import optuna
 
     from harness.spec.config import grid_points, parse_study, point_key
-    from harness.sweep.driver import open_study
+    from harness.sweep.studies import open_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = Storage(f"sqlite:///{tmp_path / 'd.db'}")
@@ -234,7 +234,9 @@ def test_ctrl_c_frees_the_point_without_using_an_attempt(tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    experiment = SimpleNamespace(teacher=SimpleNamespace(key="t"), data_hashes={}, run_trial=interrupted)
+    experiment = SimpleNamespace(
+        teacher=SimpleNamespace(prepared=SimpleNamespace(key="t")), data_hashes={}, run_trial=interrupted
+    )
     with pytest.raises(KeyboardInterrupt):
         Runner(config, storage, experiment, RunOptions(cache_dir=tmp_path), log=lambda line: None).run_points(
             study, "nkd", {key}, None

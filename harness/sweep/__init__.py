@@ -1,12 +1,13 @@
 """Layer 4, the sweep: claims turned into trials, shared points, TPE, confirmations, worker processes.
 
 ===============  ==============================================================
-``driver``       ``Runner``: grid claims, shared points, the study's teacher checks
+``driver``       ``Runner``: grid claims, shared points
+``studies``      a method's Optuna study: opened with its fingerprint, pruner and teacher checks
 ``trial``        one trial: stored record, reported epoch, predictions, ``reproduce``
 ``sharing``      which points are the same computation; the run plan
 ``copies``       trials that copy a shared run's outcome
 ``settle``       trials of dead workers; points whose workers keep dying
-``tpe``          the TPE loop (real sweeps and the sweep-cost replay)
+``tpe``          the TPE loops (real sweeps and the sweep-cost replay)
 ``confirm``      seed confirmations of the best configurations
 ``workers``      ``run --workers K`` processes
 ``tensorboard``  one TensorBoard run per trial, from what the trial stores

@@ -12,9 +12,10 @@ from optuna.trial import TrialState
 from harness.distill.experiment import Experiment
 from harness.spec.config import StudyConfig
 from harness.store.storage import Storage
-from harness.sweep.driver import Runner, RunOptions, open_study
+from harness.sweep.driver import Runner, RunOptions
 from harness.sweep.settle import fail_orphans
 from harness.sweep.sharing import owners
+from harness.sweep.studies import open_study, record_teacher
 from harness.sweep.trial import grid_trials
 from harness.util.errors import HarnessError
 from harness.util.hashing import fingerprint
@@ -29,7 +30,7 @@ def confirm_method(runner: Runner, method: str, top: int, seeds: int) -> None:
     same computation (and seed) as another method's is trained once and shared.
     """
     study = open_study(runner.storage, runner.config, method)
-    runner.record_teacher(study)
+    record_teacher(study, runner.experiment)
     points = confirmation_points(runner.config, study, top, seeds)
     if not points:
         raise HarnessError(f"study '{study.study_name}' has no complete trial to confirm; run it first")

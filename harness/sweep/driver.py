@@ -37,14 +37,14 @@ from harness.distill.experiment import Experiment
 from harness.spec.config import StudyConfig, grid_points, point_key
 from harness.store.claims import HEARTBEAT_SECONDS, Heartbeat, worker_id
 from harness.store.storage import Storage
-from harness.sweep.copies import adopt, copy_into, finished_trial
+from harness.sweep.copies import adopt, finished_trial
 from harness.sweep.settle import MAX_SILENT_DEATHS, fail_orphans, fail_trial, settle_stale, silent_deaths
-from harness.sweep.sharing import computation, grid_owners, method_order
-from harness.sweep.tpe import tpe_search
+from harness.sweep.sharing import grid_owners
+from harness.sweep.studies import check_teacher, open_study, record_teacher
+from harness.sweep.tpe import run_tpe
 from harness.sweep.trial import TrialRunner
 from harness.util import signals
 from harness.util.errors import HarnessError
-from harness.util.hashing import fingerprint
 
 DEFAULT_MAX_ATTEMPTS = 3
 WAIT_SECONDS = HEARTBEAT_SECONDS  # how often a worker looks again at shared points that others are training
@@ -56,44 +56,6 @@ class RunOptions:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     n_trials: int | None = None
     tensorboard: Path | None = None  # write TensorBoard event files of every trial here (harness.sweep.tensorboard)
-
-
-def open_study(storage: Storage, config: StudyConfig, method: str) -> optuna.Study:
-    """Create or load the method's study; refuse a name reused with a different set-up."""
-    name = config.study_name(method)
-    study = optuna.create_study(
-        study_name=name, storage=storage.optuna, direction="maximize", load_if_exists=True, pruner=pruner_for(config)
-    )
-    want = config.fingerprint(method)
-    have = study.user_attrs.get("fingerprint")
-    if have is None:
-        points = grid_points(config, method)
-        study.set_user_attr("fingerprint", want)
-        study.set_user_attr("config", config.model_dump(mode="json", by_alias=True))
-        study.set_user_attr("method", method)
-        study.set_user_attr("task", config.task)
-        study.set_user_attr("sampler", config.search.sampler)
-        study.set_user_attr("grid_size", len(points))
-    elif have != want:
-        raise HarnessError(
-            f"study '{name}' already exists in {storage.masked} with a different set-up "
-            f"(fingerprint {have} vs {want}); use another 'name' in the study file or another --storage"
-        )
-    return study
-
-
-def pruner_for(config: StudyConfig) -> optuna.pruners.BasePruner:
-    """Epoch-level pruning, applied identically to every method of the study file.
-
-    ``median``: stop a trial whose epoch score is below the median of earlier trials at the same
-    epoch (after 2 finished trials, from epoch 1 on). ``halving``: asynchronous successive halving
-    with one epoch as the minimum resource.
-    """
-    if config.search.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    if config.search.pruner == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
-    return optuna.pruners.NopPruner()
 
 
 class Runner:
@@ -111,45 +73,19 @@ class Runner:
     def run(self) -> None:
         studies = {method: open_study(self.storage, self.config, method) for method in self.config.methods}
         for study in studies.values():
-            self.check_teacher(study)  # before any fine-tuning: the key is known without it
+            check_teacher(study, self.experiment)  # before any fine-tuning: the key is known without it
         teacher = self.experiment.teacher.prepare()
         self.log(
             f"teacher {self.config.teacher} on {self.config.task}: dev {teacher.value:.4f} "
             f"(teacher checkpoint {teacher.key})"
         )
         for method, study in studies.items():
-            self.record_teacher(study)
+            record_teacher(study, self.experiment)
             self.storage.save_labels(study.study_name, {s: d.labels for s, d in self.experiment.evals.items()})
             if self.config.search.sampler == "grid":
                 self._run_grid(study, method)
             else:
-                self._run_tpe(study, method)
-
-    def check_teacher(self, study: optuna.Study) -> None:
-        """Refuse to continue a study with another teacher checkpoint or other data files."""
-        key = self.experiment.teacher.key()
-        stored = study.user_attrs.get("teacher")
-        if stored is not None and stored["key"] != key:
-            raise HarnessError(
-                f"study '{study.study_name}' was run with teacher checkpoint {stored['key']} (data "
-                f"{_short(stored.get('data'))}), this run would use {key} (data "
-                f"{_short(self.experiment.data_hashes)}); use the same GLUE files (--data-dir) and study file"
-            )
-
-    def record_teacher(self, study: optuna.Study) -> None:
-        """Store the fine-tuned teacher (checkpoint id, dev scores, data hashes) with a new study."""
-        self.check_teacher(study)
-        if "teacher" not in study.user_attrs:
-            teacher = self.experiment.teacher.prepare()
-            study.set_user_attr(
-                "teacher",
-                {
-                    "key": teacher.key,
-                    "value": teacher.value,
-                    "metrics": teacher.dev_metrics,
-                    "data": self.experiment.data_hashes,
-                },
-            )
+                run_tpe(self, study, method)
 
     # ------------------------------------------------------------------ grid
     def _run_grid(self, study: optuna.Study, method: str) -> None:
@@ -332,76 +268,6 @@ class Runner:
                     f"{study.study_name}: {row['point_key']} failed {row['attempts']} times, giving up on it "
                     f"(last error: {row['last_error']})"
                 )
-
-    # ------------------------------------------------------------------ tpe
-    def _run_tpe(self, study: optuna.Study, method: str) -> None:
-        """TPE (see :func:`tpe_search`) until the study has ``n_trials`` evaluated trials.
-
-        The count is re-read before every trial, so several workers share one budget (they may
-        overshoot it by at most one trial each). Each worker seeds TPE differently; after
-        ``max_attempts`` failed trials in a row this worker stops.
-        """
-        points = grid_points(self.config, method)
-        budget = self.options.n_trials or self.config.search.n_trials or len(points)
-        self.storage.ensure_points(study.study_name, {point_key(p): p for p in points})  # TPE claims them too
-        fail_orphans(study, self.storage)
-        self.log(f"{study.study_name}: TPE over {len(points)} valid grid points, budget {budget} trials")
-        seed = int(fingerprint({"worker": self.me}), 16) + len(study.get_trials(deepcopy=False))
-        study.sampler = optuna.samplers.TPESampler(seed=seed % 2**31)
-        tpe_search(
-            study,
-            self.config,
-            method,
-            budget,
-            lambda trial, point: self._evaluate_tpe(study, method, trial, point),
-            self.options.max_attempts,
-            {"worker": self.me},
-            settle=lambda: fail_orphans(study, self.storage),
-        )
-
-    def _evaluate_tpe(self, study: optuna.Study, method: str, trial: optuna.Trial, point: dict) -> TrialState | None:
-        """Claim a TPE proposal's point, then train it (resuming its epoch checkpoint if a dead worker left
-        one), unless an equivalent trial of another method of the study file has finished: then the proposal
-        copies it (``equivalent_of``). ``None`` when the point is claimed by another live worker: the
-        proposal is told as a duplicate (FAIL, ``duplicate_of``), not trained and not counted."""
-        key = point_key(point)
-        trial.set_user_attr("claim", key)
-        claim = self.storage.claim_next(study.study_name, self.me, self.options.max_attempts, {key})
-        if claim is not None and claim.stale_worker is not None and settle_stale(study, self.storage, claim):
-            claim.done()  # the dead worker had finished it: the next proposal of it is told that outcome
-            claim = None
-        if claim is None:
-            trial.set_user_attr("point", key)
-            trial.set_user_attr("duplicate_of", "claimed by another worker")
-            study.tell(trial, None, state=TrialState.FAIL)
-            return None
-        source = self._equivalent_finished(method, point)
-        if source is None:
-            return self._train_claimed(study, method, claim, trial, point)
-        self.log(f"  trial {trial.number} {method} {key}: shared with trial_id {source._trial_id}")
-        claim.attach(trial._trial_id)
-        state = copy_into(self.storage, self.config, self.me, study, method, trial, source)
-        claim.done()
-        return state
-
-    def _equivalent_finished(self, method: str, point: dict) -> optuna.trial.FrozenTrial | None:
-        """A finished, trained (not copied) grid trial of another method that is the same computation."""
-        what = computation(self.config, method, point)
-        for other in method_order(self.config):
-            if other == method or computation(self.config, other, point) != what or not self.study_exists(other):
-                continue
-            found = finished_trial(self.storage, self.config.study_name(other), point_key(point))
-            if found is not None:
-                return found
-        return None
-
-    # ------------------------------------------------------------------ one trial
-
-
-def _short(hashes: dict | None) -> str:
-    if not hashes:
-        return "unknown"
-    return ", ".join(f"{split} {digest[:8] if digest else 'hub'}" for split, digest in hashes.items())
 
 
 def _choices(grid: tuple[float, ...], value: float) -> tuple[float, ...]:

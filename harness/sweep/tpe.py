@@ -1,4 +1,6 @@
-"""TPE over the valid grid points: the proposal loop shared by real sweeps and the sweep-cost replay."""
+"""TPE over the valid grid points: the proposal loop shared by real sweeps and the sweep-cost replay
+(:func:`tpe_search`), and the sweep's TPE loop around it (:func:`run_tpe`: claims, shared points).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +10,11 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.spec.config import StudyConfig, grid_points, point_key
+from harness.sweep.copies import copy_into, finished_trial
+from harness.sweep.settle import fail_orphans, settle_stale
+from harness.sweep.sharing import computation, method_order
 from harness.sweep.trial import grid_trials
+from harness.util.hashing import fingerprint
 
 MAX_TPE_REPEATS = 100  # consecutive proposals of already-evaluated points before a TPE worker gives up
 
@@ -72,3 +78,68 @@ def tpe_search(
             continue
         failures = failures + 1 if state == TrialState.FAIL else 0
         repeats = 0
+
+
+def run_tpe(runner, study: optuna.Study, method: str) -> None:
+    """TPE (see :func:`tpe_search`) for a :class:`harness.sweep.driver.Runner`, until the study has
+    ``n_trials`` evaluated trials.
+
+    The count is re-read before every trial, so several workers share one budget (they may
+    overshoot it by at most one trial each). Each worker seeds TPE differently; after
+    ``max_attempts`` failed trials in a row this worker stops.
+    """
+    points = grid_points(runner.config, method)
+    budget = runner.options.n_trials or runner.config.search.n_trials or len(points)
+    runner.storage.ensure_points(study.study_name, {point_key(p): p for p in points})  # TPE claims them too
+    fail_orphans(study, runner.storage)
+    runner.log(f"{study.study_name}: TPE over {len(points)} valid grid points, budget {budget} trials")
+    seed = int(fingerprint({"worker": runner.me}), 16) + len(study.get_trials(deepcopy=False))
+    study.sampler = optuna.samplers.TPESampler(seed=seed % 2**31)
+    tpe_search(
+        study,
+        runner.config,
+        method,
+        budget,
+        lambda trial, point: _evaluate(runner, study, method, trial, point),
+        runner.options.max_attempts,
+        {"worker": runner.me},
+        settle=lambda: fail_orphans(study, runner.storage),
+    )
+
+
+def _evaluate(runner, study: optuna.Study, method: str, trial: optuna.Trial, point: dict) -> TrialState | None:
+    """Claim a TPE proposal's point, then train it (resuming its epoch checkpoint if a dead worker left
+    one), unless an equivalent trial of another method of the study file has finished: then the proposal
+    copies it (``equivalent_of``). ``None`` when the point is claimed by another live worker: the
+    proposal is told as a duplicate (FAIL, ``duplicate_of``), not trained and not counted."""
+    key = point_key(point)
+    trial.set_user_attr("claim", key)
+    claim = runner.storage.claim_next(study.study_name, runner.me, runner.options.max_attempts, {key})
+    if claim is not None and claim.stale_worker is not None and settle_stale(study, runner.storage, claim):
+        claim.done()  # the dead worker had finished it: the next proposal of it is told that outcome
+        claim = None
+    if claim is None:
+        trial.set_user_attr("point", key)
+        trial.set_user_attr("duplicate_of", "claimed by another worker")
+        study.tell(trial, None, state=TrialState.FAIL)
+        return None
+    source = _equivalent_finished(runner, method, point)
+    if source is None:
+        return runner._train_claimed(study, method, claim, trial, point)
+    runner.log(f"  trial {trial.number} {method} {key}: shared with trial_id {source._trial_id}")
+    claim.attach(trial._trial_id)
+    state = copy_into(runner.storage, runner.config, runner.me, study, method, trial, source)
+    claim.done()
+    return state
+
+
+def _equivalent_finished(runner, method: str, point: dict) -> optuna.trial.FrozenTrial | None:
+    """A finished, trained (not copied) grid trial of another method that is the same computation."""
+    what = computation(runner.config, method, point)
+    for other in method_order(runner.config):
+        if other == method or computation(runner.config, other, point) != what or not runner.study_exists(other):
+            continue
+        found = finished_trial(runner.storage, runner.config.study_name(other), point_key(point))
+        if found is not None:
+            return found
+    return None

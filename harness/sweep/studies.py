@@ -1,0 +1,91 @@
+"""One Optuna study per (study file, method): opened or created with its fingerprint, its pruner, its teacher.
+
+A study's user attributes hold the study file's fingerprint and config (a name reused with another set-up
+is refused) and the fine-tuned teacher it was run with (its checkpoint key, dev scores and the data files'
+hashes): a worker whose teacher or data differ is refused before any fine-tuning.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import optuna
+
+from harness.spec.config import StudyConfig, grid_points
+from harness.store.storage import Storage
+from harness.util.errors import HarnessError
+
+if TYPE_CHECKING:  # annotations only: opening a study (reports, benchmarks) needs no torch
+    from harness.distill.experiment import Experiment
+
+
+def open_study(storage: Storage, config: StudyConfig, method: str) -> optuna.Study:
+    """Create or load the method's study; refuse a name reused with a different set-up."""
+    name = config.study_name(method)
+    study = optuna.create_study(
+        study_name=name, storage=storage.optuna, direction="maximize", load_if_exists=True, pruner=pruner_for(config)
+    )
+    want = config.fingerprint(method)
+    have = study.user_attrs.get("fingerprint")
+    if have is None:
+        points = grid_points(config, method)
+        study.set_user_attr("fingerprint", want)
+        study.set_user_attr("config", config.model_dump(mode="json", by_alias=True))
+        study.set_user_attr("method", method)
+        study.set_user_attr("task", config.task)
+        study.set_user_attr("sampler", config.search.sampler)
+        study.set_user_attr("grid_size", len(points))
+    elif have != want:
+        raise HarnessError(
+            f"study '{name}' already exists in {storage.masked} with a different set-up "
+            f"(fingerprint {have} vs {want}); use another 'name' in the study file or another --storage"
+        )
+    return study
+
+
+def pruner_for(config: StudyConfig) -> optuna.pruners.BasePruner:
+    """Epoch-level pruning, applied identically to every method of the study file.
+
+    ``median``: stop a trial whose epoch score is below the median of earlier trials at the same
+    epoch (after 2 finished trials, from epoch 1 on). ``halving``: asynchronous successive halving
+    with one epoch as the minimum resource.
+    """
+    if config.search.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if config.search.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    return optuna.pruners.NopPruner()
+
+
+def check_teacher(study: optuna.Study, experiment: Experiment) -> None:
+    """Refuse to continue a study with another teacher checkpoint or other data files."""
+    key = experiment.teacher.key()
+    stored = study.user_attrs.get("teacher")
+    if stored is not None and stored["key"] != key:
+        raise HarnessError(
+            f"study '{study.study_name}' was run with teacher checkpoint {stored['key']} (data "
+            f"{_short(stored.get('data'))}), this run would use {key} (data "
+            f"{_short(experiment.data_hashes)}); use the same GLUE files (--data-dir) and study file"
+        )
+
+
+def record_teacher(study: optuna.Study, experiment: Experiment) -> None:
+    """Store the fine-tuned teacher (checkpoint id, dev scores, data hashes) with a new study."""
+    check_teacher(study, experiment)
+    if "teacher" not in study.user_attrs:
+        teacher = experiment.teacher.prepare()
+        study.set_user_attr(
+            "teacher",
+            {
+                "key": teacher.key,
+                "value": teacher.value,
+                "metrics": teacher.dev_metrics,
+                "data": experiment.data_hashes,
+            },
+        )
+
+
+def _short(hashes: dict | None) -> str:
+    if not hashes:
+        return "unknown"
+    return ", ".join(f"{split} {digest[:8] if digest else 'hub'}" for split, digest in hashes.items())

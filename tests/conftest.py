@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -91,6 +94,21 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def run_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``run_study.py ARGS`` in this process (:func:`harness.cli.main`, stdout and stderr read through ``capsys``):
+    the exit status and output :func:`run_cli` gives, without a new interpreter's seconds of imports. Each
+    one-line-error test keeps one :func:`run_cli` case, which shows the real process prints no traceback."""
+    from harness.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exit:  # argparse's usage errors
+        code = exit.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
 def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar of the run in ``folder``: tag -> [(step, value)], in file order."""
     from tensorboard.backend.event_processing import event_accumulator
@@ -119,6 +137,51 @@ class Postgres:
             stderr=subprocess.DEVNULL,
             timeout=120,
         )
+
+
+# Clusters started by the ``postgres`` fixture and not yet stopped: ``pg_ctl`` daemonises the server, so it is
+# no descendant of pytest and the session's clean-up below stops it from here.
+_CLUSTERS: dict[Path, list[str]] = {}
+
+
+def _stop_cluster(data: Path) -> None:
+    as_user = _CLUSTERS.pop(data, None)
+    if as_user is not None:
+        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (from ``/proc``; workers in their own sessions included)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _end_leftovers() -> None:
+    for data in list(_CLUSTERS):
+        _stop_cluster(data)
+    for pid in _descendants(os.getpid()):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def end_everything_tests_started():
+    """After the session, also when it is interrupted (Ctrl-C, a failed fixture): every PostgreSQL cluster a test
+    started is stopped and every process a test left running (a sweep, its workers) is killed."""
+    atexit.register(_end_leftovers)  # also when pytest exits without tearing its session down
+    yield
+    _end_leftovers()
 
 
 @pytest.fixture
@@ -153,6 +216,7 @@ def postgres():
         check=True,
         capture_output=True,
     )
+    _CLUSTERS[data] = as_user
     try:
         admin = sa.create_engine(f"postgresql://postgres@127.0.0.1:{port}/postgres", isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
@@ -160,7 +224,7 @@ def postgres():
         admin.dispose()
         yield Postgres(f"postgresql://postgres:not-shown@127.0.0.1:{port}/sweeps", data, folder / "log", as_user)
     finally:
-        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        _stop_cluster(data)
         shutil.rmtree(folder, ignore_errors=True)
 
 

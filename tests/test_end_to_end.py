@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from functools import partial
 
 import optuna
 import pandas as pd
@@ -12,7 +13,7 @@ import pytest
 from harness.cli import main
 from harness.sweep.tensorboard import run_folder
 
-from conftest import read_scalars, run_cli, sweep_args, write_study
+from conftest import read_scalars, run_cli, run_here, sweep_args, write_study
 
 
 def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
@@ -191,23 +192,29 @@ def test_student_deeper_than_teacher_is_refused_before_fine_tuning(tmp_path, tin
     assert not (tmp_path / "cache" / "teachers").exists() and not (tmp_path / "x.db").exists()
 
 
-def test_bad_storage_url_is_one_line_without_traceback(tmp_path, tiny_bert):
+def test_bad_storage_url_is_one_line_without_traceback(tmp_path, tiny_bert, capsys):
     study_file = write_study(tmp_path / "ok.yaml", tiny_bert)
-    for url, expected in [
-        ("nosuchdb://x", "unsupported storage URL"),
-        ("not a url", "malformed storage URL"),
-        (f"sqlite:///{tmp_path}/missing/dir/x.db", "does not exist"),
+    for run, url, expected in [
+        (run_cli, "nosuchdb://x", "unsupported storage URL"),  # one real process: no traceback there either
+        (partial(run_here, capsys), "not a url", "malformed storage URL"),
+        (partial(run_here, capsys), f"sqlite:///{tmp_path}/missing/dir/x.db", "does not exist"),
     ]:
-        result = run_cli("run", str(study_file), "--storage", url)
+        result = run("run", str(study_file), "--storage", url)
         assert result.returncode == 2
         assert expected in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_reading_commands_never_create_a_database(tmp_path):
+def test_reading_commands_never_create_a_database(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'typo.db'}"
-    for args in (["report", "--out", str(tmp_path / "out")], ["status"], ["confirm"], ["reproduce", "1"]):
-        result = run_cli(*args, "--storage", url)
+    here = partial(run_here, capsys)
+    for run, args in (
+        (run_cli, ["report", "--out", str(tmp_path / "out")]),
+        (here, ["status"]),
+        (here, ["confirm"]),
+        (here, ["reproduce", "1"]),
+    ):
+        result = run(*args, "--storage", url)
         assert result.returncode == 2 and "Traceback" not in result.stderr, args
         assert (
             result.stderr.strip() == f"error: no database at '{tmp_path / 'typo.db'}' (running a study creates "
@@ -251,7 +258,7 @@ def test_tpe_sweep_evaluates_each_point_once_and_respects_the_budget(tmp_path, t
         assert duplicate.value == original.value and duplicate.user_attrs["point"] == original.user_attrs["point"]
 
 
-def test_bad_input_catalogue_is_one_line_and_writes_no_database(tmp_path, tiny_bert, glue_dir):
+def test_bad_input_catalogue_is_one_line_and_writes_no_database(tmp_path, tiny_bert, glue_dir, capsys):
     """A study file that is not UTF-8, a GLUE file with a header and no rows, and ``lr: [7]`` (meant as 7e-5):
     each one line on stderr, exit 2, no traceback, no database, no teacher fine-tuned."""
     import shutil
@@ -263,14 +270,19 @@ def test_bad_input_catalogue_is_one_line_and_writes_no_database(tmp_path, tiny_b
     shutil.copytree(glue_dir / "SST-2", empty_glue / "SST-2")
     (empty_glue / "SST-2" / "dev.tsv").write_text("sentence\tlabel\n")
     ok = write_study(tmp_path / "ok.yaml", tiny_bert)
+    here = partial(run_here, capsys)
     cases = [
-        ([str(latin)], f"study file '{latin}' line 2: not UTF-8 text (allowed: a UTF-8 YAML file)"),
-        ([str(seven)], "search.lr: learning rates must be positive and below 1 (e.g. 5.0e-5 for 5e-5), got [7.0]"),
-        ([str(ok), "--data-dir", str(empty_glue)], "dev.tsv: no data rows after the header"),
+        (run_cli, [str(latin)], f"study file '{latin}' line 2: not UTF-8 text (allowed: a UTF-8 YAML file)"),
+        (
+            here,
+            [str(seven)],
+            "search.lr: learning rates must be positive and below 1 (e.g. 5.0e-5 for 5e-5), got [7.0]",
+        ),
+        (here, [str(ok), "--data-dir", str(empty_glue)], "dev.tsv: no data rows after the header"),
     ]
-    for args, expected in cases:
+    for run, args, expected in cases:
         url = f"sqlite:///{tmp_path / 'never.db'}"
-        result = run_cli("run", *args, "--storage", url, "--cache-dir", str(tmp_path / "cache"))
+        result = run("run", *args, "--storage", url, "--cache-dir", str(tmp_path / "cache"))
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert expected in result.stderr

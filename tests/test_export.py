@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from functools import partial
 
 import numpy as np
 import optuna
@@ -12,7 +13,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from conftest import GLUE_DIR, run_cli, sweep_args, write_study
+from conftest import GLUE_DIR, run_cli, run_here, sweep_args, write_study
 
 
 def dev_accuracy_with_transformers_alone(folder, max_length: int) -> float:
@@ -52,9 +53,9 @@ def swept(tmp_path_factory, tiny_bert, glue_dir):
     return folder, storage, cache
 
 
-def _export(swept, glue_dir, out, *which):
+def _export(swept, glue_dir, out, *which, run=run_cli):
     folder, storage, cache = swept
-    return run_cli("export", *which, "--out", str(out), *sweep_args(storage, glue_dir, cache))
+    return run("export", *which, "--out", str(out), *sweep_args(storage, glue_dir, cache))
 
 
 def test_the_best_student_is_kept_exported_and_reloads_to_its_stored_score(swept, glue_dir):
@@ -90,16 +91,17 @@ def test_a_student_that_was_not_kept_is_re_trained_to_the_same_weights(swept, gl
     assert abs(dev_accuracy_with_transformers_alone(out, 32) - stored) <= 1 / 872 + 1e-9
 
 
-def test_bad_export_requests_are_one_line(swept, glue_dir):
+def test_bad_export_requests_are_one_line(swept, glue_dir, capsys):
     folder, _, _ = swept
     (folder / "taken").mkdir()
     (folder / "taken" / "x").write_text("x")
-    for which, message in (
-        (["999999"], "no trial with trial_id 999999"),
-        (["--best", "--method", "alp"], "no complete trial with method 'alp'"),
-        (["--best"], "exists and is not empty"),
+    here = partial(run_here, capsys)
+    for run, which, message in (
+        (run_cli, ["999999"], "no trial with trial_id 999999"),
+        (here, ["--best", "--method", "alp"], "no complete trial with method 'alp'"),
+        (here, ["--best"], "exists and is not empty"),
     ):
-        result = _export(swept, glue_dir, folder / "taken", *which)
+        result = _export(swept, glue_dir, folder / "taken", *which, run=run)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
 

@@ -1,4 +1,14 @@
-"""Command line: ``python run_study.py {run,report,status} ...``.
+"""Command line: ``python run_study.py COMMAND ...`` (the same as ``alp-kd COMMAND ...``).
+
+=============  ==================================================================================
+``run``        run the study file's sweep (``--workers K`` processes; resumes what was interrupted)
+``plan``       grid sizes, trainings after sharing, time and disk of a sweep, before anything runs
+``report``     the markdown report and figures, from the database alone
+``status``     per study: grid size, complete, running (worker, age), failed, pruned, left, ETA
+``confirm``    re-run the best configurations with fresh seeds
+``reproduce``  re-run one stored trial from its stored config alone and compare
+``export``     a trial's student as a Hugging Face folder (and GLUE submission files)
+=============  ==================================================================================
 
 Every user error (a :class:`~harness.util.errors.HarnessError`) is printed as one line,
 ``error: <message>``, and the process exits with status 2, without a traceback.

@@ -307,15 +307,13 @@ def _family_text(sizes: dict[str, int]) -> str:
 
 
 def _test_cells(rows, test, kind: str, effect) -> list[str]:
-    width = 4 if kind == "seed" else 3
-    if test.result is None and not test.same:
-        return ["–"] * width
+    """A test's cells: seeds (n, Δ [CI], p, Holm p, BH p) or dev bootstrap (Δ [CI], p, Holm p, BH p)."""
+    width = 5 if kind == "seed" else 4
     if test.same:
-        return (
-            (["≡"] if kind == "boot" else [str(test.result.n), "≡"])
-            + ["same computation"]
-            + ["–"] * (width - (2 if kind == "boot" else 3))
-        )
+        head = [str(test.result.n)] if kind == "seed" else []
+        return head + ["≡ same computation"] + ["–"] * (width - len(head) - 1)
+    if test.result is None:
+        return ["–"] * width
     result = test.result
     where = f" (= row {test.duplicate_of + 1})" if test.duplicate_of is not None else ""
     return effect(result) + [_p(result.p), _p(test.holm) + where, _p(test.bh)]

@@ -221,3 +221,11 @@ def best_per_study(frame: pd.DataFrame) -> pd.DataFrame:
     best = best.assign(score=reported_score(best))
     picked = best[["value", "score", "lr", "eta", "lambda", "number"]].rename(columns={"lambda": "lam"})
     return first.join(summary).join(picked).reset_index()
+
+
+def task_labels(snapshot: Snapshot, task: str) -> dict:
+    """The eval labels stored with the first study of ``task`` that has them (``{}`` if none)."""
+    for study in sorted(snapshot.studies):
+        if snapshot.studies[study]["task"] == task and study in snapshot.labels:
+            return snapshot.labels[study]
+    return {}

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from harness.report import figures_honest, paired, render, statistics
-from harness.report.frame import best_trials, grid_done, reported_score
+from harness.report.frame import best_trials, grid_done, reported_score, task_labels
 from harness.report.seed_stats import Seeds, is_alp
 from harness.spec.methods import METHODS, get_method
 from harness.spec.metrics import compute_metrics
@@ -80,14 +80,6 @@ def shared_mark(method: str, lr_eta_lambda: tuple[float, float, float]) -> str:
 def _values(spec: TaskSpec, logits: np.ndarray) -> np.ndarray:
     """What the primary metric scores: class ids (argmax) or regression scores."""
     return logits[:, 0].astype(np.float64) if spec.is_regression else logits.argmax(axis=1)
-
-
-def task_labels(snapshot, task: str) -> dict[str, np.ndarray]:
-    """The eval labels stored with the first study of ``task`` that has them (``{}`` if none)."""
-    for study in sorted(snapshot.studies):
-        if snapshot.studies[study]["task"] == task and study in snapshot.labels:
-            return snapshot.labels[study]
-    return {}
 
 
 def chance_values(spec: TaskSpec, labels: dict[str, np.ndarray]) -> tuple[float | None, ...] | None:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from harness.report import statistics
-from harness.report.frame import best_trials
+from harness.report.frame import best_trials, task_labels
 from harness.report.seed_stats import Seeds, is_alp
 from harness.spec.methods import METHODS
 from harness.spec.tasks import TASKS, TaskSpec
@@ -145,8 +145,6 @@ def _seed_side(snapshot, spec, gold, group: Seeds | None, frame_ids: dict) -> tu
 
 def build(snapshot, groups: dict, focus: tuple[str, ...], family: str) -> list[Comparison]:
     """Every focus × other comparison per task, each test collapsed to its distinct comparisons, corrected."""
-    from harness.report.honest import task_labels  # the honest module renders this one: import it lazily
-
     frame = snapshot.frame
     best = dict(best_trials(frame, ["task", "method"]).iterrows())
     runs = frame[frame["confirmation"] & frame["trial_id"].notna()]
@@ -207,8 +205,6 @@ def _seed_test(groups, task, method, base, sides) -> Test:
 
 def _boot_pair(snapshot, spec, a, b) -> Test:
     """The bootstrap's inputs (run later, once B is known) and its identity."""
-    from harness.report.honest import task_labels
-
     if a is None or b is None:
         return Test(None)
     gold = task_labels(snapshot, spec.name).get(spec.eval_splits[0])

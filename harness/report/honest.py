@@ -256,8 +256,8 @@ def paired_tests(
         "difference on every seed) is not counted. BH: Benjamini–Hochberg (false-discovery rate) over the same "
         "family, for reference. A comparison is called only where its Holm p < 0.05; otherwise the test did "
         "not reject, which is a statement about power (below), not evidence that the methods are equal. A side "
-        "named *majority class* predicts the majority class of dev on those seeds (or at its best grid "
-        "point): against it the comparison is one against a constant. Primary dev metric × 100.",
+        "named *majority class* (regression: *a constant*) predicts the majority class of dev on those seeds (or "
+        "at its best grid point): there the comparison is one against a constant predictor. Primary dev metric × 100.",
         "",
         "m (distinct comparisons with a p): seeds "
         + _family_text(seed_m)

@@ -159,13 +159,13 @@ def build(snapshot, groups: dict, focus: tuple[str, ...], family: str) -> list[C
             for base in (m for m in present if m not in focus):
                 seed = _seed_test(groups, task, method, base, sides)
                 boot = _boot_pair(snapshot, spec, best.get((task, method)), best.get((task, base)))
-                majority = {}
+                majority, word = {}, "a constant" if spec.is_regression else "majority class"
                 for side in (method, base):
                     on = sides[side][1]
                     if on:
-                        majority[side] = "majority class on seed" + "s" * (len(on) > 1) + " " + ", ".join(map(str, on))
+                        majority[side] = f"{word} on seed" + "s" * (len(on) > 1) + " " + ", ".join(map(str, on))
                     if (task, side) in best and is_majority(snapshot, spec, gold, best[(task, side)]["trial_id"]):
-                        majority[side] = "; ".join(filter(None, [majority.get(side), "best of grid: majority class"]))
+                        majority[side] = "; ".join(filter(None, [majority.get(side), f"best of grid: {word}"]))
                 rows.append(Comparison(task, method, base, seed, boot, majority))
     _mark_duplicates(rows, "seed")
     _mark_duplicates(rows, "boot")

@@ -319,7 +319,9 @@ def test_seed_statistics_and_paired_tests_with_holm(reports):
         assert tests[("alp", base)][12] == (
             "alp higher (seeds, Holm p < 0.05)" if called else "not distinguishable from noise (not rejected)"
         )
-    assert "m (distinct comparisons with a p): seeds m = 2; dev bootstrap m = 0; of 2 rows." in reports["text"]
+    assert (
+        "m (distinct comparisons with a p): seeds m = 2; dev bootstrap m = 0; rows in the table: 2." in reports["text"]
+    )
     assert all(float(tests[("alp", b)][6]) >= float(tests[("alp", b)][5]) for b in raw)  # correction only raises p
 
 
@@ -569,7 +571,10 @@ def test_honest_sections_on_a_database_with_labels_predictions_and_attention(tmp
     expected = paired_bootstrap("accuracy", logits(80).argmax(1), np.ones(100, dtype=int), labels, 1000, 0)
     majority = "nkd (best of grid: majority class)"
     assert paired[majority][8] == f"{100 * expected.delta:+.2f} [{100 * expected.low:+.2f}, {100 * expected.high:+.2f}]"
-    assert paired["kd"][8] == "≡ same computation" and paired["kd"][12] == "same computation: no comparison"
+    assert (
+        paired["kd"][8] == "≡ identical"
+        and paired["kd"][12] == "identical predictions (or one shared trial): no comparison"
+    )
     assert paired[majority][12] == "alp higher (dev bootstrap, Holm p < 0.05)"
     assert "dev bootstrap m = 1;" in text
 

@@ -201,7 +201,7 @@ def test_same_computation_is_no_comparison(tmp_path):
     )
     text = markdown_report(load(storage), COMMAND)
     (row,) = _table(text, "## Paired comparisons")[2:]
-    assert row[9] == "≡ same computation" and row[13] == "same computation: no comparison"
+    assert row[9] == "≡ identical" and row[13] == "identical predictions (or one shared trial): no comparison"
     assert "dev bootstrap m = 0;" in text
 
 
@@ -224,7 +224,9 @@ def test_focus_pairs_the_chosen_methods_and_the_family_follows(tmp_path):
     assert [(r[2], r[3]) for r in rows] == [("kd", m) for m in ("pkd-last", "ckd", "alp", "alp-po")]
     assert "**Focus**: kd (" in text
     # kd ≡ pkd-last ≡ ckd: no comparison; alp and alp-po: one comparison. m = 1.
-    assert "dev bootstrap m = 1;" in text and rows[0][13] == "same computation: no comparison"
+    assert (
+        "dev bootstrap m = 1;" in text and rows[0][13] == "identical predictions (or one shared trial): no comparison"
+    )
     with pytest.raises(HarnessError, match="unknown method 'kdd' for --focus; expected one of nkd, kd"):
         markdown_report(load(_shared_family(tmp_path, f"sqlite:///{tmp_path / 'g.db'}")), COMMAND, focus=("kdd",))
 

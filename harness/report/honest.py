@@ -248,7 +248,8 @@ def paired_tests(
         "bootstrap**: paired BCa bootstrap over dev examples of the two best-of-grid trials' predictions at "
         f"their reported epochs (B = {resamples if resamples else '–'} resamples, 50 per comparison of the "
         f"largest family and at least 1,000, seed {paired.BOOTSTRAP_SEED}): Δ with its 95 % BCa interval and "
-        "the p-value of the same construction, so the interval excludes 0 exactly when p < 0.05. "
+        "the p-value of the same construction, so the interval excludes 0 when p < 0.05 (up to the resamples' "
+        "granularity). "
         f"**Family**: `{family}`{default}, Holm–Bonferroni over {scope} (`report --family task|report`), "
         "separately for each test, over the **distinct** comparisons only: a row whose two sides are the same "
         "computation (shared trials, identical predictions) is marked ≡ and not counted; a row that repeats "
@@ -263,7 +264,7 @@ def paired_tests(
         + _family_text(seed_m)
         + "; dev bootstrap "
         + _family_text(boot_m)
-        + f"; of {len(rows)} rows.",
+        + f"; rows in the table: {len(rows)}.",
         "",
         "| # | task | focus method | other method | seeds | Δ seeds [95 % CI] | p | Holm p | BH p "
         "| Δ dev bootstrap [95 % BCa CI] | p | Holm p | BH p | verdict |",
@@ -303,7 +304,7 @@ def _test_cells(rows, test, kind: str, effect) -> list[str]:
     width = 5 if kind == "seed" else 4
     if test.same:
         head = [str(test.result.n)] if kind == "seed" else []
-        return head + ["≡ same computation"] + ["–"] * (width - len(head) - 1)
+        return head + ["≡ identical"] + ["–"] * (width - len(head) - 1)
     if test.result is None:
         return ["–"] * width
     result = test.result
@@ -324,9 +325,9 @@ def _p(p: float) -> str:
 
 def _verdict(row) -> str:
     if row.seed.same and (row.boot.same or row.boot.result is None):
-        return "same computation: no comparison"
+        return "identical predictions (or one shared trial): no comparison"
     if row.boot.same and row.seed.result is None:
-        return "same computation: no comparison"
+        return "identical predictions (or one shared trial): no comparison"
     called = [
         (name, test.result.delta)
         for name, test in (("seeds", row.seed), ("dev bootstrap", row.boot))

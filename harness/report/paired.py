@@ -104,6 +104,7 @@ class Test:
     """One test of one comparison: its result, its identity and where it stands in its family."""
 
     result: object | None  # statistics.PairedT | statistics.PairedBootstrap | None
+    inputs: tuple | None = None  # a bootstrap's (metric, a, b, gold), run once B is known; None when same/none
     pair: tuple | None = None  # the unordered pair of computations (None: no test possible)
     same: bool = False  # both sides are the same computation
     duplicate_of: int | None = None  # the row whose comparison this is
@@ -171,23 +172,19 @@ def build(snapshot, groups: dict, focus: tuple[str, ...], family: str) -> list[C
     _mark_duplicates(rows, "boot")
     m_boot = max(_family_sizes(rows, "boot", family).values(), default=0)
     resamples = statistics.bootstrap_resamples(m_boot)
-    done: dict = {}
-    for row in rows:
+    for row in rows:  # one bootstrap per distinct comparison; a duplicate shows it, oriented as its own row
         test = row.boot
-        if test.pair is not None and not test.same and test.duplicate_of is None:
-            a, b, gold_values, metric = test.result
-            if test.pair not in done:
-                done[test.pair] = statistics.paired_bootstrap(metric, a, b, gold_values, resamples, BOOTSTRAP_SEED)
-            test.result = done[test.pair]
-        elif test.pair is not None:
-            test.result = None if test.same else test.result
-    for row in rows:  # a duplicate shows its representative's numbers, oriented as its own row
-        if row.boot.duplicate_of is not None:
-            source = rows[row.boot.duplicate_of].boot
-            found = source.result
-            if found is not None and source.pair[2] != row.boot.pair[2]:
-                found = replace(found, delta=-found.delta, low=-found.high, high=-found.low)
-            row.boot.result = found
+        if test.inputs is None:
+            continue
+        if test.duplicate_of is None:
+            test.result = statistics.paired_bootstrap(*test.inputs, resamples, BOOTSTRAP_SEED)
+            continue
+        source = rows[test.duplicate_of].boot
+        test.result = source.result
+        if source.pair[2] != test.pair[2]:  # the same two computations, the other way round
+            test.result = replace(
+                source.result, delta=-source.result.delta, low=-source.result.high, high=-source.result.low
+            )
     _correct(rows, "seed", family)
     _correct(rows, "boot", family)
     return rows
@@ -213,7 +210,8 @@ def _boot_pair(snapshot, spec, a, b) -> Test:
         return Test(None)
     gold = gold if spec.is_regression else gold.astype(np.int64)
     ka, kb = computation(snapshot, spec, a), computation(snapshot, spec, b)
-    return Test((pa, pb, gold, spec.primary_metric), pair=(spec.name, frozenset({ka, kb}), ka), same=ka == kb)
+    inputs = None if ka == kb else (spec.primary_metric, pa, pb, gold)
+    return Test(None, inputs, pair=(spec.name, frozenset({ka, kb}), ka), same=ka == kb)
 
 
 def _key(test: Test) -> tuple | None:

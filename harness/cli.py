@@ -130,6 +130,19 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
         help="the equal budget n of the 'Equal budget' section (default: the smallest grid)",
     )
     report.add_argument(
+        "--focus",
+        nargs="+",
+        default=None,
+        metavar="METHOD",
+        help="the methods the paired comparisons pit against every other method (default: the ALP family)",
+    )
+    report.add_argument(
+        "--family",
+        default=None,
+        metavar="task|report",
+        help="the correction family of the paired tests: one per task, or the whole report (default: report)",
+    )
+    report.add_argument(
         "--reference",
         type=Path,
         default=None,
@@ -311,9 +324,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.report.document import write_report
+    from harness.report.paired import check_family, check_focus
 
     quiet_libraries()  # Optuna, now that the report imported it
 
+    check_focus(args.focus), check_family(args.family)  # before the storage is opened: a bad value writes nothing
     storage = _open_storage(args.storage)
     command = (
         "python run_study.py report"
@@ -321,8 +336,19 @@ def cmd_report(args: argparse.Namespace) -> int:
         + (f" --storage {shlex.quote(storage.masked)}" if args.storage else "")
         + (f" --reference {shlex.quote(str(args.reference))}" if args.reference else "")
         + (f" --budget {args.budget}" if args.budget else "")
+        + (" --focus " + " ".join(args.focus) if args.focus else "")
+        + (f" --family {args.family}" if args.family else "")
     )
-    path = write_report(storage, args.out, args.name, command, reference=args.reference, budget=args.budget)
+    path = write_report(
+        storage,
+        args.out,
+        args.name,
+        command,
+        reference=args.reference,
+        budget=args.budget,
+        focus=args.focus,
+        family=args.family,
+    )
     print(f"report written to {path}")
     return 0
 

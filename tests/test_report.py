@@ -211,14 +211,15 @@ def _table(text: str, heading: str) -> list[str]:
 def test_comparison_table_matches_hand_built_expectation(reports):
     # SST-2: one score; MRPC: F1/acc of the trial best by F1 (nkd's other trial has the higher accuracy).
     # Average: mean over tasks of each task's score, MRPC scoring (F1 + acc) / 2; bold: best student per column.
-    # alp lacks MRPC: "–" and an average over 1/2 tasks, marked, and never bold. Published rows are never bold.
+    # alp lacks MRPC: "–" and an average over 1/2 tasks, marked. No predictions are stored here, so no leader can
+    # be tested: no bold anywhere, and the table says so (the old rule bolded kd on MRPC and the Average).
     expected = [
         "| method | SST-2 (acc) | MRPC (F1/acc) | Average |",
         "|---|---:|---:|---:|",
         "| teacher | 92.00 | 90.00/86.00 | 90.00 |",
         "| nkd | 82.00 | 80.00/75.00 | 79.75 |",
-        "| kd | 85.00 | **84.00/80.00** | **83.50** |",
-        "| alp | **88.00** | – | 88.00 (avg over 1/2 tasks)† |",
+        "| kd | 85.00 | 84.00/80.00 | 83.50 |",
+        "| alp | 88.00 | – | 88.00 (avg over 1/2 tasks)† |",
         "| kd (published) [1] | 90.00 | 85.50/81.50 | 86.75 |",
         "| alp (published) [2] | 91.00 | – | 91.00 (avg over 1/2 tasks)† |",
     ]
@@ -230,12 +231,13 @@ def test_comparison_table_matches_hand_built_expectation(reports):
     )
     assert "[1] fixture A (not a paper)" in comparison and "[2] fixture B (not a paper)" in comparison
     assert "not shown: QNLI" in comparison
+    assert "No method leads on SST-2, MRPC" in comparison
     assert f"Reproduce: `{COMMAND}`" in comparison
 
 
 def test_several_study_files_in_one_database(reports):
     text = markdown_report(load(reports["storage"]), COMMAND)  # every study file; no figures
-    assert _table(text, "## Comparison")[4] == "| kd | 87.00‡ | **84.00/80.00** | **84.50** |"
+    assert _table(text, "## Comparison")[4] == "| kd | 87.00‡ | 84.00/80.00 | 84.50 |"
     assert "‡ kd on SST-2: best over the study files syn, syn2 (pass --name to compare one study file)." in text
     assert "‡ SST-2: the studies used different teachers; the teacher of syn/SST-2/alp is shown." in text
     assert _table(text, "### syn2 / SST-2")[2:] == [
@@ -290,7 +292,7 @@ def test_seed_statistics_and_paired_tests_with_holm(reports):
             "" if method == "alp-runner-up" else "✓",
         ]
     tests = {
-        tuple(c.strip() for c in line.strip("|").split("|"))[1:3]: [c.strip() for c in line.strip("|").split("|")]
+        tuple(c.strip() for c in line.strip("|").split("|"))[2:4]: [c.strip() for c in line.strip("|").split("|")][1:]
         for line in _table(reports["text"], "## Paired comparisons")[2:]
     }
     assert set(tests) == {("alp", "nkd"), ("alp", "kd")}
@@ -305,15 +307,21 @@ def test_seed_statistics_and_paired_tests_with_holm(reports):
         delta = np.mean(np.subtract(SEEDS["alp"][:n], SEEDS[base][:n]))
         assert row[4].startswith(f"{100 * delta:+.2f} [")
         assert float(row[5]) == pytest.approx(expected.pvalue, rel=1e-2)
-        assert row[7:10] == ["–", "–", "–"]  # no stored predictions in this database: no bootstrap
+        assert row[8:12] == ["–", "–", "–", "–"]  # no stored predictions in this database: no bootstrap
     low, high = sorted(raw, key=raw.get)
     holm = {low: min(1.0, 2 * raw[low]), high: max(min(1.0, 2 * raw[low]), raw[high])}
     for base in ("kd", "nkd"):
         assert float(tests[("alp", base)][6]) == pytest.approx(holm[base], rel=1e-2)
         called = holm[base] < 0.05
-        assert tests[("alp", base)][10] == (
-            "alp higher (seeds, Holm p < 0.05)" if called else "not distinguishable from noise"
+        assert float(tests[("alp", base)][7]) == pytest.approx(
+            stats.false_discovery_control([raw["kd"], raw["nkd"]])[0 if base == "kd" else 1], rel=1e-2
+        )  # BH beside Holm
+        assert tests[("alp", base)][12] == (
+            "alp higher (seeds, Holm p < 0.05)" if called else "not distinguishable from noise (not rejected)"
         )
+    assert (
+        "m (distinct comparisons with a p): seeds m = 2; dev bootstrap m = 0; rows in the table: 2." in reports["text"]
+    )
     assert all(float(tests[("alp", b)][6]) >= float(tests[("alp", b)][5]) for b in raw)  # correction only raises p
 
 
@@ -540,8 +548,8 @@ def test_honest_sections_on_a_database_with_labels_predictions_and_attention(tmp
     table = _table(text, "## Comparison")
     assert table[3] == "| chance (majority class of dev) | 60.00 | 60.00 |"
     assert table[4] == "| nkd | 60.00 ≈ chance | 60.00 |"  # it predicts the majority class: no better than chance
-    assert table[5] == "| kd | **80.00** | **80.00** |"
-    assert table[6] == "| alp | **80.00 ≡ KD** | **80.00** |"  # its best point has λ = 0: KD's computation
+    assert table[5] == "| kd | 80.00 | 80.00 |"  # a tie for the top: no leader, no bold
+    assert table[6] == "| alp | 80.00 ≡ KD | 80.00 |"  # its best point has λ = 0: KD's computation
 
     budget = {
         cells[0]: cells[1]
@@ -555,13 +563,22 @@ def test_honest_sections_on_a_database_with_labels_predictions_and_attention(tmp
     assert gains[3] == "| alp | +4.00 | +0.00 ≡ KD |"
 
     paired = {
-        tuple(c.strip() for c in line.strip("|").split("|"))[2]: [c.strip() for c in line.strip("|").split("|")]
+        tuple(c.strip() for c in line.strip("|").split("|"))[3]: [c.strip() for c in line.strip("|").split("|")][1:]
         for line in _table(text, "## Paired comparisons")[2:]
     }
+    # nkd predicts the majority class at its best point: the table names it. alp's best is kd's computation
+    # (identical predictions): a row that is no comparison and is not counted, so m = 1.
     expected = paired_bootstrap("accuracy", logits(80).argmax(1), np.ones(100, dtype=int), labels, 1000, 0)
-    assert paired["nkd"][7] == f"{100 * expected.delta:+.2f} [{100 * expected.low:+.2f}, {100 * expected.high:+.2f}]"
-    assert paired["kd"][7] == "+0.00 [+0.00, +0.00]" and paired["kd"][10] == "not distinguishable from noise"
-    assert paired["nkd"][10] == "alp higher (dev bootstrap, Holm p < 0.05)"
+    majority = "nkd (best of grid: majority class)"
+    assert paired[majority][8] == f"{100 * expected.delta:+.2f} [{100 * expected.low:+.2f}, {100 * expected.high:+.2f}]"
+    assert (
+        paired["kd"][8] == "≡ identical"
+        and paired["kd"][12] == "identical predictions (or one shared trial): no comparison"
+    )
+    assert paired[majority][12] == "alp higher (dev bootstrap, Holm p < 0.05)"
+    assert "dev bootstrap m = 1;" in text
 
     attention = _table(text, "## ALP attention")
-    assert attention[2] == "| SST-2 | alp | lr=1e-05,eta=0.5,lambda=0.2 | 0.050 | 0.99@3, 0.98@4 | yes |"
+    # alp's best point (the one its cells report) has λ = 0: no ALP term. The old rule described the λ = 0.2
+    # trial instead, which is not the one the comparison shows.
+    assert attention[2] == "| SST-2 | alp | lr=1e-05,eta=0.5,lambda=0 | – | no ALP term (best ≡ KD) | – | – | – |"

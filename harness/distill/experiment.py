@@ -89,7 +89,10 @@ class Experiment:
         )
 
     def alpha_probe(self, inter: InterLayerLoss):
-        """After each epoch: ALP's mean attention α over dev ``[M × N]`` and its mean entropy (nats)."""
+        """After each epoch: ALP's mean attention α over dev ``[M × N]``, its mean entropy (nats), and per student
+        layer the mean over examples of the largest α (``alpha_top``) and the share of examples whose arg-max
+        teacher layer is not the most common one (``alpha_switch``): a mean α of 0.6 with ``alpha_top`` ≈ 1 is
+        one-hot attention that switches layers on about 40 % of the examples."""
         teacher = torch.from_numpy(self.teacher.dev_cls())
 
         @torch.no_grad()
@@ -102,7 +105,14 @@ class Experiment:
                 ]
             )
             entropy = torch.special.entr(alpha).sum(-1).mean()
-            return {"alpha": alpha.mean(0).tolist(), "alpha_entropy": float(entropy)}
+            top = alpha.argmax(-1)  # [n, M]: each example's arg-max teacher layer per student layer
+            switch = (top != top.mode(0).values).float().mean(0)  # share of examples off the most common one
+            return {
+                "alpha": alpha.mean(0).tolist(),
+                "alpha_entropy": float(entropy),
+                "alpha_top": alpha.max(-1).values.mean(0).tolist(),  # mean over examples of the largest α
+                "alpha_switch": switch.tolist(),
+            }
 
         return probe
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from harness.report import honest
+from harness.report import honest, statistics
 from harness.report.frame import Snapshot, best_trials, grid_done
 from harness.spec.methods import METHODS
 from harness.spec.tasks import TASKS, TaskSpec
@@ -42,6 +42,7 @@ class Cell:
 
     values: tuple[float | None, ...]
     mark: str = ""
+    trial_id: int | None = None  # the trial a student cell shows (its stored predictions)
 
     @property
     def score(self) -> float | None:
@@ -115,7 +116,7 @@ def comparison_rows(snapshot: Snapshot, tasks: list[str], reference: list[dict])
                 if honest.near_chance(snapshot, TASKS[task], picked["trial_id"]):
                     mark += " ≈ chance"
                     flagged.add(f"{method} on {task}")
-                row.cells[task] = replace(trial_cell(TASKS[task], picked), mark=mark)
+                row.cells[task] = replace(trial_cell(TASKS[task], picked), mark=mark, trial_id=picked["trial_id"])
                 if several:
                     names = ", ".join(sorted(files[(task, method)]))
                     notes.append(
@@ -126,13 +127,14 @@ def comparison_rows(snapshot: Snapshot, tasks: list[str], reference: list[dict])
             rows.append(row)
     if flagged:
         notes.append(
-            "≈ chance: within noise of always predicting the majority class (the paired bootstrap's 95 % "
-            f"interval of the difference reaches 0): {', '.join(sorted(flagged))}."
+            "≈ chance: the paired bootstrap (BCa, 95 %) did not reject equality with always predicting the majority "
+            "class; not evidence of equivalence, only that the difference is not shown: "
+            f"{', '.join(sorted(flagged))}."
         )
     if any(" ≡ " in cell.mark for row in rows for cell in row.cells.values()):
         notes.append(
             "≡ KD / ≡ NKD: the method's best grid point has λ = 0 (η = 0 for KD), the same computation "
-            "as KD's (NKD's) point; it is a shared trial, and the gain over KD (NKD) is zero."
+            "as KD's (NKD's) point; it is a shared trial: its gain over KD is zero (≡ KD) or NKD's (≡ NKD)."
         )
     sources = sorted({e["source"] for e in reference})
     for method in ["teacher", *METHODS]:
@@ -158,18 +160,51 @@ def _average(row: Row, tasks: list[str]) -> tuple[float | None, int]:
     return (float(np.mean(scores)) if scores else None), len(scores)
 
 
+def leaders(snapshot: Snapshot, tasks: list[str], rows: list[Row]) -> tuple[dict[str, str | None], int]:
+    """task → the label of the student row that **leads** the column, or None; and the number of tests made.
+
+    The leader is the student with the highest task score; it leads only if a paired BCa bootstrap of its dev
+    predictions (primary metric) rejects equality both with the runner-up (the next-highest score of another
+    row) and with the majority-class baseline, after Holm over every such test of the table (two per task
+    column; B = :func:`~harness.report.statistics.bootstrap_resamples` of their number, seed 0). A tie for the
+    top, a missing runner-up or chance row, or predictions that are not stored: no leader.
+    """
+    plans, tests = {}, []
+    for task in tasks:
+        spec = TASKS[task]
+        scored = sorted(
+            (r for r in rows if r.student and task in r.cells and r.cells[task].score is not None),
+            key=lambda r: -r.cells[task].score,
+        )
+        if len(scored) < 2 or scored[0].cells[task].score == scored[1].cells[task].score:
+            continue
+        found = honest.dev_predictions(snapshot, spec, scored[0].cells[task].trial_id, scored[1].cells[task].trial_id)
+        if found is None:
+            continue
+        gold, (top, second) = found
+        base = statistics.majority_predictions(gold, spec.is_regression)
+        plans[task] = (scored[0].label, len(tests))
+        tests += [(spec.primary_metric, top, second, gold), (spec.primary_metric, top, base, gold)]
+    if not tests:
+        return {t: None for t in tasks}, 0
+    resamples = statistics.bootstrap_resamples(len(tests))
+    results = [statistics.paired_bootstrap(*test, resamples, honest.BOOTSTRAP_SEED) for test in tests]
+    adjusted = statistics.holm([r.p for r in results])
+    out = {}
+    for task in tasks:
+        if task not in plans:
+            out[task] = None
+            continue
+        label, first = plans[task]
+        ahead = all(results[i].delta > 0 and adjusted[i] < statistics.ALPHA for i in (first, first + 1))
+        out[task] = label if ahead else None
+    return out, len(tests)
+
+
 def comparison_table(snapshot: Snapshot, reference: list[dict]) -> list[str]:
     tasks = [t for t in TASKS if (snapshot.frame["task"] == t).any()]
     rows, notes = comparison_rows(snapshot, tasks, reference)
-    best = {
-        t: max(
-            (r.cells[t].score for r in rows if r.student and t in r.cells and r.cells[t].score is not None),
-            default=None,
-        )
-        for t in tasks
-    }
-    full = [_average(r, tasks)[0] for r in rows if r.student and _average(r, tasks)[1] == len(tasks)]
-    best_avg = max(full, default=None)
+    lead, tests = leaders(snapshot, tasks, rows)
     lines = [
         "| method | " + " | ".join(task_header(TASKS[t]) for t in tasks) + " | Average |",
         "|---|" + "---:|" * (len(tasks) + 1),
@@ -180,13 +215,12 @@ def comparison_table(snapshot: Snapshot, reference: list[dict]) -> list[str]:
         for task in tasks:
             cell = row.cells.get(task)
             text = "–" if cell is None else cell.text()
-            bold = row.student and cell is not None and cell.score is not None and cell.score == best[task]
-            cells.append(f"**{text}**" if bold else text)
+            cells.append(f"**{text}**" if row.student and lead[task] == row.label else text)
         average, count = _average(row, tasks)
         if average is None:
             cells.append("–")
         elif count == len(tasks):
-            cells.append(f"**{100 * average:.2f}**" if row.student and average == best_avg else f"{100 * average:.2f}")
+            cells.append(f"{100 * average:.2f}")
         else:
             cells.append(f"{100 * average:.2f} (avg over {count}/{len(tasks)} tasks)†")
             missing = [t for t in tasks if t not in row.cells or row.cells[t].score is None]
@@ -198,4 +232,11 @@ def comparison_table(snapshot: Snapshot, reference: list[dict]) -> list[str]:
             f"† Average over the tasks this row has, not comparable with complete rows; missing: {'; '.join(partial)}.",
             "",
         ]
+    unled = [t for t in tasks if lead[t] is None]
+    if unled:
+        notes.append(
+            f"No method leads on {', '.join(unled)}: the best student ties for the top, has no stored "
+            "predictions to test, or is not distinguishable from the runner-up or from chance "
+            + (f"(Holm over the {tests} leader tests of this table)." if tests else "(no leader test could be made).")
+        )
     return lines + [note + "  " for note in notes] + ([""] if notes else [])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.report import honest
+from harness.report import honest, paired
 from harness.report.comparison import comparison_table
 from harness.report.figures import draw_all
 from harness.report.frame import Snapshot, best_per_study, best_trials, load
@@ -36,21 +36,27 @@ def _num(value, fmt: str, scale: float = 1.0) -> str:
 
 
 def study_table(snapshot: Snapshot, section: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    """One study file × task: per method the best grid point and its counts. Every score names its split:
+    under ``selection: holdout`` the selecting holdout value and the dev score read at it, side by side."""
+    holdout = (section["selection"].fillna("dev") == "holdout").any()
     lines = [
-        "| method | best dev | lr | η | λ | trial | complete | failed | pruned | running | seeds | CPU h "
-        "| GPU h | time to best (h) |",
-        "|---|" + "---:|" * 13,
+        "| method | "
+        + ("best holdout (selects) | dev at it" if holdout else "best dev")
+        + " | lr | η | λ | trial | complete | failed | pruned | running | seeds | CPU h | GPU h | time to best (h) |",
+        "|---|" + "---:|" * (14 if holdout else 13),
     ]
     teacher = next(
         (snapshot.studies[s]["teacher"] for s in sorted(set(section["study"])) if "teacher" in snapshot.studies[s]),
         None,
     )
-    if teacher is not None:
-        lines.append(f"| teacher | {_num(teacher.get('value'), '.2f', 100)} |" + " |" * 12)
+    if teacher is not None:  # the teacher's value is its dev score: it is not selected on the holdout
+        value = _num(teacher.get("value"), ".2f", 100)
+        lines.append(f"| teacher | {'– | ' if holdout else ''}{value} |" + " |" * 12)
     order = {m: i for i, m in enumerate(METHODS)}
     for row in sorted(summary.itertuples(), key=lambda r: order[r.method]):
+        scores = _num(row.value, ".2f", 100) + (f" | {_num(row.score, '.2f', 100)}" if holdout else "")
         lines.append(
-            f"| {row.method} | {_num(row.value, '.2f', 100)} | {_num(row.lr, 'g')} | {_num(row.eta, 'g')} | "
+            f"| {row.method} | {scores} | {_num(row.lr, 'g')} | {_num(row.eta, 'g')} | "
             f"{_num(row.lam, 'g')} | {_num(row.number, '.0f')} | {row.complete} | {row.failed} | {row.pruned} | "
             f"{row.running} | {row.seeds} | {row.cpu_hours:.3f} | {row.gpu_hours:.3f} | "
             f"{_num(row.time_to_best, '.3f', 1 / 3600)} |"
@@ -65,6 +71,8 @@ def markdown_report(
     figures: dict | None = None,
     budget: int | None = None,
     equal: tuple | None = None,
+    focus: tuple[str, ...] | None = None,
+    family: str | None = None,
 ) -> str:
     """The README text; ``reference`` as :func:`~harness.report.reference.load_reference` returns it, ``figures`` as
     :func:`harness.report.figures.draw_all` does, ``budget`` the equal budget n (default: the smallest grid), ``equal``
@@ -96,8 +104,12 @@ def markdown_report(
         "Each cell: the method's best grid trial on the task (chosen by the primary metric; confirmation re-runs "
         "left out), every metric GLUE reports for the task at that trial's reported epoch (the selected one), "
         "× 100. **Average**: mean over tasks of each task's score, a multi-metric task scoring the mean of its "
-        "metrics (GLUE leaderboard convention). **Bold**: best student per column (Average: among students "
-        "with every task). Rows marked (published) are reference numbers, not runs of this harness.",
+        "metrics (GLUE leaderboard convention). Every number is measured on **dev** (under `selection: holdout` the "
+        "grid point and epoch were chosen on the holdout). **Bold**: the column's leader, only where a paired BCa "
+        "bootstrap of its dev predictions tells it, after Holm's correction over the table's leader tests, both "
+        'from the runner-up and from the majority-class baseline; otherwise no bold and the note says "no '
+        'method leads". The Average is never bold (no test of an average over tasks is made, and chance-level '
+        "tasks would carry it). Rows marked (published) are reference numbers, not runs of this harness.",
         "",
     ]
     lines += comparison_table(snapshot, reference) + [f"Reproduce: `{command}`", ""]
@@ -107,19 +119,22 @@ def markdown_report(
     found = confirmations(frame, best_trials(frame, ["task", "method"]))
     if found:
         lines += seeds_tables(found, command)
-    lines += honest.paired_tests(snapshot, seed_groups(found), command)
+    lines += honest.paired_tests(snapshot, seed_groups(found), command, focus, family)
     lines += honest.alpha_section(honest.alpha_panels(frame), figures, command)
     lines += [
         "## Studies",
         "",
-        "Per study: the best grid point, trial counts, compute (CPU/GPU hours from each "
+        "Per study: the best grid point (ties: the earliest trial, the one tie-break of every selection in this "
+        "report), its score on the split that selected it (under `selection: holdout` the holdout value, with "
+        "the dev score read at it beside), trial counts, compute (CPU/GPU hours from each "
         "trial's wall time and device) and time to best (cumulative trial time, in trial-number order, up "
         "to and including the best trial).",
         "",
     ]
     summary = best_per_study(frame)
     for (study_file, task), section in _sections(frame):
-        lines += [f"### {study_file} / {task} (dev, {TASKS[task].primary_metric} × 100)", ""]
+        split = "selected on holdout, dev read at it" if (section["selection"] == "holdout").any() else "dev"
+        lines += [f"### {study_file} / {task} ({split}, {TASKS[task].primary_metric} × 100)", ""]
         lines += study_table(snapshot, section, summary[summary["study"].isin(set(section["study"]))])
         lines += ["", f"Reproduce: `{command}`", "", _export_line(command, study_file, task), ""]
         lines += [f"![{title}]({path})" for title, path in figures.get((study_file, task), [])] + [""]
@@ -184,14 +199,19 @@ def write_report(
     reference: Path | None = None,
     workers: int | None = None,
     budget: int | None = None,
+    focus: tuple[str, ...] | None = None,
+    family: str | None = None,
 ) -> Path:
     """Write ``README.md``, ``trials.csv`` and ``figures/*.png`` into ``out``; returns the README path.
 
     ``workers``: processes drawing the figures (see :func:`harness.report.render.render`); ``budget``: the equal
-    budget n (default: the smallest grid).
+    budget n (default: the smallest grid); ``focus``/``family``: the paired comparisons' focus methods (default
+    the ALP family) and correction family (``report``, the default, or ``task``; :mod:`harness.report.paired`).
+    A bad focus or family raises HarnessError before anything is written.
     """
+    focus, family = paired.check_focus(focus), paired.check_family(family)
     with _long_lived_objects_frozen():
-        return _write_report(storage, out, name, command, reference, workers, budget)
+        return _write_report(storage, out, name, command, reference, workers, budget, focus, family)
 
 
 def _write_report(
@@ -202,6 +222,8 @@ def _write_report(
     reference: Path | None,
     workers: int | None,
     budget: int | None,
+    focus: tuple[str, ...],
+    family: str,
 ) -> Path:
     published = load_reference(reference) if reference is not None else []
     snapshot = load(storage, name)
@@ -214,6 +236,6 @@ def _write_report(
         figures = draw_all(snapshot, _sections(snapshot.frame), groups, out, workers, extra)
     csv = snapshot.frame.drop(columns=["epochs", "alpha"]).to_csv(index=False).encode()
     atomic_write(out / "trials.csv", lambda stream: stream.write(csv), durable=False)
-    text = markdown_report(snapshot, command, published, figures, budget, equal).encode()
+    text = markdown_report(snapshot, command, published, figures, budget, equal, focus, family).encode()
     atomic_write(out / "README.md", lambda stream: stream.write(text), durable=False)
     return out / "README.md"

@@ -23,7 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from harness.report.frame import grid_done
+from harness.report.frame import best_trials, grid_done, reported_score
 from harness.report.render import Job, render, slug
 from harness.report.render import remove_stale as _remove_stale
 from harness.spec.methods import METHODS, get_method
@@ -124,7 +124,8 @@ def _heatmap_figure(
 
 
 def heatmaps(title: str, rows: pd.DataFrame, searches: list[dict], metric: str) -> Figure:
-    """η × λ heatmaps of the best dev score: one row per inter-layer method, one column per lr.
+    """η × λ heatmaps of the best trial value (``metric`` names its split): one row per inter-layer method, one
+    column per lr.
 
     ``rows``: the section's trials of inter-layer methods; ``searches``: their studies' search
     grids (so points without a trial yet show as "–"). β < 0 cells are blank; every panel shares
@@ -143,8 +144,7 @@ def heatmaps(title: str, rows: pd.DataFrame, searches: list[dict], metric: str) 
         panels[method, lr][etas.index(eta), lams.index(lam)] = value
     figure = _heatmap_figure(tuple(methods), tuple(lrs), tuple(etas), tuple(lams))
     return figure.fill(
-        f"{title}: best dev {metric} × 100 per (η, λ), one colour scale\n"
-        "blank: β = 1 − η − λ < 0; –: no complete trial",
+        f"{title}: best {metric} × 100 per (η, λ), one colour scale\nblank: β = 1 − η − λ < 0; –: no complete trial",
         panels,
     )
 
@@ -155,7 +155,7 @@ EPOCH_COLUMNS = ["method", "number", "state", "confirmation", "value", "lr", "et
 
 
 def score_vs_lr(title: str, section: pd.DataFrame, metric: str) -> Figure:
-    """The best dev score at each learning rate (over η, λ), one line per method."""
+    """The best trial value (its split in ``metric``) at each learning rate (over η, λ), one line per method."""
     fig, ax = legend_right_figure()
     done = grid_done(section)
     for method in _methods(section):
@@ -166,7 +166,7 @@ def score_vs_lr(title: str, section: pd.DataFrame, metric: str) -> Figure:
     ax.set_xscale("log")
     ax.set_xticks(lrs, [f"{v:g}" for v in lrs])
     ax.minorticks_off()
-    decorate(ax, "learning rate", f"best dev {metric} × 100 (over η, λ)", f"{title}: score vs learning rate")
+    decorate(ax, "learning rate", f"best {metric} × 100 (over η, λ)", f"{title}: score vs learning rate")
     return fig
 
 
@@ -194,7 +194,7 @@ def history(title: str, section: pd.DataFrame, metric: str) -> Figure:
     decorate(
         ax,
         "cumulative trial compute (s, trial-number order)",
-        f"best-so-far dev {metric} × 100",
+        f"best-so-far {metric} × 100",
         f"{title}: optimisation history (dots: single trials)",
     )
     return fig
@@ -229,8 +229,11 @@ def epoch_curves(title: str, section: pd.DataFrame, metric: str, top: int = 3) -
     for ax in axes[(rows_n - 1) * cols :]:
         ax.set_xlabel("epoch")
     for ax in axes[::cols]:
-        ax.set_ylabel(f"dev {metric} × 100")
-    fig.suptitle(f"{title}: dev curves of the top-{top} trials per method (legend: trial #, (lr, η, λ))", fontsize=10)
+        ax.set_ylabel(f"{metric} × 100")
+    fig.suptitle(
+        f"{title}: {metric.split()[0]} curves of the top-{top} trials per method (legend: trial #, (lr, η, λ))",
+        fontsize=10,
+    )
     fig.subplots_adjust(
         left=0.6 / fig.get_figwidth(),
         right=0.98,
@@ -243,11 +246,12 @@ def epoch_curves(title: str, section: pd.DataFrame, metric: str, top: int = 3) -
 
 
 # --------------------------------------------------------------------------- comparison
-BAR_COLUMNS = ["task", "method", "state", "confirmation", "value"]
+BAR_COLUMNS = ["study", "task", "method", "number", "state", "confirmation", "value", "score"]
 
 
 def bars(frame: pd.DataFrame, teachers: dict[str, float], seeds: dict[str, list[float]]) -> Figure:
-    """Methods per task: seed mean ± std where confirmation runs exist, else the best grid trial (hatched).
+    """Methods per task, on dev: seed mean ± std where confirmation runs exist, else the best grid trial (hatched;
+    its dev score at the reported epoch, as in the comparison table, also under ``selection: holdout``).
 
     ``teachers``: task → the teacher's primary dev score; ``seeds``: ``"task|method"`` → the values
     over seeds of the confirmed configuration.
@@ -257,7 +261,7 @@ def bars(frame: pd.DataFrame, teachers: dict[str, float], seeds: dict[str, list[
     rows_n = math.ceil(len(tasks) / cols)
     fig = Figure(figsize=(4.2 * cols + 0.4, 3.4 * rows_n + 0.6))
     axes = fig.subplots(rows_n, cols, squeeze=False).ravel()
-    best = grid_done(frame).groupby(["task", "method"])["value"].max()
+    best = reported_score(best_trials(frame, ["task", "method"]))  # the dev score the comparison table shows
     for ax, task in zip(axes, tasks):
         methods = _methods(frame[frame["task"] == task])
         span = [100 * teachers[task]] if task in teachers else []  # every drawn value, error bars included
@@ -317,7 +321,12 @@ def draw_all(
     seeds = {f"{task}|{method}": list(group.values) for (task, method), group in sorted(groups.items())}
     made = {"": [("methods per task", Job("bars.png", bars, (frame[BAR_COLUMNS], teachers, seeds)))]}
     for (study_file, task), section in sections:
-        metric, name, title = TASKS[task].primary_metric, slug(f"{study_file}/{task}"), f"{study_file} / {task}"
+        split = "holdout" if (section["selection"] == "holdout").any() else "dev"  # what a trial's value is
+        metric, name, title = (
+            f"{split} {TASKS[task].primary_metric}",
+            slug(f"{study_file}/{task}"),
+            f"{study_file} / {task}",
+        )
         figs = [
             ("score vs learning rate", Job(f"lr__{name}.png", score_vs_lr, (title, section[LR_COLUMNS], metric))),
             ("optimisation history", Job(f"history__{name}.png", history, (title, section[HISTORY_COLUMNS], metric))),

@@ -45,6 +45,8 @@ COLUMNS = [
     "score",
     "equivalent_of",
     "alpha_entropy",
+    "alpha_top",
+    "alpha_switch",
 ]
 
 
@@ -52,7 +54,7 @@ COLUMNS = [
 class Snapshot:
     """What the report knows: study user attributes by study name, one row per trial, the stored
     eval labels (study → split → labels) and the stored eval logits of the best grid trial of every
-    (task, method) (trial_id → split → (epoch, logits))."""
+    (task, method) and of every complete confirmation run (trial_id → split → (epoch, logits))."""
 
     studies: dict[str, dict]
     frame: pd.DataFrame
@@ -91,7 +93,9 @@ def load(storage: Storage, name: str | None = None) -> Snapshot:
     if frame.empty:
         return Snapshot(studies, frame)
     picked = best_trials(frame, ["task", "method"])["trial_id"].dropna()
-    return Snapshot(studies, frame, storage.labels(), storage.predictions(int(t) for t in picked))
+    confirmed = frame.loc[frame["confirmation"] & (frame["state"] == "COMPLETE"), "trial_id"].dropna()
+    ids = [int(t) for t in picked] + [int(t) for t in confirmed]  # seeds too: a seed run may be the majority class
+    return Snapshot(studies, frame, storage.labels(), storage.predictions(ids))
 
 
 def _trial_row(study: str, attrs: dict, trial: optuna.trial.FrozenTrial) -> dict:
@@ -133,6 +137,8 @@ def _trial_row(study: str, attrs: dict, trial: optuna.trial.FrozenTrial) -> dict
         "score": score,
         "equivalent_of": user.get("equivalent_of"),
         "alpha_entropy": best.get("alpha_entropy"),
+        "alpha_top": _joined(best.get("alpha_top")),
+        "alpha_switch": _joined(best.get("alpha_switch")),
         "alpha": best.get("alpha"),
         "epochs": epochs,
     }
@@ -142,6 +148,11 @@ def _trial_row(study: str, attrs: dict, trial: optuna.trial.FrozenTrial) -> dict
     for term, value in (best.get("losses") or {}).items():
         row[f"loss.{term}"] = value
     return row
+
+
+def _joined(values) -> str | None:
+    """A per-student-layer list as text (``0.98,0.62``) so that ``trials.csv`` keeps one cell per trial."""
+    return None if not values else ",".join(f"{float(v):.4g}" for v in values)
 
 
 def _best_epoch(epochs: list[dict], number: int | None) -> dict:
@@ -207,5 +218,14 @@ def best_per_study(frame: pd.DataFrame) -> pd.DataFrame:
     summary["time_to_best"] = seconds.where(frame["number"] <= limit, 0.0).groupby(frame["study"]).sum()
     summary.loc[~summary.index.isin(best.index), "time_to_best"] = math.nan
     first = frame.groupby("study", sort=True)[["study_file", "task", "method"]].first()
-    picked = best[["value", "lr", "eta", "lambda", "number"]].rename(columns={"lambda": "lam"})
+    best = best.assign(score=reported_score(best))
+    picked = best[["value", "score", "lr", "eta", "lambda", "number"]].rename(columns={"lambda": "lam"})
     return first.join(summary).join(picked).reset_index()
+
+
+def task_labels(snapshot: Snapshot, task: str) -> dict:
+    """The eval labels stored with the first study of ``task`` that has them (``{}`` if none)."""
+    for study in sorted(snapshot.studies):
+        if snapshot.studies[study]["task"] == task and study in snapshot.labels:
+            return snapshot.labels[study]
+    return {}

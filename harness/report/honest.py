@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from harness.report import figures_honest, render, statistics
-from harness.report.frame import best_trials, grid_done, reported_score
+from harness.report import figures_honest, paired, render, statistics
+from harness.report.frame import best_trials, grid_done, reported_score, task_labels
 from harness.report.seed_stats import Seeds, is_alp
 from harness.spec.methods import METHODS, get_method
 from harness.spec.metrics import compute_metrics
@@ -42,9 +42,9 @@ def protocol_lines(snapshot) -> list[str]:
                 "therefore **optimistic**: maxima of noisy dev scores, inflated more for larger grids (here NKD, KD "
                 "and the inter-layer methods have different numbers of grid points). The grids are nested (λ = 0 "
                 "is KD, η = 0 is NKD), so best-of-grid alone can only show ALP ≥ KD ≥ NKD; such cells are marked "
-                "≡ KD / ≡ NKD and their gain counts as zero. The **Equal budget** section compares methods at the "
-                "same number of trials; seed confirmations report a fixed epoch (the last), not a maximum over "
-                "epochs, but their configuration was still chosen on dev."
+                "≡ KD / ≡ NKD, and their gain over KD counts as zero (≡ KD) or as NKD's (≡ NKD). The **Equal "
+                "budget** section compares methods at the same number of trials; seed confirmations report a fixed "
+                "epoch (the last), not a maximum over epochs, but their configuration was still chosen on dev."
             )
         else:
             fixed = [
@@ -82,14 +82,6 @@ def _values(spec: TaskSpec, logits: np.ndarray) -> np.ndarray:
     return logits[:, 0].astype(np.float64) if spec.is_regression else logits.argmax(axis=1)
 
 
-def task_labels(snapshot, task: str) -> dict[str, np.ndarray]:
-    """The eval labels stored with the first study of ``task`` that has them (``{}`` if none)."""
-    for study in sorted(snapshot.studies):
-        if snapshot.studies[study]["task"] == task and study in snapshot.labels:
-            return snapshot.labels[study]
-    return {}
-
-
 def chance_values(spec: TaskSpec, labels: dict[str, np.ndarray]) -> tuple[float | None, ...] | None:
     """Every GLUE metric of the task for "always predict the majority class (of dev)"; None without labels."""
     if any(split not in labels for split in spec.eval_splits):
@@ -110,7 +102,7 @@ def _logits(snapshot, trial_id, split: str) -> np.ndarray | None:
     return None if found is None else found[1]
 
 
-def _dev_predictions(snapshot, spec: TaskSpec, *trial_ids) -> tuple[np.ndarray, list[np.ndarray]] | None:
+def dev_predictions(snapshot, spec: TaskSpec, *trial_ids) -> tuple[np.ndarray, list[np.ndarray]] | None:
     """The task's dev gold labels and what each trial's stored dev logits predict (what the primary metric
     scores); None unless labels and every trial's predictions are stored and of the same length."""
     split = spec.eval_splits[0]
@@ -125,7 +117,7 @@ def _dev_predictions(snapshot, spec: TaskSpec, *trial_ids) -> tuple[np.ndarray, 
 def near_chance(snapshot, spec: TaskSpec, trial_id) -> bool | None:
     """True when the trial's dev predictions are within noise of the majority baseline (the paired
     bootstrap's 95 % interval of the difference reaches 0); None without stored predictions/labels."""
-    found = _dev_predictions(snapshot, spec, trial_id)
+    found = dev_predictions(snapshot, spec, trial_id)
     if found is None:
         return None
     gold, (predicted,) = found
@@ -188,7 +180,7 @@ def equal_budget(snapshot, budget: int | None, command: str) -> tuple[list[str],
         scores = reported_score(best)
         lines += [
             "Gain over KD, × 100: at the equal budget n, and best of grid (a best point that is the same "
-            "computation as KD's or NKD's counts as zero gain).",
+            "computation as KD's counts as zero gain, one that is NKD's counts as NKD's gain over KD).",
             "",
             "| method | " + " | ".join(f"{t} at n = {n} | {t} best of grid" for t in tasks) + " |",
             "|---|" + "---:|" * (2 * len(tasks)),
@@ -202,12 +194,21 @@ def equal_budget(snapshot, budget: int | None, command: str) -> tuple[list[str],
                 cells.append(f"{100 * (means[(task, method)] - means[(task, 'kd')]):+.2f}")
                 row = best.loc[(task, method)]
                 mark = shared_mark(method, (row["lr"], row["eta"], row["lambda"]))
-                gain = 0.0 if mark else float(scores[(task, method)] - scores[(task, "kd")])
-                cells.append(f"{100 * gain:+.2f}{mark}")
+                cells.append(f"{_shared_gain(scores, task, method, mark)}{mark}")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines += ["", f"Reproduce: `{command}`", ""]
     per_task = {task: {m: c for (t, m), c in curves.items() if t == task} for task in tasks}
     return lines, {"n": n, "curves": per_task}
+
+
+def _shared_gain(scores: pd.Series, task: str, method: str, mark: str) -> str:
+    """The best-of-grid gain over KD, × 100: a ≡ KD point gains nothing, a ≡ NKD point gains what NKD does."""
+    if mark == " ≡ KD":
+        return f"{0.0:+.2f}"
+    source = "nkd" if mark == " ≡ NKD" else method
+    if (task, source) not in scores.index:
+        return "–"
+    return f"{100 * float(scores[(task, source)] - scores[(task, 'kd')]):+.2f}"
 
 
 def best_rows(frame: pd.DataFrame) -> dict[tuple[str, str], pd.Series]:
@@ -220,76 +221,95 @@ def _metric_header(task: str) -> str:
 
 
 # --------------------------------------------------------------------------- paired tests
-def paired_tests(snapshot, groups: dict[tuple[str, str], Seeds], command: str) -> list[str]:
-    """ALP (and each variant) against every baseline, per task: a paired t-test over confirmation seeds and a
-    paired bootstrap over dev examples, each Holm-corrected over all comparisons of the report."""
-    frame = snapshot.frame
-    best = best_rows(frame)
-    rows = []
-    for task in TASKS:
-        spec = TASKS[task]
-        present = [m for m in METHODS if (task, m) in best or (task, m) in groups]
-        for alp in (m for m in present if is_alp(m)):
-            for base in (m for m in present if not is_alp(m)):
-                rows.append(
-                    (
-                        task,
-                        alp,
-                        base,
-                        _seed_test(groups, task, alp, base),
-                        _bootstrap_test(snapshot, spec, best.get((task, alp)), best.get((task, base))),
-                    )
-                )
+def paired_tests(
+    snapshot,
+    groups: dict[tuple[str, str], Seeds],
+    command: str,
+    focus: tuple[str, ...] | None = None,
+    family: str | None = None,
+) -> list[str]:
+    """The focus methods (default the ALP family) against every other method, per task: a paired t-test over
+    confirmation seeds and a paired BCa bootstrap over dev examples, each corrected over its family of distinct
+    comparisons (:mod:`harness.report.paired`)."""
+    focus, family = paired.check_focus(focus), paired.check_family(family)
+    rows = paired.build(snapshot, groups, focus, family)
     if not rows:
         return []
-    seed_holm = statistics.holm([r[3].p if r[3] is not None else math.nan for r in rows])
-    boot_holm = statistics.holm([r[4].p if r[4] is not None else math.nan for r in rows])
+    seed_m, boot_m = paired.family_m(rows, "seed", family), paired.family_m(rows, "boot", family)
+    resamples = next((r.boot.result.resamples for r in rows if r.boot.result is not None), None)
+    default = " (the default)" if family == paired.DEFAULT_FAMILY else ""
+    scope = "all comparisons of this report" if family == "report" else "the comparisons of one task"
     lines = [
         "## Paired comparisons",
         "",
-        "ALP and each ALP variant against every baseline. **Seeds**: paired t-test over the confirmation "
-        "seeds both methods share (same seed = same data order; `run_study.py confirm`), Δ = mean of the "
-        "per-seed differences with its 95 % t-interval. **Dev bootstrap**: paired bootstrap over dev "
-        f"examples ({RESAMPLES} resamples, seed {BOOTSTRAP_SEED}) of the two best-of-grid trials' predictions "
-        "at their reported epochs, Δ with its 95 % percentile interval, p by the shifted null. "
-        "**Holm**: Holm–Bonferroni over all comparisons of this report, separately for each test. "
-        "A comparison is called only where a corrected p < 0.05; otherwise it is not distinguishable from "
-        "noise. Primary dev metric × 100.",
+        f"**Focus**: {', '.join(focus)} (`report --focus METHOD…`), each against every other method. **Seeds**: "
+        "paired t-test over the confirmation seeds both methods share (same seed = same data order; "
+        "`run_study.py confirm`), Δ = mean of the per-seed differences with its 95 % t-interval. **Dev "
+        "bootstrap**: paired BCa bootstrap over dev examples of the two best-of-grid trials' predictions at "
+        f"their reported epochs (B = {resamples if resamples else '–'} resamples, 50 per comparison of the "
+        f"largest family and at least 1,000, seed {paired.BOOTSTRAP_SEED}): Δ with its 95 % BCa interval and "
+        "the p-value of the same construction, so the interval excludes 0 when p < 0.05 (up to the resamples' "
+        "granularity). "
+        f"**Family**: `{family}`{default}, Holm–Bonferroni over {scope} (`report --family task|report`), "
+        "separately for each test, over the **distinct** comparisons only: a row whose two sides are the same "
+        "computation (shared trials, identical predictions) is marked ≡ and not counted; a row that repeats "
+        "an earlier row's pair of computations is marked = and shares its p; a comparison without a p (zero "
+        "difference on every seed) is not counted. BH: Benjamini–Hochberg (false-discovery rate) over the same "
+        "family, for reference. A comparison is called only where its Holm p < 0.05; otherwise the test did "
+        "not reject, which is a statement about power (below), not evidence that the methods are equal. A side "
+        "named *majority class* (regression: *a constant*) predicts the majority class of dev on those seeds (or "
+        "at its best grid point): there the comparison is one against a constant predictor. Primary dev metric × 100.",
         "",
-        "| task | ALP method | baseline | seeds | Δ seeds [95 % CI] | p | Holm p | Δ dev bootstrap [95 % CI] "
-        "| p | Holm p | verdict |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "m (distinct comparisons with a p): seeds "
+        + _family_text(seed_m)
+        + "; dev bootstrap "
+        + _family_text(boot_m)
+        + f"; rows in the table: {len(rows)}.",
+        "",
+        "| # | task | focus method | other method | seeds | Δ seeds [95 % CI] | p | Holm p | BH p "
+        "| Δ dev bootstrap [95 % BCa CI] | p | Holm p | BH p | verdict |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for (task, alp, base, seed, boot), seed_p, boot_p in zip(rows, seed_holm, boot_holm):
-        seed_cells = (
-            ["–"] * 4
-            if seed is None
-            else [str(seed.n), _delta(seed.delta, seed.low, seed.high), _p(seed.p), _p(seed_p)]
-        )
-        boot_cells = ["–"] * 3 if boot is None else [_delta(boot.delta, boot.low, boot.high), _p(boot.p), _p(boot_p)]
+    for index, row in enumerate(rows):
+        seed, boot = row.seed, row.boot
+        seed_cells = _test_cells(rows, seed, "seed", lambda r: [str(r.n), _delta(r.delta, r.low, r.high)])
+        boot_cells = _test_cells(rows, boot, "boot", lambda r: [_delta(r.delta, r.low, r.high)])
+        names = [f"{m} ({row.majority[m]})" if m in row.majority else m for m in (row.method, row.base)]
         lines.append(
-            f"| {task} | {alp} | {base} | "
+            f"| {index + 1} | {row.task} | {names[0]} | {names[1]} | "
             + " | ".join(seed_cells + boot_cells)
-            + f" | {_verdict(alp, base, seed, seed_p, boot, boot_p)} |"
+            + f" | {_verdict(row)} |"
         )
-    return lines + ["", f"Reproduce: `{command}`", ""]
+    lines += ["", f"Reproduce: `{command}`", ""]
+    powers = [paired.power(rows, groups, family, task) for task in TASKS]
+    powers = [p for p in powers if p]
+    if powers:
+        lines += [
+            "Power of the seed test: the smallest |Δ| its first Holm step (level 0.05/m) rejects with the seeds "
+            "given, for the median sd of the task's per-seed differences; every later Holm step needs more.",
+            "",
+        ]
+        lines += [p + "  " for p in powers] + [""]
+    return lines
 
 
-def _seed_test(groups, task: str, alp: str, base: str) -> statistics.PairedT | None:
-    a, b = groups.get((task, alp)), groups.get((task, base))
-    if a is None or b is None:
-        return None
-    return statistics.paired_t(dict(zip(a.seeds, a.values)), dict(zip(b.seeds, b.values)))
+def _family_text(sizes: dict[str, int]) -> str:
+    if list(sizes) == [""]:
+        return f"m = {sizes['']}"
+    return ", ".join(f"{task} m = {m}" for task, m in sizes.items())
 
 
-def _bootstrap_test(snapshot, spec: TaskSpec, a, b) -> statistics.PairedBootstrap | None:
-    if a is None or b is None:
-        return None
-    found = _dev_predictions(snapshot, spec, a["trial_id"], b["trial_id"])
-    if found is None:
-        return None
-    gold, (pa, pb) = found
-    return statistics.paired_bootstrap(spec.primary_metric, pa, pb, gold, RESAMPLES, BOOTSTRAP_SEED)
+def _test_cells(rows, test, kind: str, effect) -> list[str]:
+    """A test's cells: seeds (n, Δ [CI], p, Holm p, BH p) or dev bootstrap (Δ [CI], p, Holm p, BH p)."""
+    width = 5 if kind == "seed" else 4
+    if test.same:
+        head = [str(test.result.n)] if kind == "seed" else []
+        return head + ["≡ identical"] + ["–"] * (width - len(head) - 1)
+    if test.result is None:
+        return ["–"] * width
+    result = test.result
+    where = f" (= row {test.duplicate_of + 1})" if test.duplicate_of is not None else ""
+    return effect(result) + [_p(result.p), _p(test.holm) + where, _p(test.bh)]
 
 
 def _delta(delta: float, low: float, high: float) -> str:
@@ -303,30 +323,44 @@ def _p(p: float) -> str:
     return "–" if p is None or math.isnan(p) else f"{p:.3g}"
 
 
-def _verdict(alp: str, base: str, seed, seed_p: float, boot, boot_p: float) -> str:
+def _verdict(row) -> str:
+    if row.seed.same and (row.boot.same or row.boot.result is None):
+        return "identical predictions (or one shared trial): no comparison"
+    if row.boot.same and row.seed.result is None:
+        return "identical predictions (or one shared trial): no comparison"
     called = [
-        (name, test.delta)
-        for name, test, p in (("seeds", seed, seed_p), ("dev bootstrap", boot, boot_p))
-        if test is not None and not math.isnan(p) and p < statistics.ALPHA
+        (name, test.result.delta)
+        for name, test in (("seeds", row.seed), ("dev bootstrap", row.boot))
+        if test.result is not None and not test.same and not math.isnan(test.holm) and test.holm < statistics.ALPHA
     ]
     if not called:
-        if seed is None and boot is None:
+        if row.seed.result is None and row.boot.result is None:
             return "no test possible (no shared seeds, no stored predictions)"
-        return "not distinguishable from noise"
+        return "not distinguishable from noise (not rejected)"
     return "; ".join(
-        f"{alp if delta > 0 else base} higher ({name}, Holm p < {statistics.ALPHA})" for name, delta in called
+        f"{row.method if delta > 0 else row.base} higher ({name}, Holm p < {statistics.ALPHA})"
+        for name, delta in called
     )
 
 
 # --------------------------------------------------------------------------- ALP attention
 def alpha_panels(frame: pd.DataFrame) -> dict[str, list[dict]]:
-    """task → one panel per ALP-family method: the mean α over dev, at its reported epoch, of the method's best
-    grid trial that has one (a best point with λ = 0 is a shared KD/NKD trial, which computes no α)."""
+    """task → one panel per ALP-family method, describing the method's **best** grid trial (the one its cells
+    report): its mean α over dev at the reported epoch, the mean entropy, and per student layer the mean largest
+    α per example (``top``) and the share of examples whose arg-max layer is not the most common one
+    (``switch``; both ``None`` for trials recorded before they were stored). A best point with λ = 0 is a shared
+    KD/NKD trial with no ALP term: its panel has ``alpha`` None and says which (``shared``)."""
     out: dict[str, list[dict]] = {}
-    has_alpha = frame["alpha"].map(lambda a: isinstance(a, list) and len(a) > 0)
-    for (task, method), row in sorted(best_rows(frame[has_alpha]).items()):
-        alpha = row["alpha"]
+    for (task, method), row in sorted(best_rows(frame).items()):
         if not is_alp(method):
+            continue
+        alpha = row["alpha"]
+        shared = shared_mark(method, (row["lr"], row["eta"], row["lambda"])).strip()
+        if not (isinstance(alpha, list) and alpha):
+            if shared:
+                out.setdefault(task, []).append(
+                    {"method": method, "point": str(row["point"]), "alpha": None, "shared": shared}
+                )
             continue
         entropy = float(row["alpha_entropy"])
         out.setdefault(task, []).append(
@@ -336,9 +370,19 @@ def alpha_panels(frame: pd.DataFrame) -> dict[str, list[dict]]:
                 "alpha": alpha,
                 "entropy": entropy,
                 "one_hot": entropy < ONE_HOT_ENTROPY,
+                "top": _split(row.get("alpha_top")),
+                "switch": _split(row.get("alpha_switch")),
             }
         )
     return out
+
+
+def _split(text) -> list[float] | None:
+    return None if not isinstance(text, str) or not text else [float(v) for v in text.split(",")]
+
+
+def _per_layer(values: list[float] | None) -> str:
+    return "–" if values is None else ", ".join(f"{v:.2f}" for v in values)
 
 
 def alpha_section(panels: dict[str, list[dict]], figures: dict, command: str) -> list[str]:
@@ -347,23 +391,39 @@ def alpha_section(panels: dict[str, list[dict]], figures: dict, command: str) ->
     lines = [
         "## ALP attention",
         "",
-        "Mean attention α over dev (student layer × teacher layer, [CLS]) of each ALP method's best grid trial "
-        f"at its reported epoch, and the mean entropy of α (nats). **Near one-hot** (entropy < "
-        f"{ONE_HOT_ENTROPY}): the softmax picks one teacher layer per example, so ALP acts as a learned "
-        "single-layer match rather than a mixture (large [CLS] dot products with `alp_scale: 1` do this; "
-        "`alp_scale: sqrt_d` tempers them).",
+        "Of each ALP method's **best** grid trial (the one its cells report), at its reported epoch, over dev "
+        "([CLS]): the mean attention α (student layer × teacher layer), and per example: the mean entropy of α "
+        "(nats), the mean over examples of the largest α, and how often the arg-max teacher layer is not the "
+        f"layer's most common one. **Near one-hot** (mean entropy < {ONE_HOT_ENTROPY}): on each example α puts "
+        "almost all its weight on one teacher layer; the layer can still change from example to example (the "
+        "last column), in which case the *mean* α is spread although each example's is not. A best point with "
+        "λ = 0 is KD's (≡ KD) or NKD's (≡ NKD) computation: it has no ALP term, and no α is described.",
         "",
-        "| task | method | point | mean entropy | largest mean α per student layer | near one-hot |",
-        "|---|---|---|---:|---|:---:|",
+        "| task | method | point | mean entropy | largest mean α per student layer | mean largest α per example "
+        "| arg-max off its most common layer | near one-hot |",
+        "|---|---|---|---:|---|---|---|:---:|",
     ]
     for task in (t for t in TASKS if t in panels):
         for panel in panels[task]:
+            if panel["alpha"] is None:
+                lines.append(
+                    f"| {task} | {panel['method']} | {panel['point']} | – | no ALP term (best {panel['shared']}) "
+                    "| – | – | – |"
+                )
+                continue
             tops = ", ".join(f"{max(row):.2f}@{int(np.argmax(row)) + 1}" for row in panel["alpha"])
             lines.append(
                 f"| {task} | {panel['method']} | {panel['point']} | {panel['entropy']:.3f} | {tops} | "
-                f"{'yes' if panel['one_hot'] else 'no'} |"
+                f"{_per_layer(panel['top'])} | {_per_layer(panel['switch'])} | {'yes' if panel['one_hot'] else 'no'} |"
             )
-    lines += ["", "(v@j: mean α v on teacher layer j.)", "", f"Reproduce: `{command}`", ""]
+    lines += [
+        "",
+        "(v@j: mean α v on teacher layer j; per-example columns list the student layers in order; – where the "
+        "trial was recorded before they were stored.)",
+        "",
+        f"Reproduce: `{command}`",
+        "",
+    ]
     return lines + [f"![{title}]({path})" for title, path in figures.get("alpha", [])] + [""]
 
 
@@ -382,6 +442,9 @@ def figure_jobs(budget: dict, panels: dict[str, list[dict]]) -> dict[str, list]:
             )
         )
     for task, task_panels in panels.items():
+        task_panels = [p for p in task_panels if p["alpha"] is not None]
+        if not task_panels:
+            continue
         jobs["alpha"].append(
             (
                 f"ALP attention, {task}",

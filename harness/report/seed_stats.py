@@ -29,6 +29,8 @@ class Seeds:
     point: str
     seeds: tuple[int, ...]
     values: tuple[float, ...]
+    trials: tuple[int, ...] = ()
+    """The trial_id of each seed's run (its stored predictions; empty where unknown)."""
 
     @property
     def n(self) -> int:
@@ -67,7 +69,8 @@ def confirmations(frame: pd.DataFrame, bests: pd.DataFrame) -> dict[tuple[str, s
         for (study, point), rows in group.groupby(["study", "point"], sort=True):
             runs = rows.sort_values("number").groupby("seed", sort=True).last()
             scores = reported_score(runs)
-            found.append(Seeds(study, point, tuple(int(s) for s in runs.index), tuple(float(v) for v in scores)))
+            ids = tuple(int(t) for t in runs["trial_id"]) if "trial_id" in runs else ()
+            found.append(Seeds(study, point, tuple(int(s) for s in runs.index), tuple(float(v) for v in scores), ids))
         chosen = (best["study"], best["point"]) if best is not None else None
         out[(task, method)] = sorted(found, key=lambda g: ((g.study, g.point) != chosen, -g.n, g.study, g.point))
     return out

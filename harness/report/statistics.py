@@ -111,6 +111,12 @@ def expected_max_curve(
     return means, sds
 
 
+def _selection_order(keys: np.ndarray) -> np.ndarray:
+    """Positions sorted from the least to the most preferred trial: by key, and among equal keys the earlier
+    position is preferred (ranked last), the one tie-break of every selection in the report."""
+    return np.lexsort((-np.arange(keys.size), keys))
+
+
 def expected_selected(
     keys: Iterable[float], reported: Iterable[float], n: int, replace: bool = False
 ) -> tuple[float, float]:
@@ -119,14 +125,15 @@ def expected_selected(
     The grid's trials are ranked by their selection score ``keys`` and each reports ``reported`` (under
     ``selection: holdout``: ranked by the holdout score, reporting dev at the chosen epoch). The chosen trial
     of n draws is the top-ranked drawn one, with the probabilities of :func:`expected_max`; with
-    ``keys == reported`` this is :func:`expected_max`. Ties in ``keys`` are ranked by position.
+    ``keys == reported`` this is :func:`expected_max`. Ties in ``keys``: the *earlier* position wins (the
+    tie-break of :func:`harness.report.frame.best_trials`, the earliest trial; pass trials in trial order).
     """
     keys, reported = _as_float_array(keys).reshape(-1), _as_float_array(reported).reshape(-1)
     if keys.shape != reported.shape:
         raise ValueError(f"expected_selected: {keys.size} keys but {reported.size} reported values")
     _finite_sorted(keys), _finite_sorted(reported)
     n = _check_n(n)
-    ordered = reported[np.argsort(keys, kind="stable")]
+    ordered = reported[_selection_order(keys)]
     probability = _max_distribution(ordered.size, n, replace)
     mean = float(np.dot(probability, ordered))
     return mean, math.sqrt(max(float(np.dot(probability, (ordered - mean) ** 2)), 0.0))
@@ -140,7 +147,7 @@ def expected_selected_curve(
     if keys.shape != reported.shape:
         raise ValueError(f"expected_selected: {keys.size} keys but {reported.size} reported values")
     _finite_sorted(keys), _finite_sorted(reported)
-    ordered = reported[np.argsort(keys, kind="stable")]
+    ordered = reported[_selection_order(keys)]
     probability = np.stack([_max_distribution(ordered.size, n, replace) for n in range(1, ordered.size + 1)])
     means = probability @ ordered
     variance = (probability * (ordered[None, :] - means[:, None]) ** 2).sum(axis=1)
@@ -173,6 +180,61 @@ def holm(pvalues: Iterable[float]) -> np.ndarray:
         values[order] = np.maximum.accumulate(scaled)
         adjusted[present] = values
     return adjusted.reshape(array.shape)
+
+
+def benjamini_hochberg(pvalues: Iterable[float]) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (false-discovery rate), in input order, NaN passing through.
+
+    Step-up: with the m non-NaN p-values sorted ascending, adjusted_(k) = min_{j ≥ k} min(1, m p_(j) / j).
+    Rejecting where adjusted < α controls the expected share of false calls at α (for independent or positively
+    dependent tests); a second column beside :func:`holm`, never the one a verdict uses.
+    """
+    array = _as_float_array(pvalues)
+    flat = array.reshape(-1)
+    present = ~np.isnan(flat)
+    if np.any((flat[present] < 0) | (flat[present] > 1)):
+        raise ValueError("benjamini_hochberg: p-values must lie in [0, 1]")
+    adjusted = np.full(flat.shape, np.nan)
+    raw = flat[present]
+    m = raw.size
+    if m:
+        order = np.argsort(raw, kind="stable")
+        scaled = np.minimum(1.0, raw[order] * m / np.arange(1, m + 1))
+        values = np.empty(m)
+        values[order] = np.minimum.accumulate(scaled[::-1])[::-1]
+        adjusted[present] = values
+    return adjusted.reshape(array.shape)
+
+
+# --------------------------------------------------------------------------- power of the seed test
+
+
+def detectable_delta(sd: float, n: int, m: int, alpha: float = ALPHA) -> float:
+    """The smallest |mean difference| a two-sided paired t-test over ``n`` seeds rejects at Holm's first step
+    (level α/m, the most lenient step) when the per-seed differences have sd ``sd``: t_{1−α/(2m), n−1}·sd/√n.
+
+    Every later Holm step needs more. NaN for n < 2 or a non-finite sd.
+    """
+    if n < 2 or not math.isfinite(sd) or m < 1:
+        return math.nan
+    return float(stats.t.ppf(1 - alpha / (2 * m), n - 1)) * sd / math.sqrt(n)
+
+
+def seeds_needed(delta: float, sd: float, m: int, alpha: float = ALPHA, limit: int = 10_000) -> int | None:
+    """The fewest seeds n ≥ 2 for which :func:`detectable_delta` is at most ``delta`` (a mean difference of
+    exactly ``delta`` with that sd then reaches Holm's first step); None beyond ``limit`` or for a bad sd."""
+    if not math.isfinite(sd) or sd < 0 or delta <= 0:
+        return None
+    if detectable_delta(sd, limit, m, alpha) > delta:
+        return None
+    low, high = 1, limit  # detectable_delta falls with n: bisect for the first n that reaches delta
+    while high - low > 1:
+        middle = (low + high) // 2
+        if detectable_delta(sd, middle, m, alpha) <= delta:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 # --------------------------------------------------------------------------- paired t-test over seeds
@@ -350,10 +412,11 @@ def resampled_metric(metric: str, predictions: np.ndarray, labels: np.ndarray, i
 
 @dataclass(frozen=True)
 class PairedBootstrap:
-    """Paired bootstrap of metric(a) − metric(b) over dev examples.
+    """Paired BCa bootstrap of metric(a) − metric(b) over dev examples.
 
-    ``delta``: the difference on the full dev set; ``low``/``high``: 2.5th/97.5th percentiles of the resampled
-    differences (percentile interval); ``p``: two-sided p-value by the shifted-null method; ``resamples``: B.
+    ``delta``: the difference on the full dev set; ``low``/``high``: the 95 % BCa interval; ``p``: the two-sided
+    p-value of the same BCa construction (the largest level at which its interval still reaches 0, so the
+    interval excludes 0 exactly when p < 0.05, up to the resamples' granularity); ``resamples``: B.
     """
 
     delta: float
@@ -363,16 +426,76 @@ class PairedBootstrap:
     resamples: int
 
 
+JACKKNIFE_BLOCKS = 1000
+"""BCa's acceleration comes from a jackknife: leave-one-out up to this many examples, else leave one of this
+many contiguous blocks out (a delete-block jackknife; MNLI's 9,815 examples in blocks of ~10)."""
+
+
+def bootstrap_resamples(m: int, floor: int = 1000) -> int:
+    """B for a family of ``m`` bootstrap comparisons: max(floor, 50·m), so that the smallest p the BCa
+    bootstrap can give (about 2/(B + 1)) stays below 0.05 after Holm over m (m · 2/(50m + 1) < 0.04)."""
+    return max(int(floor), 50 * int(m))
+
+
+def _jackknife(metric: str, pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The difference metric(a) − metric(b) with each block of examples left out (see JACKKNIFE_BLOCKS)."""
+    n = len(labels)
+    if n < 2:
+        return np.zeros(1)
+    blocks = np.array_split(np.arange(n), min(n, JACKKNIFE_BLOCKS))
+    keep = np.ones((len(blocks), n), dtype=bool)
+    for row, block in enumerate(blocks):
+        keep[row, block] = False
+    sizes = np.array([len(b) for b in blocks])
+    out = np.empty(len(blocks))
+    for size in np.unique(sizes):
+        rows = np.flatnonzero(sizes == size)
+        index = np.nonzero(keep[rows])[1].reshape(len(rows), n - size)
+        out[rows] = resampled_metric(metric, pred_a, labels, index) - resampled_metric(metric, pred_b, labels, index)
+    return out
+
+
+def bca(delta: float, deltas: np.ndarray, jackknife: np.ndarray, alpha: float = ALPHA) -> tuple[float, float, float]:
+    """BCa interval (Efron 1987) at level 1 − α and its two-sided p-value: (low, high, p).
+
+    Bias z0 = Φ⁻¹(share of resamples below ``delta``, ties counting half); acceleration a from the jackknife
+    values, a = Σ(θ̄ − θᵢ)³ / (6 (Σ(θ̄ − θᵢ)²)^{3/2}). The interval takes the resamples' quantiles at
+    Φ(z0 + (z0 + z)/(1 − a(z0 + z))) for z = Φ⁻¹(α/2), Φ⁻¹(1 − α/2). The p-value inverts that map at 0: with
+    F = the resamples' share below 0 (ties half, kept within [1/(B+1), B/(B+1)]), w = Φ⁻¹(F) − z0, the level at
+    which an endpoint sits on 0 is Φ(w/(1 + a·w) − z0), and p is twice the smaller tail. All resamples equal
+    (identical systems): (δ, δ, 1).
+    """
+    size = deltas.size
+    if size == 0 or np.all(deltas == deltas[0]):
+        return float(deltas[0]) if size else delta, float(deltas[0]) if size else delta, 1.0
+    clip = (1 / (size + 1), size / (size + 1))
+    below = (np.count_nonzero(deltas < delta) + 0.5 * np.count_nonzero(deltas == delta)) / size
+    z0 = float(stats.norm.ppf(np.clip(below, *clip)))
+    centred = jackknife.mean() - jackknife
+    spread = float(np.sum(centred**2))
+    a = float(np.sum(centred**3)) / (6 * spread**1.5) if spread > 0 else 0.0
+    levels = []
+    for z in stats.norm.ppf([alpha / 2, 1 - alpha / 2]):
+        shifted = z0 + z
+        levels.append(float(stats.norm.cdf(z0 + shifted / (1 - a * shifted))) if 1 - a * shifted > 0 else 1.0)
+    low, high = np.quantile(deltas, np.clip(levels, 0.0, 1.0))
+    zero = (np.count_nonzero(deltas < 0) + 0.5 * np.count_nonzero(deltas == 0)) / size
+    w = float(stats.norm.ppf(np.clip(zero, *clip))) - z0
+    level = float(stats.norm.cdf(w / (1 + a * w) - z0)) if 1 + a * w > 0 else (1.0 if w > 0 else 0.0)
+    return float(low), float(high), float(min(1.0, 2 * min(level, 1 - level)))
+
+
 def paired_bootstrap(
     metric: str, pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray, resamples: int = 1000, seed: int = 0
 ) -> PairedBootstrap:
-    """Paired bootstrap test of two systems' predictions on the same dev set (shapes [n], as for resampled_metric).
+    """Paired BCa bootstrap of two systems' predictions on the same dev set (shapes [n], as for resampled_metric).
 
     The same B = ``resamples`` index rows, ``np.random.default_rng(seed).integers(0, n, size=(B, n))``, score
-    both systems, so the variation of the test set is shared and only the systems' disagreement counts.
-    p = (1 + #{b : |δ*_b − δ| ≥ |δ|}) / (B + 1): the resampled differences, shifted to mean ≈ 0, stand for the
-    null distribution (never 0; 1 for identical systems). Any B ≥ 1 runs (tests use small B); reports use
-    B ≥ 1000. Memory: the index is B·n int64. ValueError for lengths that differ or B < 1.
+    both systems, so the variation of the test set is shared and only the systems' disagreement counts. One
+    bootstrap gives both the interval and the p-value (:func:`bca`; a vectorised BCa of our own, its
+    acceleration from :func:`_jackknife`), so they cannot disagree. Any B ≥ 1 runs (tests use small B); reports
+    size B by :func:`bootstrap_resamples`. Memory: the index is B·n int64. ValueError for lengths that differ
+    or B < 1.
     """
     pred_a, pred_b, labels = np.asarray(pred_a), np.asarray(pred_b), np.asarray(labels)
     if not (len(pred_a) == len(pred_b) == len(labels)):
@@ -385,9 +508,8 @@ def paired_bootstrap(
     delta = float(resampled_metric(metric, pred_a, labels, full)[0] - resampled_metric(metric, pred_b, labels, full)[0])
     index = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     deltas = resampled_metric(metric, pred_a, labels, index) - resampled_metric(metric, pred_b, labels, index)
-    low, high = np.percentile(deltas, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
-    p = (1 + int(np.count_nonzero(np.abs(deltas - delta) >= abs(delta)))) / (resamples + 1)
-    return PairedBootstrap(delta, float(low), float(high), float(p), resamples)
+    low, high, p = bca(delta, deltas, _jackknife(metric, pred_a, pred_b, labels))
+    return PairedBootstrap(delta, low, high, p, resamples)
 
 
 # --------------------------------------------------------------------------- baselines

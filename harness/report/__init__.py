@@ -4,7 +4,8 @@
 ``document``        ``write_report``: the markdown document and its sections
 ``frame``           the database flattened into one DataFrame
 ``comparison``      the methods × tasks table
-``honest``          protocol, equal budget, paired tests, chance, α: the honest sections
+``honest``          protocol, equal budget, chance, α: the honest sections
+``paired``          the paired tests: focus, distinct comparisons, correction family, power
 ``statistics``      expected maximum, Holm, paired tests, bootstrap
 ``seed_stats``      seed confirmations: means and intervals
 ``reference``       published-score files

@@ -57,7 +57,7 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"alp-kd {__version__}")
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{run,plan,report,status,confirm,reproduce,export}"
+        dest="command", required=True, metavar="{run,prepare,plan,slurm,report,status,confirm,reproduce,export}"
     )
 
     run = commands.add_parser(
@@ -67,7 +67,14 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
         "point for every method of the study file. Re-running the same command "
         "continues where it stopped: finished trials are kept.",
     )
-    run.add_argument("study_file", type=Path, help="YAML study file, e.g. studies/demo.yaml")
+    run.add_argument(
+        "study_files",
+        type=Path,
+        nargs="+",
+        metavar="study_file",
+        help="YAML study file(s), e.g. studies/demo.yaml; with several, a worker takes its points from the first "
+        "file that has a free one and exits when every file is done",
+    )
     _storage_arg(run)
     run.add_argument(
         "--data-dir",
@@ -103,6 +110,19 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
         metavar="0,1,...",
         help="the GPUs the workers use (indices as CUDA shows them, i.e. after CUDA_VISIBLE_DEVICES); default: all",
     )
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="fine-tune every teacher and write every teacher-output cache the study files need; no student",
+        description="Fine-tune the teacher of every study file and cache its outputs, up to --workers at once "
+        "(one per GPU); trains no student and creates no database. Idempotent: a run after it starts training "
+        "at once.",
+    )
+    prepare.add_argument("study_files", type=Path, nargs="+", metavar="study_file")
+    prepare.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, the file's, the hub)")
+    prepare.add_argument("--cache-dir", type=Path, default=None)
+    prepare.add_argument("--workers", type=int, default=1, help="teachers fine-tuned at once (one process each)")
+    prepare.add_argument("--devices", default=None, metavar="0,1,...", help="the GPUs to use (default: all)")
 
     report = commands.add_parser(
         "report",
@@ -214,14 +234,14 @@ def _open_storage(url: str | None, create: bool = False, with_optuna: bool = Tru
     return Storage(url, create=create, with_optuna=with_optuna)
 
 
-def _data_dir(args: argparse.Namespace, config=None) -> Path | None:
+def _data_dir(args: argparse.Namespace, config=None, study_file: Path | None = None) -> Path | None:
     """The GLUE folder: ``--data-dir``, then ``$GLUE_DIR``, then the study file's ``data_dir`` (relative to
     the study file; commands without a study file have none), else ``None`` for the hub."""
     from harness.data.loading import resolve_data_dir
 
     study_dir = None
     if config is not None and config.data_dir is not None:
-        study_dir = str((args.study_file.parent / config.data_dir).resolve())
+        study_dir = str(((study_file or args.study_file).parent / config.data_dir).resolve())
     return resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), study_dir)
 
 
@@ -247,9 +267,36 @@ def _run_options(args: argparse.Namespace, **more) -> RunOptions:
     return RunOptions(cache_dir=args.cache_dir or _default_cache(), tensorboard=args.tensorboard, **more)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _check_run_args(args: argparse.Namespace) -> None:
+    if getattr(args, "n_trials", None) is not None and args.n_trials < 1:
+        raise HarnessError(f"--n-trials must be at least 1, got {args.n_trials}")
+    if args.workers < 1:
+        raise HarnessError(f"--workers must be at least 1, got {args.workers}")
+    if getattr(args, "max_attempts", 1) < 1:
+        raise HarnessError(f"--max-attempts must be at least 1, got {args.max_attempts}")
+
+
+def _experiments(args: argparse.Namespace, device) -> list[tuple[Path, object, Path | None, object]]:
+    """(study file, config, data folder, experiment) of every study file, in order; all of them are loaded and
+    checked (study file, data, teacher) before anything is created, so a bad second file stops the command
+    before the first one trains."""
     from harness.distill.experiment import Experiment
     from harness.spec.config import load_study
+
+    loaded = []
+    for study_file in args.study_files:
+        config = load_study(study_file)
+        data_dir = _data_dir(args, config, study_file)
+        experiment = Experiment(config, data_dir, args.cache_dir or _default_cache(), device=device)
+        loaded.append((study_file, config, data_dir, experiment))
+    names = [config.name + "/" + config.task for _, config, _, _ in loaded]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise HarnessError(f"study {twice[0]} is named by two of the study files; give each file its own name/task")
+    return loaded
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     from harness.store.urls import parse_url
     from harness.sweep.driver import Runner
     from harness.sweep.sharing import describe_grids
@@ -258,44 +305,73 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet_libraries(transformers=True)
     import torch
 
-    if args.n_trials is not None and args.n_trials < 1:
-        raise HarnessError(f"--n-trials must be at least 1, got {args.n_trials}")
-    if args.workers < 1:
-        raise HarnessError(f"--workers must be at least 1, got {args.workers}")
-    if args.max_attempts < 1:
-        raise HarnessError(f"--max-attempts must be at least 1, got {args.max_attempts}")
+    _check_run_args(args)
     devices = parse_devices(args.devices)
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     first = assign_devices(1, visible, devices)[0]  # a bad --devices fails now
-    config = load_study(args.study_file)
     if args.storage is not None:
         parse_url(args.storage)  # a bad URL fails now, before the data are read
-    data_dir = _data_dir(args, config)
     options = _run_options(args, max_attempts=args.max_attempts, n_trials=args.n_trials)
-    cache_dir = options.cache_dir
-    # data and teacher checked before the database is touched
-    experiment = Experiment(config, data_dir, cache_dir, device=torch.device(first))
+    # every file's data and teacher checked before the database is touched
+    loaded = _experiments(args, torch.device(first))
     storage = _open_storage(args.storage, create=True)
-    print(
-        f"study file {args.study_file}: task {config.task}, teacher {config.teacher}, "
-        f"{config.student_layers}-layer student, sampler {config.search.sampler}"
-    )
-    print("\n".join(describe_grids(config)))
-    print(f"storage {storage.masked}; data {data_dir or 'Hugging Face hub (nyu-mll/glue)'}")
+    print(f"storage {storage.masked}")
     if args.retry_failed:  # once, before any worker starts
-        freed = sum(storage.retry_failed(config.study_name(method)) for method in config.methods)
+        freed = sum(
+            storage.retry_failed(config.study_name(method)) for _, config, _, _ in loaded for method in config.methods
+        )
         print(f"--retry-failed: {freed} failed grid point(s) get a fresh set of attempts")
-    if args.workers == 1:
-        Runner(config, storage, experiment, options).run()
+    for study_file, config, data_dir, experiment in loaded:  # a file is left only when none of its points is free
+        print(
+            f"study file {study_file}: task {config.task}, teacher {config.teacher}, "
+            f"{config.student_layers}-layer student, sampler {config.search.sampler}"
+        )
+        print("\n".join(describe_grids(config)))
+        print(f"data {data_dir or 'Hugging Face hub (nyu-mll/glue)'}")
+        if args.workers == 1:
+            Runner(config, storage, experiment, options).run()
+        else:
+            experiment.prepare_shared()  # fine-tune the teacher and cache its outputs once, before the workers start
+            code = run_workers(args.workers, config, storage.url, data_dir, options, devices)
+            if code != 0:
+                return code
+    names = sorted({config.name for _, config, _, _ in loaded})
+    print(
+        "done. Report: "
+        + "; ".join(
+            f"python run_study.py report --name {name}"
+            + ("" if args.storage is None else f" --storage '{storage.masked}'")
+            for name in names
+        )
+    )
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Fine-tune every teacher and write every teacher-output cache the study files need; trains no student.
+    Idempotent: what is cached already is only checked. With ``--workers K`` up to K teachers at once, each
+    process on its own GPU (round-robin over the visible ones)."""
+    quiet_libraries(transformers=True)
+    import torch
+
+    from harness.sweep.workers import assign_devices, parse_devices, prepare_in_parallel
+
+    _check_run_args(args)
+    devices = parse_devices(args.devices)
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    placed = assign_devices(max(args.workers, 1), visible, devices)
+    loaded = _experiments(args, torch.device(placed[0]))
+    if args.workers == 1 or len(loaded) == 1:
+        for study_file, config, _, experiment in loaded:
+            experiment.prepare_shared()
+            print(f"{study_file}: teacher {config.teacher} on {config.task} ready ({experiment.teacher.key()})")
     else:
-        experiment.prepare_shared()  # fine-tune the teacher and cache its outputs once, before the workers start
-        code = run_workers(args.workers, config, storage.url, data_dir, options, devices)
+        code = prepare_in_parallel(
+            [(config, data_dir) for _, config, data_dir, _ in loaded], args.cache_dir or _default_cache(), placed
+        )
         if code != 0:
             return code
-    print(
-        f"done. Report: python run_study.py report --name {config.name}"
-        + ("" if args.storage is None else f" --storage '{storage.masked}'")
-    )
+    print(f"prepared {len(loaded)} study file(s); no student was trained")
     return 0
 
 
@@ -396,7 +472,11 @@ def main(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
     args = parser.parse_args(argv)
     terminate_like_interrupt()
     # commands that train stop at their next step on SIGTERM (harness.util.signals); the others at once
-    stops = cooperative() if args.command in ("run", "confirm", "reproduce", "export") else contextlib.nullcontext()
+    stops = (
+        cooperative()
+        if args.command in ("run", "prepare", "confirm", "reproduce", "export")
+        else contextlib.nullcontext()
+    )
     try:
         quiet_libraries()
         with stops:
@@ -408,6 +488,7 @@ def main(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
                 "confirm": cmd_confirm,
                 "export": cmd_export,
                 "plan": cmd_plan,
+                "prepare": cmd_prepare,
             }[args.command](args)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -10,13 +10,20 @@ import argparse
 import contextlib
 import os
 import shlex
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.util.errors import HarnessError
 from harness.util.quiet import quiet_libraries
-from harness.util.signals import EXIT_TERMINATED, Terminated, cooperative, terminate_like_interrupt
+from harness.util.signals import (
+    EXIT_TERMINATED,
+    Terminated,
+    cooperative,
+    requeue_requested,
+    terminate_like_interrupt,
+)
 
 if TYPE_CHECKING:
     from harness.sweep.driver import RunOptions
@@ -123,6 +130,40 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
     prepare.add_argument("--cache-dir", type=Path, default=None)
     prepare.add_argument("--workers", type=int, default=1, help="teachers fine-tuned at once (one process each)")
     prepare.add_argument("--devices", default=None, metavar="0,1,...", help="the GPUs to use (default: all)")
+    prepare.add_argument(
+        "--storage",
+        metavar="URL",
+        default=None,
+        help="also check first that this database is reachable from here (the slurm launcher's prepare job does)",
+    )
+
+    slurm = commands.add_parser(
+        "slurm",
+        help="run the study files on a SLURM cluster: a prepare job, then a worker job array after it",
+        description="Submit a prepare job (database check, every teacher and teacher-output cache) and a job array "
+        "of --workers tasks that starts after it succeeds; each task runs 'run' over all the study files on its own "
+        "GPU(s), against the shared --storage and --cache-dir. Preempted or timed-out workers give their point back "
+        "and are requeued; the requeued worker resumes from the epoch checkpoint.",
+    )
+    slurm.add_argument("study_files", type=Path, nargs="+", metavar="study_file")
+    slurm.add_argument("--workers", type=_positive_int, required=True, help="array tasks, one worker each")
+    slurm.add_argument("--gpus-per-worker", type=int, default=1, help="GPUs per worker (0: CPU workers)")
+    slurm.add_argument("--cpus-per-worker", type=int, default=4)
+    slurm.add_argument("--mem", default=None, help="sbatch --mem per worker, e.g. 32G")
+    for flag in ("partition", "time", "account", "qos", "constraint", "nodelist"):
+        slurm.add_argument(f"--{flag}", default=None, help=f"sbatch --{flag} of both jobs")
+    slurm.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="an extra sbatch option for both jobs, e.g. --sbatch=--exclusive (repeatable)",
+    )
+    _storage_arg(slurm)
+    slurm.add_argument("--data-dir", default=None, help="GLUE folder every node sees (default: $GLUE_DIR, the hub)")
+    slurm.add_argument("--cache-dir", type=Path, default=None, help="a folder every node mounts (not /tmp)")
+    slurm.add_argument("--log-dir", type=Path, default=None, help="job scripts and logs (default: CACHE/slurm/)")
+    slurm.add_argument("--dry-run", action="store_true", help="print the two batch scripts; submit nothing")
 
     report = commands.add_parser(
         "report",
@@ -357,6 +398,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from harness.sweep.workers import assign_devices, parse_devices, prepare_in_parallel
 
     _check_run_args(args)
+    if args.storage is not None:  # the launcher's prepare job: a database the nodes cannot reach fails now
+        storage = _open_storage(args.storage, create=True, with_optuna=False)
+        print(f"storage {storage.masked} reachable from {socket.gethostname()}")
     devices = parse_devices(args.devices)
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     placed = assign_devices(max(args.workers, 1), visible, devices)
@@ -372,6 +416,49 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         if code != 0:
             return code
     print(f"prepared {len(loaded)} study file(s); no student was trained")
+    return 0
+
+
+def cmd_slurm(args: argparse.Namespace) -> int:
+    from harness.spec.config import load_study
+    from harness.sweep import slurm
+
+    options = slurm.SlurmOptions(
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        partition=args.partition,
+        time=args.time,
+        account=args.account,
+        qos=args.qos,
+        constraint=args.constraint,
+        nodelist=args.nodelist,
+        mem=args.mem,
+        sbatch_options=tuple(args.sbatch),
+    )
+    from harness.store.urls import default_storage
+
+    url = args.storage or default_storage(REPO_ROOT)
+    cache_dir = args.cache_dir or _default_cache()
+    configs = [load_study(path) for path in args.study_files]  # a bad study file fails before anything is sent
+    slurm.check_setup(url, cache_dir, options, args.dry_run)
+    data_dir = args.data_dir or os.environ.get("GLUE_DIR")
+    folder = (args.log_dir or cache_dir / "slurm").resolve()
+    submission = slurm.build(args.study_files, url, cache_dir, data_dir, options, folder)
+    follow = [f"python run_study.py status --storage {shlex.quote(slurm.mask_url(url))}"] + [
+        f"python run_study.py report --name {name} --storage {shlex.quote(slurm.mask_url(url))}"
+        for name in sorted({config.name for config in configs})
+    ]
+    if args.dry_run:
+        print(f"dry run: would submit, in {folder}:")
+        print("# prepare.sbatch\n" + slurm.masked(submission.prepare, url))
+        print("# workers.sbatch (submitted with --dependency=afterok:<prepare job> --kill-on-invalid-dep=yes)")
+        print(slurm.masked(submission.workers, url))
+        print("then follow it with:\n  " + "\n  ".join(follow))
+        return 0
+    prepare, workers = slurm.submit(submission)
+    print(f"submitted prepare job {prepare} and worker array {workers} (0-{args.workers - 1}, after {prepare})")
+    print(f"logs in {folder}; follow the sweep with:\n  squeue -j {prepare},{workers}\n  " + "\n  ".join(follow))
     return 0
 
 
@@ -489,6 +576,7 @@ def main(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
                 "export": cmd_export,
                 "plan": cmd_plan,
                 "prepare": cmd_prepare,
+                "slurm": cmd_slurm,
             }[args.command](args)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -503,4 +591,10 @@ def main(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
             f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; run the same command again to continue",
             file=sys.stderr,
         )
+        if terminated and requeue_requested():  # SIGUSR1: a SLURM worker whose time limit is near
+            from harness.sweep.slurm import requeue_self
+
+            job = requeue_self()
+            if job is not None:
+                print(f"requeued SLURM job {job}", file=sys.stderr, flush=True)
         return EXIT_TERMINATED if terminated else 130

@@ -3,15 +3,17 @@ launcher (``slurm``): its ``--dry-run``, its refusals and, where ``sbatch`` is o
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from harness.cli import main
 from harness.store import urls
 
-from conftest import sweep_args, write_study
+from conftest import REPO, sweep_args, write_study
 
 ONE_POINT = {
     "methods": ["nkd", "kd"],
@@ -102,3 +104,60 @@ def test_filesystem_type_reads_the_longest_mount_point(tmp_path):
     assert urls.filesystem_type(Path("/shared/scratch/x"), mountinfo) == "lustre"
     assert urls.filesystem_type(Path("/sharedx"), mountinfo) == "ext4"
     assert urls.filesystem_type(Path("/x"), tmp_path / "missing") == "unknown"
+
+
+# ---------------------------------------------------------------- the launcher
+
+
+def launch_args(files: list[Path], storage: str, glue_dir: Path, cache: Path, *extra: str) -> list[str]:
+    return ["slurm", *map(str, files), "--workers", "2", "--gpus-per-worker", "0", "--cpus-per-worker", "1",
+            *sweep_args(storage, glue_dir, cache), *extra]  # fmt: skip
+
+
+def test_dry_run_prints_both_jobs_and_submits_nothing(tmp_path, tiny_bert, glue_dir, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch: a dry run needs none
+    files = two_files(tmp_path, tiny_bert)
+    url = "postgresql://me:secret@db.example:5432/sweeps"
+    cache = REPO / ".cache"
+    assert main(launch_args(files, url, glue_dir, cache, "--time", "2:00:00", "--partition", "gpu", "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert "secret" not in out and "me:***@db.example" in out
+    assert "#SBATCH --array=0-1" in out and "#SBATCH --requeue" in out and "#SBATCH --signal=B:USR1@120" in out
+    assert "#SBATCH --partition=gpu" in out and "#SBATCH --time=2:00:00" in out and "--gres" not in out
+    assert "--dependency=afterok:<prepare job>" in out
+    prepare, workers = out.split("# workers.sbatch")
+    assert f"prepare {files[0].resolve()} {files[1].resolve()} --storage" in prepare
+    assert f"exec {sys.executable} {REPO / 'run_study.py'} run {files[0].resolve()} {files[1].resolve()}" in workers
+    assert "export HARNESS_SLURM_REQUEUE=1" in workers
+    assert "run_study.py status --storage" in out and "report --name multi" in out
+    with_gpus = launch_args(files, url, glue_dir, cache, "--dry-run")
+    with_gpus[with_gpus.index("--gpus-per-worker") + 1] = "2"
+    assert main(with_gpus) == 0
+    assert "#SBATCH --gres=gpu:2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("storage", "cache", "extra", "message"),
+    [
+        ("sqlite:///{tmp}/x.db", "{repo}/.cache", (), "SQLite is only safe when every task runs on one node"),
+        ("postgresql://u@127.0.0.1/db", "{tmp}/cache", (), "is node-local (/tmp)"),
+        ("postgresql://u@127.0.0.1/db", "/dev/shm/alp-kd-cache", (), "is node-local (tmpfs)"),
+        ("postgresql://u@127.0.0.1/db", "{repo}/.cache", ("--time", "1"), "give them more than that"),
+        ("postgresql://u@127.0.0.1/db", "{repo}/.cache", ("--time", "soon"), "--time 'soon': expected minutes"),
+    ],
+)
+def test_the_launcher_refuses_what_many_nodes_cannot_share(tmp_path, glue_dir, tiny_bert, capsys, storage, cache,
+                                                           extra, message):  # fmt: skip
+    files = two_files(tmp_path, tiny_bert)
+    storage, cache = (text.format(tmp=tmp_path, repo=REPO) for text in (storage, cache))
+    assert main(launch_args(files, storage, glue_dir, Path(cache), *extra, "--dry-run")) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_no_sbatch_on_path_is_one_line(tmp_path, glue_dir, tiny_bert, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    files = two_files(tmp_path, tiny_bert)
+    assert main(launch_args(files, "postgresql://u@127.0.0.1/db", glue_dir, REPO / ".cache")) == 2
+    err = capsys.readouterr().err
+    assert err == "error: 'sbatch' is not on PATH: run 'slurm' on a SLURM login node (or use --dry-run)\n"

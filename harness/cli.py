@@ -594,7 +594,7 @@ def main(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
         if terminated and requeue_requested():  # SIGUSR1: a SLURM worker whose time limit is near
             from harness.sweep.slurm import requeue_self
 
-            job = requeue_self()
-            if job is not None:
-                print(f"requeued SLURM job {job}", file=sys.stderr, flush=True)
+            said = requeue_self()
+            if said is not None:
+                print(said, file=sys.stderr, flush=True)
         return EXIT_TERMINATED if terminated else 130

@@ -3,7 +3,12 @@ launcher (``slurm``): its ``--dry-run``, its refusals and, where ``sbatch`` is o
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -161,3 +166,143 @@ def test_no_sbatch_on_path_is_one_line(tmp_path, glue_dir, tiny_bert, capsys, mo
     assert main(launch_args(files, "postgresql://u@127.0.0.1/db", glue_dir, REPO / ".cache")) == 2
     err = capsys.readouterr().err
     assert err == "error: 'sbatch' is not on PATH: run 'slurm' on a SLURM login node (or use --dry-run)\n"
+
+
+# ---------------------------------------------------------------- a real SLURM cluster (.ci/slurm-up.sh)
+
+LONG = {  # trials long enough to be signalled between their first checkpoint and their end
+    "methods": ["nkd", "kd"],
+    "fixed": {
+        "epochs": 3,
+        "max_seq_length": 32,
+        "max_train_samples": 128,
+        "eval_batch_size": 256,
+        "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
+    },
+    "search": {"eta": [0.5], "lambda": [0.2]},
+}
+
+
+@pytest.fixture
+def slurm_cluster() -> str:
+    """This node's name in a running SLURM cluster; skips (fails under CI=true) where there is none."""
+    reason = None
+    if shutil.which("sbatch") is None:
+        reason = "no sbatch on PATH (run .ci/slurm-up.sh as root for a one-node cluster)"
+    else:
+        listed = subprocess.run(["sinfo", "-h", "-o", "%n %t"], capture_output=True, text=True, timeout=60)
+        nodes = [line.split() for line in listed.stdout.splitlines() if line.strip()]
+        if listed.returncode != 0 or not nodes:
+            reason = f"sinfo finds no SLURM cluster ({listed.stderr.strip() or 'no nodes'}); run .ci/slurm-up.sh"
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return nodes[0][0]
+
+
+def _running_with_checkpoint(storage: str, cache: Path) -> dict[str, str]:
+    """SLURM job → point of the RUNNING trials whose epoch checkpoint exists (mid-trial, resumable)."""
+    found = {}
+    for summary in optuna.get_all_study_summaries(storage):
+        for trial in optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(
+            deepcopy=False, states=(TrialState.RUNNING,)
+        ):
+            point, job = trial.user_attrs.get("point"), trial.user_attrs.get("slurm_job")
+            if job and any(cache.glob(f"checkpoints/*/{point}.pt")):
+                found[job] = point
+    return found
+
+
+def outcomes(storage: str) -> dict[tuple[str, str], tuple]:
+    """(study, point) → (value, per-epoch values) of every COMPLETE trial."""
+    return {
+        (summary.study_name, trial.user_attrs["point"]): (trial.value, sorted(trial.intermediate_values.items()))
+        for summary in optuna.get_all_study_summaries(storage)
+        for trial in optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+        if trial.state == TrialState.COMPLETE
+    }
+
+
+def _squeue(jobs: str) -> list[str]:
+    listed = subprocess.run(["squeue", "-h", "-j", jobs, "-o", "%i %T"], capture_output=True, text=True, timeout=60)
+    return [line for line in listed.stdout.splitlines() if line.strip()]
+
+
+def test_a_sweep_on_slurm_survives_preemption_and_time_limits(tmp_path, tiny_bert, glue_dir, postgres_url,
+                                                              slurm_cluster, capsys):  # fmt: skip
+    """Two files, a worker array of 2 on PostgreSQL; one worker preempted mid-trial (SIGTERM and SLURM's requeue:
+    ``scontrol requeue``), one told its time is up (``--signal=B:USR1``, it requeues itself). End state: one
+    COMPLETE trial per point, nothing RUNNING, the interrupted trials resumed from their checkpoints, and the
+    same numbers as one local worker's."""
+    started = time.monotonic()
+    files = [
+        write_study(tmp_path / f"{task}.yaml", tiny_bert, name="cluster", task=task, **{**LONG, "search": search})
+        for task, search in (("SST-2", {**LONG["search"], "lr": [1e-4]}), ("MRPC", {**LONG["search"], "lr": [2e-4]}))
+    ]
+    cache = tmp_path / "cache"
+    args = launch_args(
+        files, postgres_url, glue_dir, cache, "--nodelist", slurm_cluster, "--log-dir", str(tmp_path / "logs")
+    )
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    prepare, array = re.search(r"submitted prepare job (\d+) and worker array (\d+)", out).groups()
+    signalled: dict[str, str] = {}
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and _squeue(f"{prepare},{array}"):
+        for job in _running_with_checkpoint(postgres_url, cache):
+            if job in signalled or len(signalled) == 2:
+                continue
+            if not signalled:  # preemption: SIGTERM, then SLURM requeues the job
+                subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
+                signalled[job] = "preempted"
+            else:  # the time limit is near: the job's --signal, the worker requeues itself
+                subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=60)
+                signalled[job] = "time limit"
+        time.sleep(0.2)
+    logs = "\n".join(
+        line
+        for path in sorted((tmp_path / "logs").glob("*.out"))
+        for line in path.read_text().splitlines()
+        if "it/s]" not in line and "s/it]" not in line  # no progress bars
+    )
+    assert not _squeue(f"{prepare},{array}"), f"the jobs did not finish in time:\n{logs[-3000:]}"
+    assert sorted(signalled.values()) == ["preempted", "time limit"], (signalled, logs[-3000:])
+    assert "requeued SLURM job" in logs and "Traceback" not in logs, logs[-3000:]
+    points = complete_points(postgres_url)
+    assert len(points) == 4 and all(len(found) == 1 for found in points.values()), points
+    trials = [
+        trial
+        for summary in optuna.get_all_study_summaries(postgres_url)
+        for trial in optuna.load_study(study_name=summary.study_name, storage=postgres_url).get_trials()
+    ]
+    assert sum(t.user_attrs.get("fail_reason") == "interrupted" for t in trials) == 2
+    assert sum(t.state == TrialState.COMPLETE and t.user_attrs.get("resumed_from_epoch", 0) >= 1 for t in trials) == 2
+    cluster_time = time.monotonic() - started
+    local = f"sqlite:///{tmp_path / 'local.db'}"
+    assert main(["run", *map(str, files), *sweep_args(local, glue_dir, tmp_path / "local-cache")]) == 0
+    # every point's trial gives the same number, epoch by epoch, as one local worker's (the report is not compared
+    # byte for byte: it counts the two interrupted FAIL trials and shows wall times, which differ between any runs)
+    assert outcomes(postgres_url) == outcomes(local)
+    print(f"slurm sweep {cluster_time:.0f} s, with the local one {time.monotonic() - started:.0f} s")
+
+
+def test_a_worker_knows_its_slurm_job(monkeypatch):
+    from harness.store.claims import slurm_job
+
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert slurm_job() is None
+    monkeypatch.setenv("SLURM_JOB_ID", "12")
+    assert slurm_job() == "12"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "12")  # the last task of an array has the array's job id
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert slurm_job() == "12_3"
+
+
+def test_slurm_time_limits_parse():
+    from harness.sweep.slurm import parse_time
+
+    assert [parse_time(t) for t in ("30", "10:00", "1:00:00", "2-0", "1-02:03", "1-02:03:04")] == [
+        1800, 600, 3600, 172800, 93780, 93784
+    ]  # fmt: skip

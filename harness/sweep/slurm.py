@@ -37,6 +37,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.store.claims import slurm_job
 from harness.store.urls import NODE_LOCAL_FILESYSTEMS, filesystem_type, mask_url, parse_url
 from harness.util.errors import HarnessError
 
@@ -235,10 +236,15 @@ def masked(text: str, url: str) -> str:
 
 
 def requeue_self() -> str | None:
-    """``scontrol requeue`` this array task (after USR1: its time limit is near); the job id, or ``None`` outside
-    a job launched by :func:`submit` or when SLURM refused."""
-    if os.environ.get(REQUEUE_ENV) != "1" or "SLURM_JOB_ID" not in os.environ:
+    """``scontrol requeue`` this array task (after USR1: its time limit is near); a line saying what happened, or
+    ``None`` outside a job launched by :func:`submit`."""
+    job = slurm_job()  # ARRAY_TASK: SLURM_JOB_ID of an array's last task is the array's id, i.e. every task
+    if os.environ.get(REQUEUE_ENV) != "1" or job is None:
         return None
-    job = os.environ["SLURM_JOB_ID"]  # an array task has its own job id, which scontrol takes as it is
-    done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
-    return job if done.returncode == 0 else None
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"could not requeue SLURM job {job}: {error}"
+    if done.returncode != 0:
+        return f"could not requeue SLURM job {job}: {(done.stderr or done.stdout).strip()}"
+    return f"requeued SLURM job {job}"

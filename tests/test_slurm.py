@@ -306,3 +306,18 @@ def test_slurm_time_limits_parse():
     assert [parse_time(t) for t in ("30", "10:00", "1:00:00", "2-0", "1-02:03", "1-02:03:04")] == [
         1800, 600, 3600, 172800, 93780, 93784
     ]  # fmt: skip
+
+
+def test_an_unknown_partition_is_refused_before_anything_is_submitted(tmp_path, tiny_bert, glue_dir, slurm_cluster,
+                                                                       capsys):  # fmt: skip
+    files = two_files(tmp_path, tiny_bert)
+    before = _squeue_all()
+    args = launch_args(files, "postgresql://u@127.0.0.1/db", glue_dir, REPO / ".cache", "--partition", "nope")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown partition 'nope'; this cluster has: ") and err.count("\n") == 1, err
+    assert _squeue_all() == before
+
+
+def _squeue_all() -> list[str]:
+    return subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=60).stdout.split()

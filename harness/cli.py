@@ -230,7 +230,10 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
         "trial, the time estimated from a short micro-run on this machine, and the disk the teacher, its "
         "output cache and the kept students take. Creates no database.",
     )
-    planned.add_argument("study_file", type=Path)
+    planned.add_argument("study_files", type=Path, nargs="+", metavar="study_file")
+    planned.add_argument(
+        "--gpus", type=_positive_int, default=1, help="with several files: the wall time on this many devices"
+    )
     planned.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, then the hub)")
     planned.add_argument("--cache-dir", type=Path, default=None)
     planned.add_argument("--no-measure", action="store_true", help="skip the timed micro-run")
@@ -526,12 +529,17 @@ def console() -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from harness.spec.config import load_study
-    from harness.tools.plan import plan_lines
+    from harness.tools.plan import plan_lines, summary_lines
 
     quiet_libraries(transformers=True)
-    config = load_study(args.study_file)
-    data_dir = _data_dir(args, config)
-    print("\n".join(plan_lines(config, data_dir, args.cache_dir or _default_cache(), measure=not args.no_measure)))
+    configs = [(path, load_study(path)) for path in args.study_files]  # every file checked before any micro-run
+    cache_dir = args.cache_dir or _default_cache()
+    totals: dict = {}
+    for path, config in configs:
+        lines = plan_lines(config, _data_dir(args, config, path), cache_dir, measure=not args.no_measure, totals=totals)
+        print("\n".join(lines))
+    if len(configs) > 1 or args.gpus > 1:
+        print("\n".join(summary_lines(totals, args.gpus, cache_dir)))
     return 0
 
 

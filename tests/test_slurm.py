@@ -321,3 +321,14 @@ def test_an_unknown_partition_is_refused_before_anything_is_submitted(tmp_path, 
 
 def _squeue_all() -> list[str]:
     return subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=60).stdout.split()
+
+
+def test_plan_adds_several_study_files_up_for_n_gpus(tmp_path, tiny_bert, glue_dir, capsys):
+    files = two_files(tmp_path, tiny_bert)
+    where = ["--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
+    assert main(["plan", *map(str, files), *where, "--gpus", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "plan for multi/SST-2" in out and "plan for multi/MRPC" in out
+    assert "all 2 study files: 4 trainings after sharing, 2 teacher(s) to fine-tune" in out
+    assert re.search(r"≈ \d+\.\d\d device-hours measured here; on 2 device\(s\) ≈ \d+ (s|min) wall", out), out
+    assert not (tmp_path / "cache" / "teachers").exists() or not any((tmp_path / "cache" / "teachers").iterdir())

@@ -163,7 +163,15 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
     slurm.add_argument("--data-dir", default=None, help="GLUE folder every node sees (default: $GLUE_DIR, the hub)")
     slurm.add_argument("--cache-dir", type=Path, default=None, help="a folder every node mounts (not /tmp)")
     slurm.add_argument("--log-dir", type=Path, default=None, help="job scripts and logs (default: CACHE/slurm/)")
-    slurm.add_argument("--dry-run", action="store_true", help="print the two batch scripts; submit nothing")
+    slurm.add_argument(
+        "--confirm",
+        nargs=2,
+        type=_positive_int,
+        default=None,
+        metavar=("TOP", "SEEDS"),
+        help="then 'confirm --top TOP --seeds SEEDS' on the cluster: a worker array after the sweep's",
+    )
+    slurm.add_argument("--dry-run", action="store_true", help="print the batch scripts; submit nothing")
 
     report = commands.add_parser(
         "report",
@@ -438,30 +446,40 @@ def cmd_slurm(args: argparse.Namespace) -> int:
         nodelist=args.nodelist,
         mem=args.mem,
         sbatch_options=tuple(args.sbatch),
+        confirm=None if args.confirm is None else tuple(args.confirm),
     )
     from harness.store.urls import default_storage
 
     url = args.storage or default_storage(REPO_ROOT)
     cache_dir = args.cache_dir or _default_cache()
     configs = [load_study(path) for path in args.study_files]  # a bad study file fails before anything is sent
+    names = sorted({config.name for config in configs})
+    if args.confirm is not None and len(names) > 1:
+        raise HarnessError(f"--confirm needs study files of one name (confirm --name N); these have {', '.join(names)}")
     slurm.check_setup(url, cache_dir, options, args.dry_run)
     data_dir = args.data_dir or os.environ.get("GLUE_DIR")
     folder = (args.log_dir or cache_dir / "slurm").resolve()
-    submission = slurm.build(args.study_files, url, cache_dir, data_dir, options, folder)
+    submission = slurm.build(args.study_files, url, cache_dir, data_dir, options, folder, name=names[0])
     follow = [f"python run_study.py status --storage {shlex.quote(slurm.mask_url(url))}"] + [
-        f"python run_study.py report --name {name} --storage {shlex.quote(slurm.mask_url(url))}"
-        for name in sorted({config.name for config in configs})
+        f"python run_study.py report --name {name} --storage {shlex.quote(slurm.mask_url(url))}" for name in names
     ]
     if args.dry_run:
         print(f"dry run: would submit, in {folder}:")
         print("# prepare.sbatch\n" + slurm.masked(submission.prepare, url))
         print("# workers.sbatch (submitted with --dependency=afterok:<prepare job> --kill-on-invalid-dep=yes)")
         print(slurm.masked(submission.workers, url))
+        if submission.confirm is not None:
+            print("# confirm.sbatch (submitted with --dependency=afterok:<worker array> --kill-on-invalid-dep=yes)")
+            print(slurm.masked(submission.confirm, url))
         print("then follow it with:\n  " + "\n  ".join(follow))
         return 0
-    prepare, workers = slurm.submit(submission)
-    print(f"submitted prepare job {prepare} and worker array {workers} (0-{args.workers - 1}, after {prepare})")
-    print(f"logs in {folder}; follow the sweep with:\n  squeue -j {prepare},{workers}\n  " + "\n  ".join(follow))
+    jobs = slurm.submit(submission)
+    prepare, workers = jobs[:2]
+    print(
+        f"submitted prepare job {prepare} and worker array {workers} (0-{args.workers - 1}, after {prepare})"
+        + (f", confirmation array {jobs[2]} (after {workers})" if len(jobs) > 2 else "")
+    )
+    print(f"logs in {folder}; follow the sweep with:\n  squeue -j {','.join(jobs)}\n  " + "\n  ".join(follow))
     return 0
 
 

@@ -139,13 +139,17 @@ def test_dry_run_prints_both_jobs_and_submits_nothing(tmp_path, tiny_bert, glue_
     with_gpus[with_gpus.index("--gpus-per-worker") + 1] = "2"
     assert main(with_gpus) == 0
     assert "#SBATCH --gres=gpu:2" in capsys.readouterr().out
+    assert main(launch_args(files, url, glue_dir, cache, "--confirm", "1", "5", "--dry-run")) == 0
+    confirm = capsys.readouterr().out.split("# confirm.sbatch")[1]
+    assert "--dependency=afterok:<worker array>" in confirm and "#SBATCH --requeue" in confirm
+    assert "run_study.py confirm --name multi --top 1 --seeds 5 --storage" in confirm
 
 
 @pytest.mark.parametrize(
     ("storage", "cache", "extra", "message"),
     [
         ("sqlite:///{tmp}/x.db", "{repo}/.cache", (), "SQLite is only safe when every task runs on one node"),
-        ("postgresql://u@127.0.0.1/db", "{tmp}/cache", (), "is node-local (/tmp)"),
+        ("postgresql://u@127.0.0.1/db", "/tmp/alp-kd-cache", (), "is node-local (/tmp)"),
         ("postgresql://u@127.0.0.1/db", "/dev/shm/alp-kd-cache", (), "is node-local (tmpfs)"),
         ("postgresql://u@127.0.0.1/db", "{repo}/.cache", ("--time", "1"), "give them more than that"),
         ("postgresql://u@127.0.0.1/db", "{repo}/.cache", ("--time", "soon"), "--time 'soon': expected minutes"),

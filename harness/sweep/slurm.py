@@ -34,7 +34,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.store.claims import slurm_job
@@ -56,8 +56,9 @@ class SlurmOptions:
     qos: str | None = None
     constraint: str | None = None
     nodelist: str | None = None
-    sbatch_options: tuple[str, ...] = ()  # extra options, passed to both jobs as they are
+    sbatch_options: tuple[str, ...] = ()  # extra options, passed to every job as they are
     mem: str | None = None
+    confirm: tuple[int, int] | None = None  # (top K, seeds S): a confirmation array after the workers
 
 
 @dataclass
@@ -67,7 +68,7 @@ class Submission:
     folder: Path
     prepare: str
     workers: str
-    commands: list[str] = field(default_factory=list)
+    confirm: str | None = None
 
 
 def parse_time(text: str) -> int:
@@ -177,8 +178,11 @@ def build(
     options: SlurmOptions,
     folder: Path,
     python: str = sys.executable,
+    name: str | None = None,
 ) -> Submission:
-    """The prepare job's and the worker array's batch scripts (their logs go to ``folder``)."""
+    """The prepare job's and the worker array's batch scripts (their logs go to ``folder``), and with
+    ``options.confirm`` the seed confirmations of study file name ``name``: an array of as many workers, after the
+    worker array succeeded, sharing the confirmation points through the same claims."""
     run_study = str(Path(__file__).resolve().parents[2] / "run_study.py")
     files = [str(path.resolve()) for path in study_files]
     common = ["--cache-dir", str(cache_dir.resolve())]
@@ -196,30 +200,45 @@ def build(
         *worker_lines,
     ]
     run = [python, run_study, "run", *files, "--storage", url, *common]
+    confirm = None
+    if options.confirm is not None:
+        top, seeds = options.confirm
+        confirm_lines = [
+            f"--array=0-{options.workers - 1}",
+            "--requeue",
+            f"--signal=B:USR1@{SIGNAL_LEAD_SECONDS}",
+            *_directives(options, "alp-kd-confirm", str(folder / "confirm-%A_%a.out")),
+        ]
+        command = [python, run_study, "confirm", "--name", str(name), "--top", str(top), "--seeds", str(seeds)]
+        confirm = _script(confirm_lines, [*command, "--storage", url, *common], {**env, REQUEUE_ENV: "1"})
     return Submission(
         folder=folder,
         prepare=_script(prepare_lines, prepare, env),
         workers=_script(worker_lines, run, {**env, REQUEUE_ENV: "1"}),
+        confirm=confirm,
     )
 
 
-def submit(submission: Submission) -> tuple[str, str]:
-    """Submit the prepare job, then the worker array after it; the job ids. If the array cannot be submitted
-    the prepare job is cancelled again (nothing half-submitted)."""
+def submit(submission: Submission) -> list[str]:
+    """Submit the prepare job, then the worker array after it (then the confirmation array after that); the job
+    ids. If a later job cannot be submitted the earlier ones are cancelled again (nothing half-submitted)."""
     submission.folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, text in (("prepare", submission.prepare), ("workers", submission.workers)):
+    scripts = [("prepare", submission.prepare), ("workers", submission.workers), ("confirm", submission.confirm)]
+    submitted: list[str] = []
+    for name, text in scripts:
+        if text is None:
+            continue
         path = submission.folder / f"{name}.sbatch"
         path.write_text(text)
         path.chmod(0o600)  # the database URL (a password) is in it
-        paths[name] = path
-    prepare = _sbatch([str(paths["prepare"])])
-    try:
-        workers = _sbatch([f"--dependency=afterok:{prepare}", "--kill-on-invalid-dep=yes", str(paths["workers"])])
-    except HarnessError:
-        subprocess.run(["scancel", prepare], capture_output=True, timeout=60)
-        raise
-    return prepare, workers
+        after = [f"--dependency=afterok:{submitted[-1]}", "--kill-on-invalid-dep=yes"] if submitted else []
+        try:
+            submitted.append(_sbatch([*after, str(path)]))
+        except HarnessError:
+            if submitted:
+                subprocess.run(["scancel", *submitted], capture_output=True, timeout=60)
+            raise
+    return submitted
 
 
 def _sbatch(arguments: list[str]) -> str:

@@ -613,10 +613,10 @@ def main(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
         return 2
     except KeyboardInterrupt as interrupt:
         terminated = isinstance(interrupt, Terminated)
-        print(
-            f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; run the same command again to continue",
-            file=sys.stderr,
-        )
+        why = "terminated (SIGTERM)" if terminated else "interrupted"
+        if terminated and requeue_requested():
+            why = "stopped by SIGUSR1 (SLURM: the time limit or a preemption is near)"
+        print(f"{why}; run the same command again to continue", file=sys.stderr)
         if terminated and requeue_requested():  # SIGUSR1: a SLURM worker whose time limit is near
             from harness.sweep.slurm import requeue_self
 

@@ -228,6 +228,23 @@ def outcomes(storage: str) -> dict[tuple[str, str], tuple]:
     }
 
 
+def _sbatch_urgent(node: str, folder: Path) -> str:
+    """A one-CPU job in the 'urgent' partition (PriorityTier 10, .ci/slurm-up.sh) on a node the workers fill: SLURM
+    preempts one worker (``PreemptMode=REQUEUE``; its ``--signal`` first, then SIGTERM) to run it."""
+    command = ["sbatch", "--parsable", "-p", "urgent", "-w", node, "-c", "1", "--mem=64", "-o", str(folder / "u.out")]
+    return subprocess.run([*command, "--wrap", "sleep 1"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _restarted(array: str) -> str | None:
+    """``ARRAY_TASK`` of a task of ``array`` that SLURM requeued (``Restarts`` > 0), if any."""
+    shown = subprocess.run(["scontrol", "-o", "show", "job", array], capture_output=True, text=True, timeout=60)
+    for line in shown.stdout.splitlines():
+        task = re.search(r"ArrayTaskId=(\d+)", line)
+        if task and re.search(r"Restarts=[1-9]", line):
+            return f"{array}_{task.group(1)}"
+    return None
+
+
 def _squeue(jobs: str) -> list[str]:
     listed = subprocess.run(["squeue", "-h", "-j", jobs, "-o", "%i %T"], capture_output=True, text=True, timeout=60)
     return [line for line in listed.stdout.splitlines() if line.strip()]
@@ -235,10 +252,10 @@ def _squeue(jobs: str) -> list[str]:
 
 def test_a_sweep_on_slurm_survives_preemption_and_time_limits(tmp_path, tiny_bert, glue_dir, postgres_url,
                                                               slurm_cluster, capsys):  # fmt: skip
-    """Two files, a worker array of 2 on PostgreSQL; one worker preempted mid-trial (SIGTERM and SLURM's requeue:
-    ``scontrol requeue``), one told its time is up (``--signal=B:USR1``, it requeues itself). End state: one
-    COMPLETE trial per point, nothing RUNNING, the interrupted trials resumed from their checkpoints, and the
-    same numbers as one local worker's."""
+    """Two files, a worker array of 2 on PostgreSQL; one worker preempted mid-trial (a job of the higher-tier
+    partition; SLURM signals and requeues it), one told its time is up (``--signal=B:USR1``, it requeues itself).
+    End state: one COMPLETE trial per point, nothing RUNNING, the interrupted trials resumed from their
+    checkpoints, and the same numbers as one local worker's."""
     started = time.monotonic()
     files = [
         write_study(tmp_path / f"{task}.yaml", tiny_bert, name="cluster", task=task, **{**LONG, "search": search})
@@ -252,17 +269,22 @@ def test_a_sweep_on_slurm_survives_preemption_and_time_limits(tmp_path, tiny_ber
     out = capsys.readouterr().out
     prepare, array = re.search(r"submitted prepare job (\d+) and worker array (\d+)", out).groups()
     signalled: dict[str, str] = {}
+    urgent = None
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and _squeue(f"{prepare},{array}"):
-        for job in _running_with_checkpoint(postgres_url, cache):
-            if job in signalled or len(signalled) == 2:
-                continue
-            if not signalled:  # preemption: SIGTERM, then SLURM requeues the job
-                subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
-                signalled[job] = "preempted"
-            else:  # the time limit is near: the job's --signal, the worker requeues itself
-                subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=60)
-                signalled[job] = "time limit"
+        mid_trial = _running_with_checkpoint(postgres_url, cache)
+        if urgent is None and len(mid_trial) == 2:  # both workers mid-trial: a job of a higher tier preempts one
+            urgent = _sbatch_urgent(slurm_cluster, tmp_path)
+        if urgent is not None and not signalled:
+            preempted = _restarted(array)
+            if preempted:
+                signalled[preempted] = "preempted"
+        if signalled and len(signalled) == 1:
+            for job in mid_trial:
+                if job not in signalled:  # the time limit is near: the job's --signal, the worker requeues itself
+                    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=60)
+                    signalled[job] = "time limit"
+                    break
         time.sleep(0.2)
     logs = "\n".join(
         line

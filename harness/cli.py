@@ -20,13 +20,20 @@ import argparse
 import contextlib
 import os
 import shlex
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.util.errors import HarnessError
 from harness.util.quiet import quiet_libraries
-from harness.util.signals import EXIT_TERMINATED, Terminated, cooperative, terminate_like_interrupt
+from harness.util.signals import (
+    EXIT_TERMINATED,
+    Terminated,
+    cooperative,
+    requeue_requested,
+    terminate_like_interrupt,
+)
 
 if TYPE_CHECKING:
     from harness.sweep.driver import RunOptions
@@ -67,7 +74,7 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"alp-kd {__version__}")
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{run,plan,report,status,confirm,reproduce,export}"
+        dest="command", required=True, metavar="{run,prepare,plan,slurm,report,status,confirm,reproduce,export}"
     )
 
     run = commands.add_parser(
@@ -77,7 +84,14 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
         "point for every method of the study file. Re-running the same command "
         "continues where it stopped: finished trials are kept.",
     )
-    run.add_argument("study_file", type=Path, help="YAML study file, e.g. studies/demo.yaml")
+    run.add_argument(
+        "study_files",
+        type=Path,
+        nargs="+",
+        metavar="study_file",
+        help="YAML study file(s), e.g. studies/demo.yaml; with several, a worker takes its points from the first "
+        "file that has a free one and exits when every file is done",
+    )
     _storage_arg(run)
     run.add_argument(
         "--data-dir",
@@ -113,6 +127,61 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
         metavar="0,1,...",
         help="the GPUs the workers use (indices as CUDA shows them, i.e. after CUDA_VISIBLE_DEVICES); default: all",
     )
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="fine-tune every teacher and write every teacher-output cache the study files need; no student",
+        description="Fine-tune the teacher of every study file and cache its outputs, up to --workers at once "
+        "(one per GPU); trains no student and creates no database. Idempotent: a run after it starts training "
+        "at once.",
+    )
+    prepare.add_argument("study_files", type=Path, nargs="+", metavar="study_file")
+    prepare.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, the file's, the hub)")
+    prepare.add_argument("--cache-dir", type=Path, default=None)
+    prepare.add_argument("--workers", type=int, default=1, help="teachers fine-tuned at once (one process each)")
+    prepare.add_argument("--devices", default=None, metavar="0,1,...", help="the GPUs to use (default: all)")
+    prepare.add_argument(
+        "--storage",
+        metavar="URL",
+        default=None,
+        help="also check first that this database is reachable from here (the slurm launcher's prepare job does)",
+    )
+
+    slurm = commands.add_parser(
+        "slurm",
+        help="run the study files on a SLURM cluster: a prepare job, then a worker job array after it",
+        description="Submit a prepare job (database check, every teacher and teacher-output cache) and a job array "
+        "of --workers tasks that starts after it succeeds; each task runs 'run' over all the study files on its own "
+        "GPU(s), against the shared --storage and --cache-dir. Preempted or timed-out workers give their point back "
+        "and are requeued; the requeued worker resumes from the epoch checkpoint.",
+    )
+    slurm.add_argument("study_files", type=Path, nargs="+", metavar="study_file")
+    slurm.add_argument("--workers", type=_positive_int, required=True, help="array tasks, one worker each")
+    slurm.add_argument("--gpus-per-worker", type=int, default=1, help="GPUs per worker (0: CPU workers)")
+    slurm.add_argument("--cpus-per-worker", type=int, default=4)
+    slurm.add_argument("--mem", default=None, help="sbatch --mem per worker, e.g. 32G")
+    for flag in ("partition", "time", "account", "qos", "constraint", "nodelist"):
+        slurm.add_argument(f"--{flag}", default=None, help=f"sbatch --{flag} of both jobs")
+    slurm.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="an extra sbatch option for both jobs, e.g. --sbatch=--exclusive (repeatable)",
+    )
+    _storage_arg(slurm)
+    slurm.add_argument("--data-dir", default=None, help="GLUE folder every node sees (default: $GLUE_DIR, the hub)")
+    slurm.add_argument("--cache-dir", type=Path, default=None, help="a folder every node mounts (not /tmp)")
+    slurm.add_argument("--log-dir", type=Path, default=None, help="job scripts and logs (default: CACHE/slurm/)")
+    slurm.add_argument(
+        "--confirm",
+        nargs=2,
+        type=_positive_int,
+        default=None,
+        metavar=("TOP", "SEEDS"),
+        help="then 'confirm --top TOP --seeds SEEDS' on the cluster: a worker array after the sweep's",
+    )
+    slurm.add_argument("--dry-run", action="store_true", help="print the batch scripts; submit nothing")
 
     report = commands.add_parser(
         "report",
@@ -192,7 +261,10 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
         "trial, the time estimated from a short micro-run on this machine, and the disk the teacher, its "
         "output cache and the kept students take. Creates no database.",
     )
-    planned.add_argument("study_file", type=Path)
+    planned.add_argument("study_files", type=Path, nargs="+", metavar="study_file")
+    planned.add_argument(
+        "--gpus", type=_positive_int, default=1, help="with several files: the wall time on this many devices"
+    )
     planned.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, then the hub)")
     planned.add_argument("--cache-dir", type=Path, default=None)
     planned.add_argument("--no-measure", action="store_true", help="skip the timed micro-run")
@@ -237,14 +309,14 @@ def _open_storage(url: str | None, create: bool = False, with_optuna: bool = Tru
     return Storage(url, create=create, with_optuna=with_optuna)
 
 
-def _data_dir(args: argparse.Namespace, config=None) -> Path | None:
+def _data_dir(args: argparse.Namespace, config=None, study_file: Path | None = None) -> Path | None:
     """The GLUE folder: ``--data-dir``, then ``$GLUE_DIR``, then the study file's ``data_dir`` (relative to
     the study file; commands without a study file have none), else ``None`` for the hub."""
     from harness.data.loading import resolve_data_dir
 
     study_dir = None
     if config is not None and config.data_dir is not None:
-        study_dir = str((args.study_file.parent / config.data_dir).resolve())
+        study_dir = str(((study_file or args.study_file).parent / config.data_dir).resolve())
     return resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), study_dir)
 
 
@@ -270,9 +342,36 @@ def _run_options(args: argparse.Namespace, **more) -> RunOptions:
     return RunOptions(cache_dir=args.cache_dir or _default_cache(), tensorboard=args.tensorboard, **more)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _check_run_args(args: argparse.Namespace) -> None:
+    if getattr(args, "n_trials", None) is not None and args.n_trials < 1:
+        raise HarnessError(f"--n-trials must be at least 1, got {args.n_trials}")
+    if args.workers < 1:
+        raise HarnessError(f"--workers must be at least 1, got {args.workers}")
+    if getattr(args, "max_attempts", 1) < 1:
+        raise HarnessError(f"--max-attempts must be at least 1, got {args.max_attempts}")
+
+
+def _experiments(args: argparse.Namespace, device) -> list[tuple[Path, object, Path | None, object]]:
+    """(study file, config, data folder, experiment) of every study file, in order; all of them are loaded and
+    checked (study file, data, teacher) before anything is created, so a bad second file stops the command
+    before the first one trains."""
     from harness.distill.experiment import Experiment
     from harness.spec.config import load_study
+
+    loaded = []
+    for study_file in args.study_files:
+        config = load_study(study_file)
+        data_dir = _data_dir(args, config, study_file)
+        experiment = Experiment(config, data_dir, args.cache_dir or _default_cache(), device=device)
+        loaded.append((study_file, config, data_dir, experiment))
+    names = [config.name + "/" + config.task for _, config, _, _ in loaded]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise HarnessError(f"study {twice[0]} is named by two of the study files; give each file its own name/task")
+    return loaded
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     from harness.store.urls import parse_url
     from harness.sweep.driver import Runner
     from harness.sweep.sharing import describe_grids
@@ -281,44 +380,129 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet_libraries(transformers=True)
     import torch
 
-    if args.n_trials is not None and args.n_trials < 1:
-        raise HarnessError(f"--n-trials must be at least 1, got {args.n_trials}")
-    if args.workers < 1:
-        raise HarnessError(f"--workers must be at least 1, got {args.workers}")
-    if args.max_attempts < 1:
-        raise HarnessError(f"--max-attempts must be at least 1, got {args.max_attempts}")
+    _check_run_args(args)
     devices = parse_devices(args.devices)
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     first = assign_devices(1, visible, devices)[0]  # a bad --devices fails now
-    config = load_study(args.study_file)
     if args.storage is not None:
         parse_url(args.storage)  # a bad URL fails now, before the data are read
-    data_dir = _data_dir(args, config)
     options = _run_options(args, max_attempts=args.max_attempts, n_trials=args.n_trials)
-    cache_dir = options.cache_dir
-    # data and teacher checked before the database is touched
-    experiment = Experiment(config, data_dir, cache_dir, device=torch.device(first))
+    # every file's data and teacher checked before the database is touched
+    loaded = _experiments(args, torch.device(first))
     storage = _open_storage(args.storage, create=True)
-    print(
-        f"study file {args.study_file}: task {config.task}, teacher {config.teacher}, "
-        f"{config.student_layers}-layer student, sampler {config.search.sampler}"
-    )
-    print("\n".join(describe_grids(config)))
-    print(f"storage {storage.masked}; data {data_dir or 'Hugging Face hub (nyu-mll/glue)'}")
+    print(f"storage {storage.masked}")
     if args.retry_failed:  # once, before any worker starts
-        freed = sum(storage.retry_failed(config.study_name(method)) for method in config.methods)
+        freed = sum(
+            storage.retry_failed(config.study_name(method)) for _, config, _, _ in loaded for method in config.methods
+        )
         print(f"--retry-failed: {freed} failed grid point(s) get a fresh set of attempts")
-    if args.workers == 1:
-        Runner(config, storage, experiment, options).run()
+    for study_file, config, data_dir, experiment in loaded:  # a file is left only when none of its points is free
+        print(
+            f"study file {study_file}: task {config.task}, teacher {config.teacher}, "
+            f"{config.student_layers}-layer student, sampler {config.search.sampler}"
+        )
+        print("\n".join(describe_grids(config)))
+        print(f"data {data_dir or 'Hugging Face hub (nyu-mll/glue)'}")
+        if args.workers == 1:
+            Runner(config, storage, experiment, options).run()
+        else:
+            experiment.prepare_shared()  # fine-tune the teacher and cache its outputs once, before the workers start
+            code = run_workers(args.workers, config, storage.url, data_dir, options, devices)
+            if code != 0:
+                return code
+    names = sorted({config.name for _, config, _, _ in loaded})
+    print(
+        "done. Report: "
+        + "; ".join(
+            f"python run_study.py report --name {name}"
+            + ("" if args.storage is None else f" --storage '{storage.masked}'")
+            for name in names
+        )
+    )
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Fine-tune every teacher and write every teacher-output cache the study files need; trains no student.
+    Idempotent: what is cached already is only checked. With ``--workers K`` up to K teachers at once, each
+    process on its own GPU (round-robin over the visible ones)."""
+    quiet_libraries(transformers=True)
+    import torch
+
+    from harness.sweep.workers import assign_devices, parse_devices, prepare_in_parallel
+
+    _check_run_args(args)
+    if args.storage is not None:  # the launcher's prepare job: a database the nodes cannot reach fails now
+        storage = _open_storage(args.storage, create=True, with_optuna=False)
+        print(f"storage {storage.masked} reachable from {socket.gethostname()}")
+    devices = parse_devices(args.devices)
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    placed = assign_devices(max(args.workers, 1), visible, devices)
+    loaded = _experiments(args, torch.device(placed[0]))
+    if args.workers == 1 or len(loaded) == 1:
+        for study_file, config, _, experiment in loaded:
+            experiment.prepare_shared()
+            print(f"{study_file}: teacher {config.teacher} on {config.task} ready ({experiment.teacher.key()})")
     else:
-        experiment.prepare_shared()  # fine-tune the teacher and cache its outputs once, before the workers start
-        code = run_workers(args.workers, config, storage.url, data_dir, options, devices)
+        code = prepare_in_parallel(
+            [(config, data_dir) for _, config, data_dir, _ in loaded], args.cache_dir or _default_cache(), placed
+        )
         if code != 0:
             return code
-    print(
-        f"done. Report: python run_study.py report --name {config.name}"
-        + ("" if args.storage is None else f" --storage '{storage.masked}'")
+    print(f"prepared {len(loaded)} study file(s); no student was trained")
+    return 0
+
+
+def cmd_slurm(args: argparse.Namespace) -> int:
+    from harness.spec.config import load_study
+    from harness.sweep import slurm
+
+    options = slurm.SlurmOptions(
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        partition=args.partition,
+        time=args.time,
+        account=args.account,
+        qos=args.qos,
+        constraint=args.constraint,
+        nodelist=args.nodelist,
+        mem=args.mem,
+        sbatch_options=tuple(args.sbatch),
+        confirm=None if args.confirm is None else tuple(args.confirm),
     )
+    from harness.store.urls import default_storage
+
+    url = args.storage or default_storage(REPO_ROOT)
+    cache_dir = args.cache_dir or _default_cache()
+    configs = [load_study(path) for path in args.study_files]  # a bad study file fails before anything is sent
+    names = sorted({config.name for config in configs})
+    if args.confirm is not None and len(names) > 1:
+        raise HarnessError(f"--confirm needs study files of one name (confirm --name N); these have {', '.join(names)}")
+    slurm.check_setup(url, cache_dir, options, args.dry_run)
+    data_dir = args.data_dir or os.environ.get("GLUE_DIR")
+    folder = (args.log_dir or cache_dir / "slurm").resolve()
+    submission = slurm.build(args.study_files, url, cache_dir, data_dir, options, folder, name=names[0])
+    follow = [f"python run_study.py status --storage {shlex.quote(slurm.mask_url(url))}"] + [
+        f"python run_study.py report --name {name} --storage {shlex.quote(slurm.mask_url(url))}" for name in names
+    ]
+    if args.dry_run:
+        print(f"dry run: would submit, in {folder}:")
+        print("# prepare.sbatch\n" + slurm.masked(submission.prepare, url))
+        print("# workers.sbatch (submitted with --dependency=afterok:<prepare job> --kill-on-invalid-dep=yes)")
+        print(slurm.masked(submission.workers, url))
+        if submission.confirm is not None:
+            print("# confirm.sbatch (submitted with --dependency=afterok:<worker array> --kill-on-invalid-dep=yes)")
+            print(slurm.masked(submission.confirm, url))
+        print("then follow it with:\n  " + "\n  ".join(follow))
+        return 0
+    jobs = slurm.submit(submission)
+    prepare, workers = jobs[:2]
+    print(
+        f"submitted prepare job {prepare} and worker array {workers} (0-{args.workers - 1}, after {prepare})"
+        + (f", confirmation array {jobs[2]} (after {workers})" if len(jobs) > 2 else "")
+    )
+    print(f"logs in {folder}; follow the sweep with:\n  squeue -j {','.join(jobs)}\n  " + "\n  ".join(follow))
     return 0
 
 
@@ -399,12 +583,17 @@ def console() -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from harness.spec.config import load_study
-    from harness.tools.plan import plan_lines
+    from harness.tools.plan import plan_lines, summary_lines
 
     quiet_libraries(transformers=True)
-    config = load_study(args.study_file)
-    data_dir = _data_dir(args, config)
-    print("\n".join(plan_lines(config, data_dir, args.cache_dir or _default_cache(), measure=not args.no_measure)))
+    configs = [(path, load_study(path)) for path in args.study_files]  # every file checked before any micro-run
+    cache_dir = args.cache_dir or _default_cache()
+    totals: dict = {}
+    for path, config in configs:
+        lines = plan_lines(config, _data_dir(args, config, path), cache_dir, measure=not args.no_measure, totals=totals)
+        print("\n".join(lines))
+    if len(configs) > 1 or args.gpus > 1:
+        print("\n".join(summary_lines(totals, args.gpus, cache_dir)))
     return 0
 
 
@@ -432,7 +621,11 @@ def main(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
     args = parser.parse_args(argv)
     terminate_like_interrupt()
     # commands that train stop at their next step on SIGTERM (harness.util.signals); the others at once
-    stops = cooperative() if args.command in ("run", "confirm", "reproduce", "export") else contextlib.nullcontext()
+    stops = (
+        cooperative()
+        if args.command in ("run", "prepare", "confirm", "reproduce", "export")
+        else contextlib.nullcontext()
+    )
     try:
         quiet_libraries()
         with stops:
@@ -444,6 +637,8 @@ def main(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
                 "confirm": cmd_confirm,
                 "export": cmd_export,
                 "plan": cmd_plan,
+                "prepare": cmd_prepare,
+                "slurm": cmd_slurm,
             }[args.command](args)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -454,8 +649,14 @@ def main(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
         return 2
     except KeyboardInterrupt as interrupt:
         terminated = isinstance(interrupt, Terminated)
-        print(
-            f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; run the same command again to continue",
-            file=sys.stderr,
-        )
+        why = "terminated (SIGTERM)" if terminated else "interrupted"
+        if terminated and requeue_requested():
+            why = "stopped by SIGUSR1 (SLURM: the time limit or a preemption is near)"
+        print(f"{why}; run the same command again to continue", file=sys.stderr)
+        if terminated and requeue_requested():  # SIGUSR1: a SLURM worker whose time limit is near
+            from harness.sweep.slurm import requeue_self
+
+            said = requeue_self()
+            if said is not None:
+                print(said, file=sys.stderr, flush=True)
         return EXIT_TERMINATED if terminated else 130

@@ -53,6 +53,15 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}:{pid_scope()}"
 
 
+def slurm_job() -> str | None:
+    """This worker's SLURM job (``ARRAYJOB_TASK`` for an array task), or ``None`` outside SLURM; recorded with
+    every trial it creates, so that ``status`` shows which job trains what."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
 def worker_is_dead(worker: str) -> bool:
     """True when ``worker`` (``host:pid[:start[:scope]]``) ran on this host, in this pid namespace, and its
     process is gone.

@@ -56,7 +56,64 @@ def parse_url(url: str) -> sa.URL:
         folder = Path(parsed.database).parent
         if not folder.is_dir():
             raise HarnessError(f"storage folder {str(folder)!r} does not exist")
+        kind = filesystem_type(folder)
+        if kind in NETWORK_FILESYSTEMS:
+            raise HarnessError(
+                f"SQLite database {parsed.database!r} is on a network filesystem ({kind}), whose file locks SQLite "
+                "cannot trust: workers could corrupt it or train a point twice; put it on a local disk (one machine) "
+                "or use postgresql://user:pass@host/db (see README, 'Running on a SLURM cluster')"
+            )
     return parsed
+
+
+# statfs types (as /proc/self/mountinfo names them) whose locking SQLite's documentation says not to rely on
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "ceph",
+        "fuse.sshfs",
+        "9p",
+        "afs",
+        "glusterfs",
+        "fuse.glusterfs",
+        "fuse.ceph",
+        "panfs",
+        "ocfs2",
+        "gfs2",
+        "wekafs",
+        "fuse.s3fs",
+        "fuse.gcsfuse",
+        "virtiofs",
+    }
+)
+NODE_LOCAL_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs"})
+
+
+def filesystem_type(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str:
+    """The filesystem type of the mount that holds ``path`` (the longest mount point above it); ``unknown``
+    where the kernel does not say (not Linux)."""
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return "unknown"
+    target, best, kind = str(Path(path).resolve()), "", "unknown"
+    for line in lines:
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        point = fields[4].replace("\\040", " ")
+        after = line.split(" - ", 1)[1].split()
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best) and after:
+            best, kind = point, after[0]
+    return kind
 
 
 def prepare_sqlite(url: sa.URL, create: bool) -> None:

@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 
 from harness.distill.experiment import Experiment
 from harness.spec.config import StudyConfig, grid_points, point_key
-from harness.store.claims import HEARTBEAT_SECONDS, Heartbeat, worker_id
+from harness.store.claims import HEARTBEAT_SECONDS, Heartbeat, slurm_job, worker_id
 from harness.store.storage import Storage
 from harness.sweep.copies import adopt, finished_trial
 from harness.sweep.settle import MAX_SILENT_DEATHS, fail_orphans, fail_trial, settle_stale, silent_deaths
@@ -245,7 +245,7 @@ class Runner:
             datetime_complete=None,
             params={name: params[name] for name in distributions},
             distributions=distributions,
-            user_attrs={"worker": self.me, "claim": key},
+            user_attrs={"worker": self.me, "claim": key, **({"slurm_job": job} if (job := slurm_job()) else {})},
             system_attrs={},
             intermediate_values={},
             trial_id=-1,

@@ -2,11 +2,14 @@
 
 A study's user attributes hold the study file's fingerprint and config (a name reused with another set-up
 is refused) and the fine-tuned teacher it was run with (its checkpoint key, dev scores and the data files'
-hashes): a worker whose teacher or data differ is refused before any fine-tuning.
+hashes, the sha256 of its fine-tuned weights): a worker whose teacher recipe or data differ is refused before
+any fine-tuning, one whose fine-tuned weights differ (fine-tuned again on another node) before any training.
 """
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
@@ -14,6 +17,7 @@ import optuna
 from harness.spec.config import StudyConfig, grid_points
 from harness.store.storage import Storage
 from harness.util.errors import HarnessError
+from harness.util.hashing import sha256_file
 
 if TYPE_CHECKING:  # annotations only: opening a study (reports, benchmarks) needs no torch
     from harness.distill.experiment import Experiment
@@ -70,10 +74,14 @@ def check_teacher(study: optuna.Study, experiment: Experiment) -> None:
 
 
 def record_teacher(study: optuna.Study, experiment: Experiment) -> None:
-    """Store the fine-tuned teacher (checkpoint id, dev scores, data hashes) with a new study."""
+    """Store the fine-tuned teacher (checkpoint id, sha256 of its weights, dev scores, data hashes) with a new
+    study; refuse a worker whose fine-tuned weights differ from the study's (a teacher fine-tuned again on
+    another node, with another GPU or library version, would silently mix two teachers in one sweep)."""
     check_teacher(study, experiment)
-    if "teacher" not in study.user_attrs:
-        teacher = experiment.teacher.prepare()
+    teacher = experiment.teacher.prepare()
+    weights = teacher_weights_sha256(teacher.path)
+    stored = study.user_attrs.get("teacher")
+    if stored is None:
         study.set_user_attr(
             "teacher",
             {
@@ -81,8 +89,25 @@ def record_teacher(study: optuna.Study, experiment: Experiment) -> None:
                 "value": teacher.value,
                 "metrics": teacher.dev_metrics,
                 "data": experiment.data_hashes,
+                "weights": weights,
             },
         )
+    elif stored.get("weights") is None:  # a study from before the weights were recorded
+        study.set_user_attr("teacher", {**stored, "weights": weights})
+    elif stored["weights"] != weights:
+        raise HarnessError(
+            f"study '{study.study_name}' was run with teacher weights sha256 {stored['weights'][:16]}, this worker's "
+            f"fine-tuned teacher in {teacher.path} has {weights[:16]}; share one --cache-dir between all workers "
+            "(or run 'prepare' once and copy its cache) so that every worker uses the same teacher"
+        )
+
+
+def teacher_weights_sha256(folder: Path) -> str:
+    """The sha256 over the fine-tuned teacher's weight files (name and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        digest.update(path.name.encode() + b"\0" + sha256_file(path).encode())
+    return digest.hexdigest()
 
 
 def _short(hashes: dict | None) -> str:

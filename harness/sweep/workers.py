@@ -166,3 +166,49 @@ class SweepProgress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _prepare_main(config: StudyConfig, data_dir: Path | None, cache_dir: Path, threads: int, device: str) -> None:
+    """Entry point of one ``prepare`` process: one study file's teacher and teacher-output cache."""
+    import sys
+
+    from harness.util.quiet import quiet_libraries
+    from harness.util.signals import EXIT_TERMINATED, Terminated, cooperative, terminate_like_interrupt
+
+    terminate_like_interrupt()
+    quiet_libraries(transformers=True)
+    torch.set_num_threads(threads)
+    try:
+        if device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(device))
+        with cooperative():
+            experiment = Experiment(config, data_dir, cache_dir, progress=False, device=torch.device(device))
+            experiment.prepare_shared()
+        print(f"{config.name}/{config.task}: teacher {config.teacher} ready ({experiment.teacher.key()})", flush=True)
+    except HarnessError as error:
+        print(f"error: {config.name}/{config.task}: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt as interrupt:
+        sys.exit(EXIT_TERMINATED if isinstance(interrupt, Terminated) else 130)
+
+
+def prepare_in_parallel(jobs: list[tuple[StudyConfig, Path | None]], cache_dir: Path, placed: list[str]) -> int:
+    """``prepare --workers K``: the teachers of ``jobs`` (config, data folder), ``len(placed)`` at a time, each
+    process on its device; two files with the same teacher wait for each other on the teacher's file lock.
+    Returns the worst exit code."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, torch.get_num_threads() // len(placed))
+    worst = 0
+    for start in range(0, len(jobs), len(placed)):
+        batch = [
+            context.Process(target=_prepare_main, args=(config, data_dir, cache_dir, threads, placed[i]))
+            for i, (config, data_dir) in enumerate(jobs[start : start + len(placed)])
+        ]
+        for process in batch:
+            process.start()
+        for process in batch:
+            process.join()
+        worst = max([worst, *(abs(process.exitcode or 0) for process in batch)])
+    return worst

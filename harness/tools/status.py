@@ -23,7 +23,7 @@ _TRIALS = sa.table(
     "trials", sa.column("trial_id"), sa.column("study_id"), sa.column("state"), sa.column("datetime_start", sa.DateTime)
 )
 _TRIAL_ATTRS = sa.table("trial_user_attributes", sa.column("trial_id"), sa.column("key"), sa.column("value_json"))
-_SHOWN = ("point", "worker", "equivalent_of")  # the trial attributes status reads
+_SHOWN = ("point", "worker", "equivalent_of", "slurm_job")  # the trial attributes status reads
 
 
 def _read(storage: Storage) -> tuple[list, dict, dict, dict]:
@@ -70,7 +70,9 @@ def study_status(storage: Storage) -> list[str]:
                 shown = attrs.get(trial.trial_id, {})
                 lines.append(
                     f"    running: trial_id {trial.trial_id} {shown.get('point', '?')} on "
-                    f"{shown.get('worker', '?')}, {age:.0f} s"
+                    f"{shown.get('worker', '?')}"
+                    + (f" (SLURM job {shown['slurm_job']})" if "slurm_job" in shown else "")
+                    + f", {age:.0f} s"
                 )
         lines += [
             f"    given up: {p['point_key']} after {p['attempts']} attempt(s): {p['last_error']} "

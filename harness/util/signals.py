@@ -25,6 +25,7 @@ from collections.abc import Iterator
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
 
 _requested = threading.Event()  # SIGTERM arrived while cooperative
+_requeue = threading.Event()  # the signal was SIGUSR1: SLURM's --signal before the time limit (harness.sweep.slurm)
 _cooperative = 0
 _watched: list = []  # the claims being worked for, innermost last (see watch)
 
@@ -45,9 +46,23 @@ def _on_sigterm(signum, frame) -> None:
         raise Terminated()
 
 
+def _on_usr1(signum, frame) -> None:
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    _requeue.set()
+    _on_sigterm(signum, frame)
+
+
 def terminate_like_interrupt() -> None:
-    """From now on, SIGTERM raises :class:`Terminated` in the main thread (at once, or at :func:`check`)."""
+    """From now on, SIGTERM raises :class:`Terminated` in the main thread (at once, or at :func:`check`); so does
+    SIGUSR1, which SLURM sends before a job's time limit (``--signal=B:USR1@…``), and which also asks for a
+    requeue (:func:`requeue_requested`)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGUSR1, _on_usr1)
+
+
+def requeue_requested() -> bool:
+    """Whether the stop was SIGUSR1 (the job's time limit is near: it should be requeued)."""
+    return _requeue.is_set()
 
 
 @contextlib.contextmanager
@@ -90,3 +105,4 @@ def watch(claim) -> Iterator[None]:
 def reset() -> None:
     """Forget a SIGTERM request (for a process that goes on, e.g. a test that sends one)."""
     _requested.clear()
+    _requeue.clear()

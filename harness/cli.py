@@ -1,7 +1,9 @@
 """Command line: ``python run_study.py COMMAND ...`` (the same as ``alp-kd COMMAND ...``).
 
 =============  ==================================================================================
-``run``        run the study file's sweep (``--workers K`` processes; resumes what was interrupted)
+``run``        run the study files' sweeps (``--workers K`` processes; resumes what was interrupted)
+``prepare``    fine-tune every teacher and write every teacher-output cache the study files need
+``slurm``      submit a prepare job and a worker array to SLURM (``--dry-run`` prints them)
 ``plan``       grid sizes, trainings after sharing, time and disk of a sweep, before anything runs
 ``report``     the markdown report and figures, from the database alone
 ``status``     per study: grid size, complete, running (worker, age), failed, pruned, left, ETA

@@ -10,6 +10,7 @@
 ``tpe``          the TPE loops (real sweeps and the sweep-cost replay)
 ``confirm``      seed confirmations of the best configurations
 ``workers``      ``run --workers K`` processes
+``slurm``        the SLURM launcher: a prepare job and a worker array
 ``tensorboard``  one TensorBoard run per trial, from what the trial stores
 ===============  ==============================================================
 """

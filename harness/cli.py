@@ -79,6 +79,13 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
         dest="command", required=True, metavar="{run,prepare,plan,slurm,report,status,confirm,reproduce,export}"
     )
 
+    _sweep_parsers(commands)
+    _result_parsers(commands)
+    return parser
+
+
+def _sweep_parsers(commands) -> None:
+    """``run``, ``prepare``, ``slurm``, ``plan``: the commands that start (or size) a sweep."""
     run = commands.add_parser(
         "run",
         help="run (or continue) the studies of a study file",
@@ -86,29 +93,15 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
         "point for every method of the study file. Re-running the same command "
         "continues where it stopped: finished trials are kept.",
     )
-    run.add_argument(
-        "study_files",
-        type=Path,
-        nargs="+",
-        metavar="study_file",
-        help="YAML study file(s), e.g. studies/demo.yaml; with several, a worker takes its points from the first "
+    _study_files_arg(
+        run,
+        "YAML study file(s), e.g. studies/demo.yaml; with several, a worker takes its points from the first "
         "file that has a free one and exits when every file is done",
     )
     _storage_arg(run)
-    run.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder with GLUE in the official layout (<DIR>/<TASK>/train.tsv); default: $GLUE_DIR, "
-        "then the study file's data_dir, then the Hugging Face hub",
-    )
+    _data_arg(run)
     run.add_argument("--n-trials", type=int, default=None, help="run at most N trials per method in this call")
-    run.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="where fine-tuned teachers, teacher outputs and epoch checkpoints live "
-        "(default: $HARNESS_CACHE or .cache in the repo)",
-    )
+    _cache_arg(run)
     _tensorboard_arg(run)
     run.add_argument("--max-attempts", type=int, default=3, help="attempts per grid point before giving up on it")
     run.add_argument(
@@ -137,9 +130,9 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
         "(one per GPU); trains no student and creates no database. Idempotent: a run after it starts training "
         "at once.",
     )
-    prepare.add_argument("study_files", type=Path, nargs="+", metavar="study_file")
-    prepare.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, the file's, the hub)")
-    prepare.add_argument("--cache-dir", type=Path, default=None)
+    _study_files_arg(prepare)
+    _data_arg(prepare)
+    _cache_arg(prepare)
     prepare.add_argument("--workers", type=int, default=1, help="teachers fine-tuned at once (one process each)")
     prepare.add_argument("--devices", default=None, metavar="0,1,...", help="the GPUs to use (default: all)")
     prepare.add_argument(
@@ -157,7 +150,7 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
         "GPU(s), against the shared --storage and --cache-dir. Preempted or timed-out workers give their point back "
         "and are requeued; the requeued worker resumes from the epoch checkpoint.",
     )
-    slurm.add_argument("study_files", type=Path, nargs="+", metavar="study_file")
+    _study_files_arg(slurm)
     slurm.add_argument("--workers", type=_positive_int, required=True, help="array tasks, one worker each")
     slurm.add_argument("--gpus-per-worker", type=int, default=1, help="GPUs per worker (0: CPU workers)")
     slurm.add_argument("--cpus-per-worker", type=int, default=4)
@@ -172,8 +165,8 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
         help="an extra sbatch option for both jobs, e.g. --sbatch=--exclusive (repeatable)",
     )
     _storage_arg(slurm)
-    slurm.add_argument("--data-dir", default=None, help="GLUE folder every node sees (default: $GLUE_DIR, the hub)")
-    slurm.add_argument("--cache-dir", type=Path, default=None, help="a folder every node mounts (not /tmp)")
+    _data_arg(slurm, "GLUE folder every node sees (default: $GLUE_DIR, the hub)")
+    _cache_arg(slurm, "a folder every node mounts (not /tmp)")
     slurm.add_argument("--log-dir", type=Path, default=None, help="job scripts and logs (default: CACHE/slurm/)")
     slurm.add_argument(
         "--confirm",
@@ -185,6 +178,9 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
     )
     slurm.add_argument("--dry-run", action="store_true", help="print the batch scripts; submit nothing")
 
+
+def _result_parsers(commands) -> None:
+    """``report``, ``status``, ``confirm``, ``reproduce``, ``export``: the commands on a sweep's results."""
     report = commands.add_parser(
         "report",
         help="write the markdown report of a database",
@@ -241,8 +237,8 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
     confirm.add_argument("--seeds", type=int, default=3, metavar="S")
     confirm.add_argument("--name", default=None, help="only the studies of this study file (its 'name')")
     _storage_arg(confirm)
-    confirm.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, then the hub)")
-    confirm.add_argument("--cache-dir", type=Path, default=None)
+    _data_arg(confirm)
+    _cache_arg(confirm)
     _tensorboard_arg(confirm)
 
     again = commands.add_parser(
@@ -253,8 +249,8 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
     )
     again.add_argument("trial_id", type=int)
     _storage_arg(again)
-    again.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, then the hub)")
-    again.add_argument("--cache-dir", type=Path, default=None)
+    _data_arg(again)
+    _cache_arg(again)
 
     planned = commands.add_parser(
         "plan",
@@ -263,12 +259,12 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
         "trial, the time estimated from a short micro-run on this machine, and the disk the teacher, its "
         "output cache and the kept students take. Creates no database.",
     )
-    planned.add_argument("study_files", type=Path, nargs="+", metavar="study_file")
+    _study_files_arg(planned)
     planned.add_argument(
         "--gpus", type=_positive_int, default=1, help="with several files: the wall time on this many devices"
     )
-    planned.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, then the hub)")
-    planned.add_argument("--cache-dir", type=Path, default=None)
+    _data_arg(planned)
+    _cache_arg(planned)
     planned.add_argument("--no-measure", action="store_true", help="skip the timed micro-run")
 
     export = commands.add_parser(
@@ -294,9 +290,8 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
         help="also write GLUE leaderboard files (<TASK>.tsv) for DIR/<TASK>/test.tsv (or DIR/test.tsv)",
     )
     _storage_arg(export)
-    export.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, then the hub)")
-    export.add_argument("--cache-dir", type=Path, default=None)
-    return parser
+    _data_arg(export)
+    _cache_arg(export)
 
 
 def _open_storage(url: str | None, create: bool = False, with_optuna: bool = True):
@@ -320,6 +315,31 @@ def _data_dir(args: argparse.Namespace, config=None, study_file: Path | None = N
     if config is not None and config.data_dir is not None:
         study_dir = str(((study_file or args.study_file).parent / config.data_dir).resolve())
     return resolve_data_dir(args.data_dir, os.environ.get("GLUE_DIR"), study_dir)
+
+
+def _study_files_arg(parser: argparse.ArgumentParser, help: str = "YAML study file(s), e.g. studies/demo.yaml") -> None:
+    parser.add_argument("study_files", type=Path, nargs="+", metavar="study_file", help=help)
+
+
+def _data_arg(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help=help
+        or "folder with GLUE in the official layout (<DIR>/<TASK>/train.tsv); default: $GLUE_DIR, "
+        "then the study file's data_dir, then the Hugging Face hub",
+    )
+
+
+def _cache_arg(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help=help
+        or "where fine-tuned teachers, teacher outputs and epoch checkpoints live "
+        "(default: $HARNESS_CACHE or .cache in the repo)",
+    )
 
 
 def _tensorboard_arg(parser: argparse.ArgumentParser) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.spec.config import StudyConfig
@@ -113,53 +114,64 @@ def _params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def plan_lines(
-    config: StudyConfig, data_dir: Path | None, cache_dir: Path, measure: bool = True, totals: dict | None = None
-) -> list[str]:
-    """The plan, as the lines ``run_study.py plan`` prints; ``totals`` (when given) accumulates what
-    :func:`summary_lines` adds up over several study files."""
-    totals = {} if totals is None else totals
-    lines = [f"plan for {config.name}/{config.task}: teacher {config.teacher}, {config.student_layers}-layer student"]
-    lines += describe_grids(config)
-    counts = plan(config)
-    trainings = sum(own for _, own in counts.values())
-    totals["files"] = totals.get("files", 0) + 1
-    totals["trainings"] = totals.get("trainings", 0) + trainings
-    try:
-        from harness.distill.experiment import Experiment
-        from harness.distill.teacher import TEACHER_INFO, output_cache_bytes
+@dataclass
+class Sizes:
+    """What one study file's sweep costs, as numbers (:func:`size_plan`); :func:`plan_lines` writes them out.
 
-        experiment = Experiment(config, data_dir, cache_dir, progress=False)
-    except HarnessError as error:
-        lines.append(
-            f"  cannot measure or size the rest here: {error} (the teacher's shape and speed and the data's size "
-            "are unknown offline; run plan where the teacher and the data can be loaded)"
-        )
-        return lines
+    Times are ``None`` without the micro-run (``--no-measure``); ``busy`` is the share of the CPUs other work
+    used just before it (``None`` where ``/proc/stat`` is missing)."""
+
+    trainings: int
+    n_train: int
+    evaluated: int
+    eval_splits: list[str]
+    steps: int
+    teacher_key: str
+    teacher_cached: bool
+    device: str
+    student_bytes: int
+    cache_bytes: int
+    teacher_bytes: int
+    students_bytes: int
+    step: float | None = None
+    trial_seconds: float | None = None
+    teacher_seconds: float | None = None
+    took: float | None = None
+    busy: float | None = None
+
+    @property
+    def disk_bytes(self) -> int:
+        return self.cache_bytes + self.teacher_bytes + self.students_bytes
+
+    @property
+    def total_seconds(self) -> float | None:
+        if self.trial_seconds is None:
+            return None
+        return self.trainings * self.trial_seconds + (self.teacher_seconds or 0.0)
+
+
+def size_plan(config: StudyConfig, data_dir: Path | None, cache_dir: Path, measure: bool = True) -> Sizes:
+    """The sizes of one study file's sweep: its data and teacher are loaded (not fine-tuned), a student and, if
+    the teacher is not cached yet, a teacher of its shape are built and, with ``measure``, timed for a few steps.
+    :class:`HarnessError` where the teacher or the data cannot be loaded here."""
+    from harness.distill.experiment import Experiment
+    from harness.distill.models import build_student, load_config
+    from harness.distill.teacher import TEACHER_INFO, output_cache_bytes
+
+    experiment = Experiment(config, data_dir, cache_dir, progress=False)
     fixed = config.fixed
-    n_train, evaluated = len(experiment.train), sum(len(d) for d in experiment.evals.values())
-    teacher_n = min(
-        fixed.teacher.max_train_samples or len(experiment.teacher.full_train), len(experiment.teacher.full_train)
-    )
+    counts = plan(config)
+    n_train = len(experiment.train)
+    full_train = len(experiment.teacher.full_train)
+    teacher_n = min(fixed.teacher.max_train_samples or full_train, full_train)
     steps = math.ceil(n_train / fixed.batch_size) * fixed.epochs
     eval_batches = sum(math.ceil(len(d) / fixed.eval_batch_size) for d in experiment.evals.values()) * fixed.epochs
-    lines.append(
-        f"  per trial: {n_train} training examples × {fixed.epochs} epoch(s) = {steps} steps of {fixed.batch_size}; "
-        f"{evaluated} examples scored after every epoch ({', '.join(experiment.evals)})"
-    )
     teacher_cached = (experiment.teacher.folder() / TEACHER_INFO).is_file()
-    teachers = totals.setdefault("teachers", set())
-    if not teacher_cached:
-        teachers.add(experiment.teacher.key())
     needs_outputs = any(get_method(m).searches_eta for m in config.methods)
-
-    from harness.distill.models import build_student, load_config
-
     teacher_config = load_config(experiment.pretrained)
     student = build_student(
         experiment.pretrained, config.student_layers, experiment.task.num_labels, fixed.student_init, fixed.seed
     )
-    student_bytes = _params(student) * 4
     cache_bytes = 0
     if needs_outputs:
         layers = (teacher_config.num_hidden_layers, teacher_config.hidden_size)
@@ -169,58 +181,100 @@ def plan_lines(
         teacher = build_student(
             experiment.pretrained, teacher_config.num_hidden_layers, experiment.task.num_labels, "bottom", fixed.seed
         )
-    teacher_bytes = 0 if teacher is None else _params(teacher) * 4
     kept = {"best": len(config.methods), "all": sum(size for size, _ in counts.values()), "none": 0}
-    students_bytes = kept[fixed.keep_students] * student_bytes
-    if measure:
-        busy = cpu_busy()
-        started = time.perf_counter()
-        step, forward = _step_seconds(
-            student, experiment.train, fixed.batch_size, experiment.pad_token_id, experiment.device, fixed.precision
+    sizes = Sizes(
+        trainings=sum(own for _, own in counts.values()),
+        n_train=n_train,
+        evaluated=sum(len(d) for d in experiment.evals.values()),
+        eval_splits=list(experiment.evals),
+        steps=steps,
+        teacher_key=experiment.teacher.key(),
+        teacher_cached=teacher_cached,
+        device=str(experiment.device),
+        student_bytes=_params(student) * 4,
+        cache_bytes=cache_bytes,
+        teacher_bytes=0 if teacher is None else _params(teacher) * 4,
+        students_bytes=kept[fixed.keep_students] * _params(student) * 4,
+    )
+    if not measure:
+        return sizes
+    sizes.busy = cpu_busy()
+    started = time.perf_counter()
+    sizes.step, forward = _step_seconds(
+        student, experiment.train, fixed.batch_size, experiment.pad_token_id, experiment.device, fixed.precision
+    )
+    sizes.trial_seconds = steps * sizes.step + eval_batches * forward * fixed.eval_batch_size / fixed.batch_size
+    sizes.teacher_seconds = 0.0
+    if teacher is not None:
+        teacher_step, teacher_forward = _step_seconds(
+            teacher, experiment.train, fixed.teacher.batch_size, experiment.pad_token_id, experiment.device
         )
-        trial_seconds = steps * step + eval_batches * forward * fixed.eval_batch_size / fixed.batch_size
-        teacher_seconds = 0.0
-        if teacher is not None:
-            teacher_step, teacher_forward = _step_seconds(
-                teacher, experiment.train, fixed.teacher.batch_size, experiment.pad_token_id, experiment.device
-            )
-            teacher_seconds = math.ceil(teacher_n / fixed.teacher.batch_size) * fixed.teacher.epochs * teacher_step
-            if needs_outputs:
-                teacher_seconds += math.ceil(n_train / fixed.batch_size) * teacher_forward
-        took = time.perf_counter() - started
-        total = trainings * trial_seconds + teacher_seconds
-        totals["trial_seconds"] = totals.get("trial_seconds", 0.0) + trainings * trial_seconds
-        totals.setdefault("longest_trial", 0.0)
-        totals["longest_trial"] = max(totals["longest_trial"], trial_seconds)
-        totals.setdefault("teacher_seconds", {})[experiment.teacher.key()] = teacher_seconds
+        sizes.teacher_seconds = math.ceil(teacher_n / fixed.teacher.batch_size) * fixed.teacher.epochs * teacher_step
+        if needs_outputs:
+            sizes.teacher_seconds += math.ceil(n_train / fixed.batch_size) * teacher_forward
+    sizes.took = time.perf_counter() - started
+    return sizes
+
+
+def plan_lines(
+    config: StudyConfig, data_dir: Path | None, cache_dir: Path, measure: bool = True, totals: dict | None = None
+) -> list[str]:
+    """The plan, as the lines ``run_study.py plan`` prints; ``totals`` (when given) accumulates what
+    :func:`summary_lines` adds up over several study files."""
+    totals = {} if totals is None else totals
+    lines = [f"plan for {config.name}/{config.task}: teacher {config.teacher}, {config.student_layers}-layer student"]
+    lines += describe_grids(config)
+    trainings = sum(own for _, own in plan(config).values())
+    totals["files"] = totals.get("files", 0) + 1
+    totals["trainings"] = totals.get("trainings", 0) + trainings
+    try:
+        sizes = size_plan(config, data_dir, cache_dir, measure)
+    except HarnessError as error:
         lines.append(
-            f"  measured here in {took:.0f} s ({MICRO_STEPS} timed steps of the student"
-            + ("" if teacher_cached else " and of the teacher")
-            + f", on {experiment.device}): {step * 1000:.0f} ms per student step → about {_duration(trial_seconds)} "
-            f"per trial, {trainings} trainings ≈ {_duration(trainings * trial_seconds)}"
-            + ("" if teacher_cached else f", teacher fine-tuning ≈ {_duration(teacher_seconds)}")
-            + f"; in all ≈ {_duration(total)} with one worker (seed confirmations not included)"
+            f"  cannot measure or size the rest here: {error} (the teacher's shape and speed and the data's size "
+            "are unknown offline; run plan where the teacher and the data can be loaded)"
         )
-        if busy is not None and busy > BUSY_LIMIT:
+        return lines
+    fixed = config.fixed
+    lines.append(
+        f"  per trial: {sizes.n_train} training examples × {fixed.epochs} epoch(s) = {sizes.steps} steps of "
+        f"{fixed.batch_size}; {sizes.evaluated} examples scored after every epoch ({', '.join(sizes.eval_splits)})"
+    )
+    if not sizes.teacher_cached:
+        totals.setdefault("teachers", set()).add(sizes.teacher_key)
+    if sizes.trial_seconds is not None:
+        totals["trial_seconds"] = totals.get("trial_seconds", 0.0) + trainings * sizes.trial_seconds
+        totals["longest_trial"] = max(totals.get("longest_trial", 0.0), sizes.trial_seconds)
+        totals.setdefault("teacher_seconds", {})[sizes.teacher_key] = sizes.teacher_seconds
+        lines.append(
+            f"  measured here in {sizes.took:.0f} s ({MICRO_STEPS} timed steps of the student"
+            + ("" if sizes.teacher_cached else " and of the teacher")
+            + f", on {sizes.device}): {sizes.step * 1000:.0f} ms per student step → about "
+            f"{_duration(sizes.trial_seconds)} per trial, {trainings} trainings ≈ "
+            f"{_duration(trainings * sizes.trial_seconds)}"
+            + ("" if sizes.teacher_cached else f", teacher fine-tuning ≈ {_duration(sizes.teacher_seconds)}")
+            + f"; in all ≈ {_duration(sizes.total_seconds)} with one worker (seed confirmations not included)"
+        )
+        if sizes.busy is not None and sizes.busy > BUSY_LIMIT:
             lines.append(
-                f"  note: other work used {100 * busy:.0f}% of this machine's CPUs just before the micro-run; "
+                f"  note: other work used {100 * sizes.busy:.0f}% of this machine's CPUs just before the micro-run; "
                 "the steps were timed on a busy machine and the estimate is longer than an idle run would take"
             )
     else:
         lines.append("  time not measured (--no-measure)")
-    needed = cache_bytes + teacher_bytes + students_bytes
-    totals["bytes"] = totals.get("bytes", 0) + needed
+    totals["bytes"] = totals.get("bytes", 0) + sizes.disk_bytes
+    teacher_disk = "cached already" if sizes.teacher_cached else gigabytes(sizes.teacher_bytes)
     lines.append(
-        f"  disk in {cache_dir}: teacher {'cached already' if teacher_cached else gigabytes(teacher_bytes)}, "
-        f"teacher-output cache {gigabytes(cache_bytes)}, "
-        f"kept students ({fixed.keep_students}) {gigabytes(students_bytes)}"
-        f" ({gigabytes(student_bytes)} each), plus one epoch checkpoint per running trial"
+        f"  disk in {cache_dir}: teacher {teacher_disk}, teacher-output cache {gigabytes(sizes.cache_bytes)}, "
+        f"kept students ({fixed.keep_students}) {gigabytes(sizes.students_bytes)}"
+        f" ({gigabytes(sizes.student_bytes)} each), plus one epoch checkpoint per running trial"
     )
     folder = next((p for p in (cache_dir, *cache_dir.parents) if p.exists()), Path("/"))
     free = shutil.disk_usage(folder).free
-    if free < needed:
+    if free < sizes.disk_bytes:
         lines.append(
-            f"  warning: only {gigabytes(free)} free in {folder}, {gigabytes(needed)} needed: use another --cache-dir"
+            f"  warning: only {gigabytes(free)} free in {folder}, {gigabytes(sizes.disk_bytes)} needed: "
+            "use another --cache-dir"
         )
     return lines
 

@@ -115,30 +115,11 @@ class TrialRunner:
         checkpoint: Path | None,
         seed: int | None = None,
     ) -> TrialState:
-        """Run one trial; ``seed`` other than ``None`` makes it a confirmation of ``point``."""
+        """Run one trial (:meth:`start`, the training, :meth:`complete`); ``seed`` other than ``None`` makes it a
+        confirmation of ``point``."""
         confirmation = seed is not None
         seed = self.config.fixed.seed if seed is None else seed
-        record = _trial_record(self.config, method, point, seed, getattr(self.experiment, "device", None))
-        record["confirmation"] = confirmation
-        record.update(teacher_key=self.experiment.teacher.prepared.key, data_sha256=self.experiment.data_hashes)
-        for key, value in record.items():
-            if key != "config":
-                trial.set_user_attr(key, value)
-        self.storage.record_result(
-            trial._trial_id,
-            study_name=study.study_name,
-            number=trial.number,
-            method=method,
-            point_key=record["point"],
-            state="RUNNING",
-            seed=seed,
-            config=record["config"],
-            device=record["device"],
-            versions=record["versions"],
-            teacher_key=record["teacher_key"],
-            data_sha256=record["data_sha256"],
-            worker=record["worker"],
-        )
+        record = self.start(study, trial, method, point, seed, confirmation)
         started = time.perf_counter()
         desc = f"{method} {point_key(point)}" + (f" seed {seed}" if confirmation else "")
         # a confirmation under dev selection reports its last epoch (no choice made on dev); all others the best
@@ -181,7 +162,50 @@ class TrialRunner:
         finally:
             if board is not None:
                 board.close()
-        seconds = time.perf_counter() - started
+        return self.complete(
+            study, trial, history, reports_last, save_to, checkpoint, time.perf_counter() - started, desc
+        )
+
+    def start(self, study: optuna.Study, trial: optuna.Trial, method: str, point: dict, seed: int, confirmation: bool):
+        """The trial's record (point, seed, device, versions, teacher, data) stored as its user attributes and as a
+        RUNNING row of the results table, before any training."""
+        record = _trial_record(self.config, method, point, seed, getattr(self.experiment, "device", None))
+        record["confirmation"] = confirmation
+        record.update(teacher_key=self.experiment.teacher.prepared.key, data_sha256=self.experiment.data_hashes)
+        for key, value in record.items():
+            if key != "config":
+                trial.set_user_attr(key, value)
+        self.storage.record_result(
+            trial._trial_id,
+            study_name=study.study_name,
+            number=trial.number,
+            method=method,
+            point_key=record["point"],
+            state="RUNNING",
+            seed=seed,
+            config=record["config"],
+            device=record["device"],
+            versions=record["versions"],
+            teacher_key=record["teacher_key"],
+            data_sha256=record["data_sha256"],
+            worker=record["worker"],
+        )
+        return record
+
+    def complete(
+        self,
+        study: optuna.Study,
+        trial: optuna.Trial,
+        history,
+        reports_last: bool,
+        save_to: Path | None,
+        checkpoint: Path | None,
+        seconds: float,
+        desc: str,
+    ) -> TrialState:
+        """Store a trained trial: its reported epoch (the last for a confirmation under dev selection, else the
+        best), that epoch's eval predictions, its value, where its student is kept; COMPLETE; its checkpoint
+        dropped."""
         trial.set_user_attr("best_epoch", history.best_epoch)
         if history.resumed_from:
             trial.set_user_attr("resumed_from_epoch", history.resumed_from)

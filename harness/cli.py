@@ -258,6 +258,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet_libraries(transformers=True)
     import torch
 
+    from harness.distill.device import check_gpu_arch
+
+    check_gpu_arch()  # a GPU this torch build has no kernels for stops here, with the fix
     if args.n_trials is not None and args.n_trials < 1:
         raise HarnessError(f"--n-trials must be at least 1, got {args.n_trials}")
     if args.workers < 1:
@@ -362,10 +365,12 @@ def console() -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from harness.distill.device import check_gpu_arch
     from harness.spec.config import load_study
     from harness.tools.plan import plan_lines
 
     quiet_libraries(transformers=True)
+    check_gpu_arch()
     config = load_study(args.study_file)
     data_dir = _data_dir(args, config)
     print("\n".join(plan_lines(config, data_dir, args.cache_dir or _default_cache(), measure=not args.no_measure)))

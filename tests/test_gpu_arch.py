@@ -79,3 +79,57 @@ def test_deterministic_flag_sets_torch_and_cublas(monkeypatch):
     set_deterministic(True)
     assert calls == [True]
     assert __import__("os").environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_reproduction_tolerance_is_wider_only_for_a_nondeterministic_gpu_trial():
+    from harness.distill.device import GPU_TOLERANCE, reproduction_tolerance
+
+    assert reproduction_tolerance("cpu:cpu", False, "accuracy", 100) == (pytest.approx(0.01), "")
+    assert reproduction_tolerance("cuda:NVIDIA H100", True, "accuracy", 100)[1] == ""
+    tolerance, why = reproduction_tolerance("cuda:NVIDIA H100", False, "accuracy", 100)
+    assert tolerance == GPU_TOLERANCE and "without fixed.deterministic" in why and f"{GPU_TOLERANCE:g}" in why
+    assert reproduction_tolerance(None, False, "mcc", 100) == (2e-3, "")
+
+
+def test_deterministic_false_keeps_the_fingerprint_true_changes_it():
+    from harness.spec.config import parse_study
+
+    base = {"name": "d", "task": "RTE", "teacher": "minilm-l6", "student_layers": 2, "methods": ["kd"]}
+    plain = parse_study(base)
+    assert plain.fixed.deterministic is False
+    assert parse_study({**base, "fixed": {"deterministic": False}}).fingerprint("kd") == plain.fingerprint("kd")
+    assert parse_study({**base, "fixed": {"deterministic": True}}).fingerprint("kd") != plain.fingerprint("kd")
+
+
+def test_deterministic_study_runs_on_cpu_with_deterministic_algorithms(tiny_bert, glue_dir, tmp_path, monkeypatch):
+    """``fixed.deterministic: true`` on the CPU: the teacher and a KD student train with torch's deterministic
+    algorithms on, and two runs of the same trial give the same score."""
+    from harness.distill.experiment import Experiment
+    from harness.spec.config import parse_study
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    config = parse_study(
+        {
+            "name": "det",
+            "task": "RTE",
+            "teacher": str(tiny_bert),
+            "student_layers": 1,
+            "methods": ["kd"],
+            "fixed": {
+                "epochs": 1,
+                "max_seq_length": 16,
+                "max_train_samples": 32,
+                "deterministic": True,
+                "teacher": {"epochs": 1, "max_train_samples": 32},
+            },
+            "search": {"lr": [1e-4], "eta": [0.5]},
+        }
+    )
+    try:
+        experiment = Experiment(config, glue_dir, tmp_path, progress=False)
+        assert torch.are_deterministic_algorithms_enabled()
+        point = {"lr": 1e-4, "eta": 0.5, "lambda": 0.0}
+        first = experiment.run_trial("kd", point).best_value
+        assert experiment.run_trial("kd", point).best_value == first
+    finally:
+        torch.use_deterministic_algorithms(False)

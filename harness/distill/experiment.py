@@ -17,7 +17,7 @@ import torch
 from harness.data.encoding import EncodedSplit, encode_split
 from harness.data.holdout import HOLDOUT_SPLIT, split_holdout
 from harness.data.loading import load_split
-from harness.distill.device import pick_device
+from harness.distill.device import pick_device, set_deterministic
 from harness.distill.losses import InterLayerLoss
 from harness.distill.models import (
     build_student,
@@ -51,6 +51,7 @@ class Experiment:
         self.progress = progress
         self.task = get_task(config.task)
         self.device = device or pick_device()
+        set_deterministic(config.fixed.deterministic)  # before the teacher or a student runs a kernel
         self.pretrained = resolve_pretrained(config.teacher)
         self.tokenizer = load_tokenizer(self.pretrained)
         check_student_depth(self.pretrained, config.student_layers)  # before any fine-tuning

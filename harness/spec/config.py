@@ -84,6 +84,8 @@ class Fixed(_Strict):
     # auto: bf16 on a GPU that has it, else fp16 with a gradient scaler; fp32 on CPU (device.autocast_for)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     teacher_cache_dtype: Literal["float32", "float16"] = "float32"
+    # torch.use_deterministic_algorithms + CUBLAS_WORKSPACE_CONFIG for teacher and students (device.set_deterministic)
+    deterministic: bool = False
     # How the epoch and the grid point are chosen: ``dev`` (the paper's protocol: on the reported dev set,
     # so the reported maximum is optimistic) or ``holdout`` (a seeded, label-stratified slice of train that
     # no model trains on; dev is then read once, at the chosen epoch of the chosen point). See harness.data.holdout.
@@ -193,6 +195,8 @@ class StudyConfig(_Strict):
                 payload["fixed"].pop(key)
         if payload["fixed"]["precision"] == "auto":  # likewise for precision
             payload["fixed"].pop("precision")
+        if not payload["fixed"]["deterministic"]:  # and for deterministic
+            payload["fixed"].pop("deterministic")
         # what is kept on disk does not change a result; the hash stays the one of studies made before
         payload["fixed"].pop("keep_students")
         payload["fixed"]["save_students"] = False

@@ -207,7 +207,10 @@ class Experiment:
         return history
 
     def prepare_shared(self) -> None:
-        """Everything trials share: the fine-tuned teacher and, if a method needs them, its cached outputs."""
+        """Everything trials share: the fine-tuned teacher and, if a method needs them, its cached outputs and
+        the α probe's dev states."""
         self.teacher.prepare()
         if any(get_method(m).searches_eta for m in self.config.methods):
             self.teacher.signal(live=False)
+        if any(get_method(m).inter == "alp" for m in self.config.methods):
+            self.teacher.dev_cls()  # the α probe's dev states, cached once for every worker

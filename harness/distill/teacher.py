@@ -8,7 +8,8 @@ as ``.npy`` files, memory-mapped when read. A manifest with each file's sha256 i
 folder is published by an atomic rename, so a killed writer leaves nothing that is ever read; a cache
 whose files do not match their manifest is rebuilt. The teacher runs in eval mode, so cached and live
 outputs agree. ``fixed.teacher_cache_dtype`` stores the [CLS] vectors as float32 (default) or float16
-(half the disk and page cache; logits stay float32).
+(half the disk and page cache; logits stay float32). The dev [CLS] states of ALP's α probe are cached the
+same way (always float32), under ``<cache>/teacher_outputs/<key>-dev-<dev encoding>-float32``.
 """
 
 from __future__ import annotations
@@ -232,20 +233,47 @@ class Teacher:
             del logits, cls
             (tmp / "manifest.json").write_text(json.dumps(manifest))
 
+    def dev_states_dir(self) -> Path:
+        """Where the dev [CLS] states of :meth:`dev_cls` are cached, beside the teacher outputs."""
+        teacher = self.prepare()
+        data = self.evals[self.task.eval_splits[0]]
+        return self.cache_dir / "teacher_outputs" / f"{teacher.key}-dev-{encoding_hash(data)}-float32"
+
     def dev_cls(self) -> np.ndarray:
-        """The teacher's [CLS] vector of every layer on the first eval split, ``[n, N, H]`` (computed once)."""
+        """The teacher's [CLS] vector of every layer on the first eval split, ``[n, N, H]``, float32.
+
+        Computed once per teacher and dev set and cached on disk like the teacher outputs (atomic folder,
+        manifest with sha256, rebuilt when it does not match), so ALP's α probe costs no teacher pass in
+        the processes after the first; read into memory once per process."""
         if self._dev_cls is None:
             data = self.evals[self.task.eval_splits[0]]
-            _, self._dev_cls = predict(
-                self.load_model(),
-                data,
-                self.config.fixed.eval_batch_size,
-                self.pad_token_id,
-                self.device,
-                states=True,
-                precision="fp32",  # like the teacher-output cache: α is compared against float32 teacher states
-            )
+            final = self.dev_states_dir()
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(final) + ".lock"):
+                arrays = read_arrays(final, len(data), ("cls",))
+                if arrays is None:
+                    shutil.rmtree(final, ignore_errors=True)
+                    self._write_dev_states(final, data)
+                    arrays = read_arrays(final, len(data), ("cls",))
+            if arrays is None:
+                raise HarnessError(f"teacher dev-state cache {str(final)!r} could not be written and read back")
+            self._dev_cls = np.array(arrays["cls"])  # in memory: the probe runs on it every epoch
         return self._dev_cls
+
+    def _write_dev_states(self, final: Path, data: EncodedSplit) -> None:
+        _, cls = predict(
+            self.load_model(),
+            data,
+            self.config.fixed.eval_batch_size,
+            self.pad_token_id,
+            self.device,
+            states=True,
+            precision="fp32",  # like the teacher-output cache: α is compared against float32 teacher states
+        )
+        with atomic_folder(final) as tmp:
+            np.save(tmp / "cls.npy", cls)
+            manifest = {"cls": {"shape": list(cls.shape), "sha256": sha256_file(tmp / "cls.npy")}}
+            (tmp / "manifest.json").write_text(json.dumps(manifest))
 
 
 def output_cache_bytes(n: int, num_labels: int, cls_shape: tuple[int, int], dtype) -> int:
@@ -254,12 +282,13 @@ def output_cache_bytes(n: int, num_labels: int, cls_shape: tuple[int, int], dtyp
     return n * num_labels * 4 + n * cls_shape[0] * cls_shape[1] * np.dtype(dtype).itemsize
 
 
-def read_outputs(folder: Path, n: int) -> TeacherSignal | None:
-    """Memory-map a teacher-output cache, or ``None`` if it is missing, partial or corrupt."""
+def read_arrays(folder: Path, n: int, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """Memory-map the ``names`` arrays of a cache folder (``n`` rows each), or ``None`` if any is missing,
+    partial or does not match the folder's manifest."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
         arrays = {}
-        for name in ("logits", "cls"):
+        for name in names:
             path = folder / f"{name}.npy"
             if sha256_file(path) != manifest[name]["sha256"]:
                 return None
@@ -268,4 +297,10 @@ def read_outputs(folder: Path, n: int) -> TeacherSignal | None:
                 return None
     except (OSError, ValueError, KeyError):
         return None
-    return TeacherSignal(logits=arrays["logits"], cls=arrays["cls"])
+    return arrays
+
+
+def read_outputs(folder: Path, n: int) -> TeacherSignal | None:
+    """Memory-map a teacher-output cache, or ``None`` if it is missing, partial or corrupt."""
+    arrays = read_arrays(folder, n, ("logits", "cls"))
+    return None if arrays is None else TeacherSignal(logits=arrays["logits"], cls=arrays["cls"])

@@ -278,6 +278,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cache_dir = options.cache_dir
     # data and teacher checked before the database is touched
     experiment = Experiment(config, data_dir, cache_dir, device=torch.device(first))
+    if not config.fixed.teacher.finetune:  # scored on dev (and refused at chance) before the database is touched
+        experiment.teacher.prepare()
     storage = _open_storage(args.storage, create=True)
     print(
         f"study file {args.study_file}: task {config.task}, teacher {config.teacher}, "

@@ -27,6 +27,7 @@ from harness.distill.models import (
     resolve_pretrained,
 )
 from harness.distill.teacher import Teacher
+from harness.distill.teacher_checks import check_head
 from harness.distill.train import History, Hyper, fit
 from harness.spec.config import StudyConfig
 from harness.spec.methods import get_method
@@ -55,6 +56,8 @@ class Experiment:
         self.pretrained = resolve_pretrained(config.teacher)
         self.tokenizer = load_tokenizer(self.pretrained)
         check_student_depth(self.pretrained, config.student_layers)  # before any fine-tuning
+        if not config.fixed.teacher.finetune:  # a teacher used as it is needs a head for this task
+            check_head(load_config(self.pretrained), self.task, config.teacher)
         self.pad_token_id = self.tokenizer.pad_token_id or 0
         fixed = config.fixed
         train = load_split(self.task, "train", data_dir)

@@ -26,8 +26,21 @@ from filelock import FileLock
 from transformers import AutoModelForSequenceClassification
 
 from harness.data.encoding import EncodedSplit, encode_split
-from harness.distill.train import Hyper, TeacherSignal, eval_batches, fit, layer_cls, predict, to_batch, token_lengths
-from harness.spec.config import StudyConfig
+from harness.distill.models import load_classifier, load_config, weights_sha256
+from harness.distill.teacher_checks import check_head, refuse_chance
+from harness.distill.train import (
+    Hyper,
+    TeacherSignal,
+    eval_batches,
+    evaluate,
+    fit,
+    layer_cls,
+    predict,
+    primary_value,
+    to_batch,
+    token_lengths,
+)
+from harness.spec.config import TEACHER_DEFAULTS, StudyConfig
 from harness.spec.tasks import GlueSplit, TaskSpec, subsample
 from harness.util import signals
 from harness.util.errors import HarnessError
@@ -88,13 +101,28 @@ class Teacher:
         self.prepared: PreparedTeacher | None = None
         self._signal: TeacherSignal | None = None
         self._dev_cls: np.ndarray | None = None
+        self._weights: str | None = None
 
     def key(self) -> str:
+        """The teacher's identity. Fine-tuned here: its source, task, recipe, data, ``max_seq_length`` and seed.
+        Used as it is (``finetune: false``): its weights' sha256, with the task and the files its dev score is
+        measured on."""
         fixed = self.config.fixed
+        if not fixed.teacher.finetune:
+            evals = {split: self.data_hashes[split] for split in self.task.eval_splits}
+            return fingerprint(
+                {
+                    "weights": self.weights_sha256(),
+                    "task": self.task.name,
+                    "data": evals,
+                    "max_seq_length": fixed.max_seq_length,
+                }
+            )
+        recipe = fixed.teacher.model_dump(exclude=set(TEACHER_DEFAULTS))
         payload = {
             "source": self.config.teacher,
             "task": self.task.name,
-            "recipe": fixed.teacher.model_dump(),
+            "recipe": recipe,
             "data": self.data_hashes,
             "max_seq_length": fixed.max_seq_length,
             "seed": fixed.seed,
@@ -102,6 +130,11 @@ class Teacher:
         if fixed.selection == "holdout":  # the teacher never trains on the holdout slice either
             payload["holdout"] = [fixed.holdout_fraction, fixed.holdout_max_samples]
         return fingerprint(payload)
+
+    def weights_sha256(self) -> str:
+        if self._weights is None:
+            self._weights = weights_sha256(self.pretrained)
+        return self._weights
 
     def folder(self) -> Path:
         """Where the fine-tuned teacher is cached (complete once it holds :data:`TEACHER_INFO`)."""
@@ -116,15 +149,41 @@ class Teacher:
         final.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(final) + ".lock"):
             if not (final / TEACHER_INFO).is_file():
-                self._fine_tune(final)
+                self._fine_tune(final) if self.config.fixed.teacher.finetune else self._score_as_is(final)
         info = json.loads((final / TEACHER_INFO).read_text())
-        self.prepared = PreparedTeacher(key=key, path=final, dev_metrics=info["dev_metrics"], value=info["value"])
+        path = final if self.config.fixed.teacher.finetune else Path(self.pretrained)
+        self.prepared = PreparedTeacher(key=key, path=path, dev_metrics=info["dev_metrics"], value=info["value"])
         return self.prepared
+
+    def _score_as_is(self, final: Path) -> None:
+        """``finetune: false``: check the checkpoint's head, score it on dev once, refuse it at chance; the
+        folder then holds only :data:`TEACHER_INFO` (the weights stay where they are)."""
+        check_head(load_config(self.pretrained), self.task, self.config.teacher)
+        model = load_classifier(self.pretrained).to(self.device)
+        fixed = self.config.fixed
+        metrics, _, _ = evaluate(model, self.task, self.evals, fixed.eval_batch_size, self.pad_token_id, self.device)
+        value = primary_value(self.task, metrics)
+        dev = self.evals[self.task.eval_splits[0]]
+        refuse_chance(self.task, value, dev.labels, self.config.teacher, fixed.teacher.allow_chance)
+        with atomic_folder(final) as tmp:
+            info = {
+                "source": self.config.teacher,
+                "finetune": False,
+                "weights_sha256": self.weights_sha256(),
+                "task": self.task.name,
+                "dev_metrics": metrics,
+                "value": value,
+                "data": self.data_hashes,
+            }
+            (tmp / TEACHER_INFO).write_text(json.dumps(info, indent=2))
 
     def _fine_tune(self, final: Path) -> None:
         recipe, fixed = self.config.fixed.teacher, self.config.fixed
         torch.manual_seed(fixed.seed)
         model = AutoModelForSequenceClassification.from_pretrained(self.pretrained, num_labels=self.task.num_labels)
+        if not self.task.is_regression:  # so that the saved teacher names its classes (finetune: false checks them)
+            model.config.id2label = dict(enumerate(self.task.label_names))
+            model.config.label2id = {name: index for index, name in enumerate(self.task.label_names)}
         train = encode_split(
             subsample(self.full_train, recipe.max_train_samples, fixed.seed), self.tokenizer, fixed.max_seq_length
         )
@@ -174,7 +233,7 @@ class Teacher:
 
     def load_model(self):
         teacher = self.prepare()
-        model = AutoModelForSequenceClassification.from_pretrained(teacher.path)
+        model = AutoModelForSequenceClassification.from_pretrained(str(teacher.path))
         return model.to(self.device).eval()
 
     def signal(self, live: bool) -> TeacherSignal:

@@ -48,14 +48,23 @@ class _Strict(BaseModel):
 
 
 class TeacherRecipe(_Strict):
-    """How the teacher is fine-tuned on the task (once; the result is cached on disk)."""
+    """How the teacher is fine-tuned on the task (once; the result is cached on disk).
 
+    ``finetune: false`` uses the teacher checkpoint as it is (already fine-tuned on the task): no training;
+    its head is checked against the task and it is scored on dev once (harness.distill.teacher_checks); the
+    other keys are then unused. ``allow_chance: true`` goes on with such a teacher at chance on dev."""
+
+    finetune: bool = True
+    allow_chance: bool = False
     epochs: int = Field(3, ge=1)
     lr: float = Field(2e-5, gt=0, lt=1)
     batch_size: int = Field(32, ge=1)
     max_train_samples: int | None = Field(None, ge=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0, lt=1)
+
+
+TEACHER_DEFAULTS = {"finetune": True, "allow_chance": False}  # keys left out of hashes at these values
 
 
 class Fixed(_Strict):
@@ -197,6 +206,9 @@ class StudyConfig(_Strict):
             payload["fixed"].pop("precision")
         if not payload["fixed"]["deterministic"]:  # and for deterministic
             payload["fixed"].pop("deterministic")
+        for key, default in TEACHER_DEFAULTS.items():  # and for the as-is teacher's keys
+            if payload["fixed"]["teacher"][key] == default:
+                payload["fixed"]["teacher"].pop(key)
         # what is kept on disk does not change a result; the hash stays the one of studies made before
         payload["fixed"].pop("keep_students")
         payload["fixed"]["save_students"] = False

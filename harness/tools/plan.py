@@ -122,7 +122,8 @@ def plan_lines(config: StudyConfig, data_dir: Path | None, cache_dir: Path, meas
         f"  per trial: {n_train} training examples × {fixed.epochs} epoch(s) = {steps} steps of {fixed.batch_size}; "
         f"{evaluated} examples scored after every epoch ({', '.join(experiment.evals)})"
     )
-    teacher_cached = (experiment.teacher.folder() / TEACHER_INFO).is_file()
+    # a teacher used as it is (finetune: false) costs no fine-tuning, like a cached one
+    teacher_cached = not fixed.teacher.finetune or (experiment.teacher.folder() / TEACHER_INFO).is_file()
     needs_outputs = any(get_method(m).searches_eta for m in config.methods)
 
     from harness.distill.models import build_student, load_config

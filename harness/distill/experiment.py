@@ -21,6 +21,7 @@ from harness.distill.device import pick_device, set_deterministic
 from harness.distill.losses import InterLayerLoss
 from harness.distill.models import (
     build_student,
+    check_same_tokenizer,
     check_student_depth,
     load_config,
     load_tokenizer,
@@ -55,7 +56,14 @@ class Experiment:
         set_deterministic(config.fixed.deterministic)  # before the teacher or a student runs a kernel
         self.pretrained = resolve_pretrained(config.teacher)
         self.tokenizer = load_tokenizer(self.pretrained)
-        check_student_depth(self.pretrained, config.student_layers)  # before any fine-tuning
+        # where the student comes from: student_from (same tokenizer as the teacher), else the teacher's source
+        self.student_source = self.pretrained
+        if config.student_from is not None:
+            self.student_source = resolve_pretrained(config.student_from, "student_from")
+            check_same_tokenizer(
+                load_tokenizer(self.student_source), self.tokenizer, config.student_from, config.teacher
+            )
+        check_student_depth(self.student_source, config.student_layers, config.fixed.student_init)  # before fine-tuning
         if not config.fixed.teacher.finetune:  # a teacher used as it is needs a head for this task
             check_head(load_config(self.pretrained), self.task, config.teacher)
         self.pad_token_id = self.tokenizer.pad_token_id or 0
@@ -156,7 +164,7 @@ class Experiment:
         teacher = self.teacher.prepare()
         teacher_config = load_config(str(teacher.path))
         student = build_student(
-            self.pretrained, self.config.student_layers, self.task.num_labels, fixed.student_init, seed
+            self.student_source, self.config.student_layers, self.task.num_labels, fixed.student_init, seed
         )
         inter = None
         signal = None

@@ -6,11 +6,16 @@
   the key hashes everything that determines it (source, task, recipe, data file hashes,
   ``max_seq_length``, seed). Writing goes to a temporary folder that is renamed into place, and a
   file lock keeps two workers on one machine from fine-tuning the same teacher twice.
-* A student is a BERT with ``student_layers`` layers and the teacher's hidden size, initialised from
-  the *pre-trained* (not fine-tuned) teacher checkpoint: ``bottom`` copies its bottom layers,
-  ``skip`` copies every k-th layer (student layer i ← teacher layer ⌊i·N/M⌋, 1-based), so the top
-  student layer starts from the teacher's top layer. Embeddings are always copied. The pooler and
-  the classifier are freshly initialised (MiniLM ships no pooler), seeded by the trial seed.
+* A student is a BERT classifier with ``student_layers`` layers built from ``student_from`` (a hub id or a
+  folder with the teacher's tokenizer: a pre-trained small BERT, or a model distilled elsewhere), else from
+  the teacher's source checkpoint (the *pre-trained* one, or the fine-tuned one with
+  ``fixed.teacher.finetune: false``). ``student_init``: ``bottom`` copies its bottom layers, ``skip`` every
+  k-th layer (student layer i ← layer ⌊i·N/M⌋, 1-based, so the top student layer starts from the top
+  layer), both with its embeddings; ``random`` takes only its architecture; ``pretrained`` keeps the whole
+  model (``student_layers`` must equal its depth). The pooler and the classifier are always freshly
+  initialised (:func:`fresh_head`), seeded by the trial seed, even when the checkpoint has fine-tuned ones.
+  A student of another hidden size than the teacher meets it through the inter-layer loss's learned
+  projection (``Linear(H_s, H_t)`` for PKD/ALP, CKD's own projections; :class:`~harness.distill.losses.InterLayerLoss`).
 """
 
 from __future__ import annotations
@@ -90,6 +95,23 @@ def load_classifier(source: str, **kwargs) -> PreTrainedModel:
 
 def load_tokenizer(source: str):
     return _from_pretrained(AutoTokenizer, source)
+
+
+PROBE_TEXT = "The teacher's tokens, word-pieces and [UNK] signs: naïve café 1234 dog-walking."
+
+
+def check_same_tokenizer(student, teacher, student_name: str, teacher_name: str) -> None:
+    """``student_from`` must tokenize like the teacher: the student reads the teacher's token ids (one encoding
+    of the data serves both), so another vocabulary or casing would feed it foreign ids."""
+    same_vocab = student.get_vocab() == teacher.get_vocab()
+    if same_vocab and student(PROBE_TEXT)["input_ids"] == teacher(PROBE_TEXT)["input_ids"]:
+        return
+    why = "vocabulary" if not same_vocab else "tokenization (casing, normalisation)"
+    raise HarnessError(
+        f"student_from {student_name!r} has another tokenizer than the teacher {teacher_name!r} (their {why} "
+        f"differs: {len(student.get_vocab())} and {len(teacher.get_vocab())} tokens); student_from must use the "
+        "teacher's tokenizer"
+    )
 
 
 def load_config(source: str):

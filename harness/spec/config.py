@@ -76,7 +76,9 @@ class Fixed(_Strict):
     max_seq_length: int = Field(128, ge=8, le=512)
     max_train_samples: int | None = Field(None, ge=1)
     seed: int = 42
-    student_init: Literal["bottom", "skip"] = "bottom"
+    # bottom | skip: the source's bottom / every k-th layers; random: its architecture only; pretrained: the whole
+    # student_from model as it is (student_layers = its depth). The source is student_from, else the teacher.
+    student_init: Literal["bottom", "skip", "random", "pretrained"] = "bottom"
     temperature: float = Field(1.0, gt=0, le=100)
     alp_scale: Literal["1", "sqrt_d"] = "1"
     alp_tokens: Literal["cls", "all"] = "cls"
@@ -162,6 +164,8 @@ class StudyConfig(_Strict):
     task: str
     teacher: str
     student_layers: int = Field(ge=1)
+    # where the student comes from (hub id or folder; same tokenizer as the teacher); default: the teacher
+    student_from: str | None = None
     methods: tuple[str, ...] = Field(min_length=1)
     data_dir: str | None = None
     fixed: Fixed = Fixed()
@@ -198,6 +202,8 @@ class StudyConfig(_Strict):
         """
         payload = self.model_dump(mode="json", by_alias=True, exclude={"methods", "data_dir"})
         payload["method"] = method
+        if payload["student_from"] is None:  # studies made before student_from keep their hash
+            payload.pop("student_from")
         payload["search"].pop("n_trials")
         if payload["fixed"]["selection"] == "dev":  # studies made before selection existed keep their hash
             for key in ("selection", "holdout_fraction", "holdout_max_samples"):

@@ -130,7 +130,7 @@ def plan_lines(config: StudyConfig, data_dir: Path | None, cache_dir: Path, meas
 
     teacher_config = load_config(experiment.pretrained)
     student = build_student(
-        experiment.pretrained, config.student_layers, experiment.task.num_labels, fixed.student_init, fixed.seed
+        experiment.student_source, config.student_layers, experiment.task.num_labels, fixed.student_init, fixed.seed
     )
     student_bytes = _params(student) * 4
     cache_bytes = 0

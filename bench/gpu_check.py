@@ -32,11 +32,13 @@ import torch
 
 from bench.runs import PeakMemory
 from harness.data.loading import resolve_data_dir
+from harness.distill.device import check_gpu_arch
 from harness.distill.experiment import Experiment
 from harness.distill.losses import alp_attention
 from harness.distill.models import build_student
 from harness.distill.train import predict
 from harness.spec.config import parse_study
+from harness.util.errors import HarnessError
 from harness.util.quiet import quiet_libraries
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -185,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     args.worker_points = 2 if tiny else 4
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
     quiet_libraries(transformers=True)
+    try:
+        check_gpu_arch()
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     data_dir = resolve_data_dir(args.data_dir, None, str(REPO_ROOT.parent / "shared" / "glue"))
     cache = REPO_ROOT / ".cache"
     lines: list[str] = []

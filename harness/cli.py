@@ -385,6 +385,8 @@ def _experiments(args: argparse.Namespace, device) -> list[tuple[Path, object, P
         config = load_study(study_file)
         data_dir = _data_dir(args, config, study_file)
         experiment = Experiment(config, data_dir, args.cache_dir or _default_cache(), device=device)
+        if not config.fixed.teacher.finetune:  # scored on dev, refused at chance, before anything is created
+            experiment.teacher.prepare()
         loaded.append((study_file, config, data_dir, experiment))
     names = [config.name + "/" + config.task for _, config, _, _ in loaded]
     twice = sorted({name for name in names if names.count(name) > 1})
@@ -402,6 +404,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet_libraries(transformers=True)
     import torch
 
+    from harness.distill.device import check_gpu_arch
+
+    check_gpu_arch()  # a GPU this torch build has no kernels for stops here, with the fix
     _check_run_args(args)
     devices = parse_devices(args.devices)
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -409,7 +414,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.storage is not None:
         parse_url(args.storage)  # a bad URL fails now, before the data are read
     options = _run_options(args, max_attempts=args.max_attempts, n_trials=args.n_trials)
-    # every file's data and teacher checked before the database is touched
+    # every file's data and teacher checked before the database is touched (a teacher used as it is, finetune:
+    # false, is also scored on dev and refused at chance here)
     loaded = _experiments(args, torch.device(first))
     storage = _open_storage(args.storage, create=True)
     print(f"storage {storage.masked}")
@@ -451,8 +457,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     quiet_libraries(transformers=True)
     import torch
 
+    from harness.distill.device import check_gpu_arch
     from harness.sweep.workers import assign_devices, parse_devices, prepare_in_parallel
 
+    check_gpu_arch()  # as in run: a GPU this torch build has no kernels for stops here, with the fix
     _check_run_args(args)
     if args.storage is not None:  # the launcher's prepare job: a database the nodes cannot reach fails now
         storage = _open_storage(args.storage, create=True, with_optuna=False)
@@ -604,10 +612,12 @@ def console() -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from harness.distill.device import check_gpu_arch
     from harness.spec.config import load_study
     from harness.tools.plan import plan_lines, summary_lines
 
     quiet_libraries(transformers=True)
+    check_gpu_arch()
     configs = [(path, load_study(path)) for path in args.study_files]  # every file checked before any micro-run
     cache_dir = args.cache_dir or _default_cache()
     totals: dict = {}

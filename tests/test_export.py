@@ -82,7 +82,8 @@ def test_a_student_that_was_not_kept_is_re_trained_to_the_same_weights(swept, gl
     folder, storage, _ = swept
     study = optuna.load_study(study_name="tiny/SST-2/nkd", storage=storage)
     complete = sorted((t for t in study.get_trials() if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-    worst = complete[0]  # not the best: its student was removed
+    best = max(complete, key=lambda t: (t.value, -t.number))  # keep_only_the_best's choice (ties: lower number)
+    worst = next(t for t in complete if t.number != best.number)  # not the best: its student was removed
     out = folder / "worst-nkd"
     result = _export(swept, glue_dir, out, str(worst._trial_id))
     assert result.returncode == 0, result.stderr

@@ -119,3 +119,36 @@ def test_ckd_projections_are_saved_with_the_student(tiny_bert, glue_dir, experim
     assert fresh.keys() == saved.keys()
     assert all(not torch.equal(fresh[k], saved[k]) for k in saved)
     assert (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+
+def test_alpha_probe_reads_the_cached_dev_states(tiny_bert, glue_dir, experiment, monkeypatch):
+    """The α probe's dev [CLS] states are cached with the teacher outputs: a second process (a fresh
+    Experiment) runs no teacher pass for them, and gets the same states and the same α as live ones."""
+    from harness.distill import teacher as teacher_module
+    from harness.distill.train import predict
+
+    states = experiment.teacher.dev_cls()
+    folder = experiment.teacher.dev_states_dir()
+    assert (folder / "manifest.json").is_file() and folder.parent == experiment.teacher.outputs_dir().parent
+    dev = experiment.evals["dev"]
+    _, live = predict(
+        experiment.teacher.load_model(), dev, 512, experiment.pad_token_id, torch.device("cpu"), True, "fp32"
+    )
+    np.testing.assert_array_equal(states, live)
+
+    def no_teacher_pass(*args, **kwargs):
+        raise AssertionError("the dev states should come from the cache")
+
+    monkeypatch.setattr(teacher_module, "predict", no_teacher_pass)
+    second = make_experiment(tiny_bert, glue_dir, experiment.cache_dir)
+    np.testing.assert_array_equal(second.teacher.dev_cls(), states)
+    inter = InterLayerLoss(get_method("alp"), 4, 2, 32, 32)
+    student = np.random.default_rng(0).standard_normal((len(dev), 2, 32)).astype(np.float32)
+    cached_alpha = second.alpha_probe(inter)(student)
+    second.teacher._dev_cls = live  # what the probe used before the cache: the live teacher's states
+    assert second.alpha_probe(inter)(student) == cached_alpha
+
+    # a damaged cache is never read: rebuilt (here it would need the teacher, so it asks for predict)
+    (folder / "cls.npy").write_bytes(b"broken")
+    with pytest.raises(AssertionError, match="from the cache"):
+        make_experiment(tiny_bert, glue_dir, experiment.cache_dir).teacher.dev_cls()

@@ -17,16 +17,18 @@ import torch
 from harness.data.encoding import EncodedSplit, encode_split
 from harness.data.holdout import HOLDOUT_SPLIT, split_holdout
 from harness.data.loading import load_split
-from harness.distill.device import pick_device
+from harness.distill.device import pick_device, set_deterministic
 from harness.distill.losses import InterLayerLoss
 from harness.distill.models import (
     build_student,
+    check_same_tokenizer,
     check_student_depth,
     load_config,
     load_tokenizer,
     resolve_pretrained,
 )
 from harness.distill.teacher import Teacher
+from harness.distill.teacher_checks import check_head
 from harness.distill.train import History, Hyper, fit
 from harness.spec.config import StudyConfig
 from harness.spec.methods import get_method
@@ -51,9 +53,19 @@ class Experiment:
         self.progress = progress
         self.task = get_task(config.task)
         self.device = device or pick_device()
+        set_deterministic(config.fixed.deterministic)  # before the teacher or a student runs a kernel
         self.pretrained = resolve_pretrained(config.teacher)
         self.tokenizer = load_tokenizer(self.pretrained)
-        check_student_depth(self.pretrained, config.student_layers)  # before any fine-tuning
+        # where the student comes from: student_from (same tokenizer as the teacher), else the teacher's source
+        self.student_source = self.pretrained
+        if config.student_from is not None:
+            self.student_source = resolve_pretrained(config.student_from, "student_from")
+            check_same_tokenizer(
+                load_tokenizer(self.student_source), self.tokenizer, config.student_from, config.teacher
+            )
+        check_student_depth(self.student_source, config.student_layers, config.fixed.student_init)  # before fine-tuning
+        if not config.fixed.teacher.finetune:  # a teacher used as it is needs a head for this task
+            check_head(load_config(self.pretrained), self.task, config.teacher)
         self.pad_token_id = self.tokenizer.pad_token_id or 0
         fixed = config.fixed
         train = load_split(self.task, "train", data_dir)
@@ -162,7 +174,7 @@ class Experiment:
         teacher = self.teacher.prepare()
         teacher_config = load_config(str(teacher.path))
         student = build_student(
-            self.pretrained, self.config.student_layers, self.task.num_labels, fixed.student_init, seed
+            self.student_source, self.config.student_layers, self.task.num_labels, fixed.student_init, seed
         )
         inter = None
         signal = None
@@ -216,7 +228,10 @@ class Experiment:
         return history
 
     def prepare_shared(self) -> None:
-        """Everything trials share: the fine-tuned teacher and, if a method needs them, its cached outputs."""
+        """Everything trials share: the fine-tuned teacher and, if a method needs them, its cached outputs and
+        the α probe's dev states."""
         self.teacher.prepare()
         if any(get_method(m).searches_eta for m in self.config.methods):
             self.teacher.signal(live=False)
+        if any(get_method(m).inter == "alp" for m in self.config.methods):
+            self.teacher.dev_cls()  # the α probe's dev states, cached once for every worker

@@ -8,7 +8,8 @@ as ``.npy`` files, memory-mapped when read. A manifest with each file's sha256 i
 folder is published by an atomic rename, so a killed writer leaves nothing that is ever read; a cache
 whose files do not match their manifest is rebuilt. The teacher runs in eval mode, so cached and live
 outputs agree. ``fixed.teacher_cache_dtype`` stores the [CLS] vectors as float32 (default) or float16
-(half the disk and page cache; logits stay float32).
+(half the disk and page cache; logits stay float32). The dev [CLS] states of ALP's α probe are cached the
+same way (always float32), under ``<cache>/teacher_outputs/<key>-dev-<dev encoding>-float32``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,21 @@ from filelock import FileLock
 from transformers import AutoModelForSequenceClassification
 
 from harness.data.encoding import EncodedSplit, encode_split
-from harness.distill.train import Hyper, TeacherSignal, eval_batches, fit, layer_cls, predict, to_batch, token_lengths
-from harness.spec.config import StudyConfig
+from harness.distill.models import load_classifier, load_config, weights_sha256
+from harness.distill.teacher_checks import check_head, refuse_chance
+from harness.distill.train import (
+    Hyper,
+    TeacherSignal,
+    eval_batches,
+    evaluate,
+    fit,
+    layer_cls,
+    predict,
+    primary_value,
+    to_batch,
+    token_lengths,
+)
+from harness.spec.config import TEACHER_DEFAULTS, StudyConfig
 from harness.spec.tasks import GlueSplit, TaskSpec, subsample
 from harness.util import signals
 from harness.util.errors import HarnessError
@@ -87,13 +101,28 @@ class Teacher:
         self.prepared: PreparedTeacher | None = None
         self._signal: TeacherSignal | None = None
         self._dev_cls: np.ndarray | None = None
+        self._weights: str | None = None
 
     def key(self) -> str:
+        """The teacher's identity. Fine-tuned here: its source, task, recipe, data, ``max_seq_length`` and seed.
+        Used as it is (``finetune: false``): its weights' sha256, with the task and the files its dev score is
+        measured on."""
         fixed = self.config.fixed
+        if not fixed.teacher.finetune:
+            evals = {split: self.data_hashes[split] for split in self.task.eval_splits}
+            return fingerprint(
+                {
+                    "weights": self.weights_sha256(),
+                    "task": self.task.name,
+                    "data": evals,
+                    "max_seq_length": fixed.max_seq_length,
+                }
+            )
+        recipe = fixed.teacher.model_dump(exclude=set(TEACHER_DEFAULTS))
         payload = {
             "source": self.config.teacher,
             "task": self.task.name,
-            "recipe": fixed.teacher.model_dump(),
+            "recipe": recipe,
             "data": self.data_hashes,
             "max_seq_length": fixed.max_seq_length,
             "seed": fixed.seed,
@@ -101,6 +130,11 @@ class Teacher:
         if fixed.selection == "holdout":  # the teacher never trains on the holdout slice either
             payload["holdout"] = [fixed.holdout_fraction, fixed.holdout_max_samples]
         return fingerprint(payload)
+
+    def weights_sha256(self) -> str:
+        if self._weights is None:
+            self._weights = weights_sha256(self.pretrained)
+        return self._weights
 
     def folder(self) -> Path:
         """Where the fine-tuned teacher is cached (complete once it holds :data:`TEACHER_INFO`)."""
@@ -115,15 +149,41 @@ class Teacher:
         final.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(final) + ".lock"):
             if not (final / TEACHER_INFO).is_file():
-                self._fine_tune(final)
+                self._fine_tune(final) if self.config.fixed.teacher.finetune else self._score_as_is(final)
         info = json.loads((final / TEACHER_INFO).read_text())
-        self.prepared = PreparedTeacher(key=key, path=final, dev_metrics=info["dev_metrics"], value=info["value"])
+        path = final if self.config.fixed.teacher.finetune else Path(self.pretrained)
+        self.prepared = PreparedTeacher(key=key, path=path, dev_metrics=info["dev_metrics"], value=info["value"])
         return self.prepared
+
+    def _score_as_is(self, final: Path) -> None:
+        """``finetune: false``: check the checkpoint's head, score it on dev once, refuse it at chance; the
+        folder then holds only :data:`TEACHER_INFO` (the weights stay where they are)."""
+        check_head(load_config(self.pretrained), self.task, self.config.teacher)
+        model = load_classifier(self.pretrained).to(self.device)
+        fixed = self.config.fixed
+        metrics, _, _ = evaluate(model, self.task, self.evals, fixed.eval_batch_size, self.pad_token_id, self.device)
+        value = primary_value(self.task, metrics)
+        dev = self.evals[self.task.eval_splits[0]]
+        refuse_chance(self.task, value, dev.labels, self.config.teacher, fixed.teacher.allow_chance)
+        with atomic_folder(final) as tmp:
+            info = {
+                "source": self.config.teacher,
+                "finetune": False,
+                "weights_sha256": self.weights_sha256(),
+                "task": self.task.name,
+                "dev_metrics": metrics,
+                "value": value,
+                "data": self.data_hashes,
+            }
+            (tmp / TEACHER_INFO).write_text(json.dumps(info, indent=2))
 
     def _fine_tune(self, final: Path) -> None:
         recipe, fixed = self.config.fixed.teacher, self.config.fixed
         torch.manual_seed(fixed.seed)
         model = AutoModelForSequenceClassification.from_pretrained(self.pretrained, num_labels=self.task.num_labels)
+        if not self.task.is_regression:  # so that the saved teacher names its classes (finetune: false checks them)
+            model.config.id2label = dict(enumerate(self.task.label_names))
+            model.config.label2id = {name: index for index, name in enumerate(self.task.label_names)}
         train = encode_split(
             subsample(self.full_train, recipe.max_train_samples, fixed.seed), self.tokenizer, fixed.max_seq_length
         )
@@ -173,7 +233,7 @@ class Teacher:
 
     def load_model(self):
         teacher = self.prepare()
-        model = AutoModelForSequenceClassification.from_pretrained(teacher.path)
+        model = AutoModelForSequenceClassification.from_pretrained(str(teacher.path))
         return model.to(self.device).eval()
 
     def signal(self, live: bool) -> TeacherSignal:
@@ -232,20 +292,47 @@ class Teacher:
             del logits, cls
             (tmp / "manifest.json").write_text(json.dumps(manifest))
 
+    def dev_states_dir(self) -> Path:
+        """Where the dev [CLS] states of :meth:`dev_cls` are cached, beside the teacher outputs."""
+        teacher = self.prepare()
+        data = self.evals[self.task.eval_splits[0]]
+        return self.cache_dir / "teacher_outputs" / f"{teacher.key}-dev-{encoding_hash(data)}-float32"
+
     def dev_cls(self) -> np.ndarray:
-        """The teacher's [CLS] vector of every layer on the first eval split, ``[n, N, H]`` (computed once)."""
+        """The teacher's [CLS] vector of every layer on the first eval split, ``[n, N, H]``, float32.
+
+        Computed once per teacher and dev set and cached on disk like the teacher outputs (atomic folder,
+        manifest with sha256, rebuilt when it does not match), so ALP's α probe costs no teacher pass in
+        the processes after the first; read into memory once per process."""
         if self._dev_cls is None:
             data = self.evals[self.task.eval_splits[0]]
-            _, self._dev_cls = predict(
-                self.load_model(),
-                data,
-                self.config.fixed.eval_batch_size,
-                self.pad_token_id,
-                self.device,
-                states=True,
-                precision="fp32",  # like the teacher-output cache: α is compared against float32 teacher states
-            )
+            final = self.dev_states_dir()
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(final) + ".lock"):
+                arrays = read_arrays(final, len(data), ("cls",))
+                if arrays is None:
+                    shutil.rmtree(final, ignore_errors=True)
+                    self._write_dev_states(final, data)
+                    arrays = read_arrays(final, len(data), ("cls",))
+            if arrays is None:
+                raise HarnessError(f"teacher dev-state cache {str(final)!r} could not be written and read back")
+            self._dev_cls = np.array(arrays["cls"])  # in memory: the probe runs on it every epoch
         return self._dev_cls
+
+    def _write_dev_states(self, final: Path, data: EncodedSplit) -> None:
+        _, cls = predict(
+            self.load_model(),
+            data,
+            self.config.fixed.eval_batch_size,
+            self.pad_token_id,
+            self.device,
+            states=True,
+            precision="fp32",  # like the teacher-output cache: α is compared against float32 teacher states
+        )
+        with atomic_folder(final) as tmp:
+            np.save(tmp / "cls.npy", cls)
+            manifest = {"cls": {"shape": list(cls.shape), "sha256": sha256_file(tmp / "cls.npy")}}
+            (tmp / "manifest.json").write_text(json.dumps(manifest))
 
 
 def output_cache_bytes(n: int, num_labels: int, cls_shape: tuple[int, int], dtype) -> int:
@@ -254,12 +341,13 @@ def output_cache_bytes(n: int, num_labels: int, cls_shape: tuple[int, int], dtyp
     return n * num_labels * 4 + n * cls_shape[0] * cls_shape[1] * np.dtype(dtype).itemsize
 
 
-def read_outputs(folder: Path, n: int) -> TeacherSignal | None:
-    """Memory-map a teacher-output cache, or ``None`` if it is missing, partial or corrupt."""
+def read_arrays(folder: Path, n: int, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """Memory-map the ``names`` arrays of a cache folder (``n`` rows each), or ``None`` if any is missing,
+    partial or does not match the folder's manifest."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
         arrays = {}
-        for name in ("logits", "cls"):
+        for name in names:
             path = folder / f"{name}.npy"
             if sha256_file(path) != manifest[name]["sha256"]:
                 return None
@@ -268,4 +356,10 @@ def read_outputs(folder: Path, n: int) -> TeacherSignal | None:
                 return None
     except (OSError, ValueError, KeyError):
         return None
-    return TeacherSignal(logits=arrays["logits"], cls=arrays["cls"])
+    return arrays
+
+
+def read_outputs(folder: Path, n: int) -> TeacherSignal | None:
+    """Memory-map a teacher-output cache, or ``None`` if it is missing, partial or corrupt."""
+    arrays = read_arrays(folder, n, ("logits", "cls"))
+    return None if arrays is None else TeacherSignal(logits=arrays["logits"], cls=arrays["cls"])

@@ -48,14 +48,23 @@ class _Strict(BaseModel):
 
 
 class TeacherRecipe(_Strict):
-    """How the teacher is fine-tuned on the task (once; the result is cached on disk)."""
+    """How the teacher is fine-tuned on the task (once; the result is cached on disk).
 
+    ``finetune: false`` uses the teacher checkpoint as it is (already fine-tuned on the task): no training;
+    its head is checked against the task and it is scored on dev once (harness.distill.teacher_checks); the
+    other keys are then unused. ``allow_chance: true`` goes on with such a teacher at chance on dev."""
+
+    finetune: bool = True
+    allow_chance: bool = False
     epochs: int = Field(3, ge=1)
     lr: float = Field(2e-5, gt=0, lt=1)
     batch_size: int = Field(32, ge=1)
     max_train_samples: int | None = Field(None, ge=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0, lt=1)
+
+
+TEACHER_DEFAULTS = {"finetune": True, "allow_chance": False}  # keys left out of hashes at these values
 
 
 class Fixed(_Strict):
@@ -67,7 +76,9 @@ class Fixed(_Strict):
     max_seq_length: int = Field(128, ge=8, le=512)
     max_train_samples: int | None = Field(None, ge=1)
     seed: int = 42
-    student_init: Literal["bottom", "skip"] = "bottom"
+    # bottom | skip: the source's bottom / every k-th layers; random: its architecture only; pretrained: the whole
+    # student_from model as it is (student_layers = its depth). The source is student_from, else the teacher.
+    student_init: Literal["bottom", "skip", "random", "pretrained"] = "bottom"
     temperature: float = Field(1.0, gt=0, le=100)
     alp_scale: Literal["1", "sqrt_d"] = "1"
     alp_tokens: Literal["cls", "all"] = "cls"
@@ -84,6 +95,8 @@ class Fixed(_Strict):
     # auto: bf16 on a GPU that has it, else fp16 with a gradient scaler; fp32 on CPU (device.autocast_for)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     teacher_cache_dtype: Literal["float32", "float16"] = "float32"
+    # torch.use_deterministic_algorithms + CUBLAS_WORKSPACE_CONFIG for teacher and students (device.set_deterministic)
+    deterministic: bool = False
     # How the epoch and the grid point are chosen: ``dev`` (the paper's protocol: on the reported dev set,
     # so the reported maximum is optimistic) or ``holdout`` (a seeded, label-stratified slice of train that
     # no model trains on; dev is then read once, at the chosen epoch of the chosen point). See harness.data.holdout.
@@ -151,6 +164,8 @@ class StudyConfig(_Strict):
     task: str
     teacher: str
     student_layers: int = Field(ge=1)
+    # where the student comes from (hub id or folder; same tokenizer as the teacher); default: the teacher
+    student_from: str | None = None
     methods: tuple[str, ...] = Field(min_length=1)
     data_dir: str | None = None
     fixed: Fixed = Fixed()
@@ -187,12 +202,19 @@ class StudyConfig(_Strict):
         """
         payload = self.model_dump(mode="json", by_alias=True, exclude={"methods", "data_dir"})
         payload["method"] = method
+        if payload["student_from"] is None:  # studies made before student_from keep their hash
+            payload.pop("student_from")
         payload["search"].pop("n_trials")
         if payload["fixed"]["selection"] == "dev":  # studies made before selection existed keep their hash
             for key in ("selection", "holdout_fraction", "holdout_max_samples"):
                 payload["fixed"].pop(key)
         if payload["fixed"]["precision"] == "auto":  # likewise for precision
             payload["fixed"].pop("precision")
+        if not payload["fixed"]["deterministic"]:  # and for deterministic
+            payload["fixed"].pop("deterministic")
+        for key, default in TEACHER_DEFAULTS.items():  # and for the as-is teacher's keys
+            if payload["fixed"]["teacher"][key] == default:
+                payload["fixed"]["teacher"].pop(key)
         # what is kept on disk does not change a result; the hash stays the one of studies made before
         payload["fixed"].pop("keep_students")
         payload["fixed"]["save_students"] = False

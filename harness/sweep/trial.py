@@ -12,7 +12,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from harness.distill.device import pick_device, runtime_info
+from harness.distill.device import pick_device, reproduction_tolerance, runtime_info
 from harness.spec.config import StudyConfig, point_key
 from harness.store.claims import worker_id
 from harness.store.storage import Storage
@@ -282,8 +282,13 @@ def _drop(checkpoint: Path | None) -> None:
         checkpoint.unlink(missing_ok=True)
 
 
-def reproduce(storage: Storage, trial_id: int, data_dir: Path | None, cache_dir: Path) -> tuple[float | None, float]:
-    """Re-run one stored trial from its stored config, grid point and seed; returns (stored, new) values."""
+def reproduce(
+    storage: Storage, trial_id: int, data_dir: Path | None, cache_dir: Path, log=print
+) -> tuple[float | None, float]:
+    """Re-run one stored trial from its stored config, grid point and seed; returns (stored, new) values.
+
+    A difference beyond :func:`~harness.distill.device.reproduction_tolerance` is an error; a trial that ran
+    on a GPU without ``fixed.deterministic`` is allowed the wider GPU tolerance, and ``log`` says so."""
     from harness.distill.experiment import Experiment
     from harness.spec.config import parse_study
 
@@ -294,4 +299,16 @@ def reproduce(storage: Storage, trial_id: int, data_dir: Path | None, cache_dir:
     point = {key: float(value) for key, value in (part.split("=") for part in row["point_key"].split(","))}
     experiment = Experiment(config, data_dir, cache_dir)
     history = experiment.run_trial(row["method"], point, seed=row["seed"], desc=f"reproduce {trial_id}")
-    return row["value"], history.best_value
+    stored, value = row["value"], history.best_value
+    data = experiment.evals[experiment.select_split]
+    tolerance, why = reproduction_tolerance(
+        row.get("device"), config.fixed.deterministic, experiment.task.primary_metric, len(data)
+    )
+    if why:
+        log(f"note: {why}")
+    if stored is not None and abs(value - stored) > tolerance:
+        raise HarnessError(
+            f"trial {trial_id}: reproduced {value:.6f}, stored {stored:.6f}: the difference {value - stored:+.2e} "
+            f"exceeds the tolerance {tolerance:.4g}"
+        )
+    return stored, value

@@ -124,19 +124,22 @@ def export(
         experiment.run_trial(
             chosen.method, point, seed=seed, save_to=out, save_epoch="last", epochs=reported, desc="export"
         )
-    check = rescore(experiment, out, chosen.trained, reported)
+    check = rescore(experiment, out, chosen.trained, reported, log)
     write_card(storage, chosen, out, reported, check)
     if predict is not None:
         write_predictions(experiment, out, predict, out, log)
     return check
 
 
-def rescore(experiment, folder: Path, trained: FrozenTrial, reported: int) -> dict[str, float]:
+def rescore(experiment, folder: Path, trained: FrozenTrial, reported: int, log=print) -> dict[str, float]:
     """Score the exported folder on the first eval split with transformers' own loading; compare it with
-    the stored metric of the reported epoch. More than one example's worth of difference is an error."""
+    the stored metric of the reported epoch. More than one example's worth of difference is an error, or more
+    than :data:`~harness.distill.device.GPU_TOLERANCE` for a trial that ran on a GPU without
+    ``fixed.deterministic`` (:func:`~harness.distill.device.reproduction_tolerance`; said when it applies)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from harness.distill.device import reproduction_tolerance
     from harness.distill.train import evaluate
 
     model = AutoModelForSequenceClassification.from_pretrained(str(folder))
@@ -152,13 +155,21 @@ def rescore(experiment, folder: Path, trained: FrozenTrial, reported: int) -> di
     )
     new = metrics[split][task.primary_metric]
     stored = trained.user_attrs["epochs"][reported - 1]["metrics"][split][task.primary_metric]
-    tolerance = 1.0 / len(data) + 1e-9 if task.primary_metric == "accuracy" else 2e-3
+    tolerance, why = reproduction_tolerance(
+        trained.user_attrs.get("device"),
+        experiment.config.fixed.deterministic,
+        task.primary_metric,
+        len(data),
+    )
+    if why:
+        log(f"note: {why}")
     if abs(new - stored) > tolerance:
         raise HarnessError(
             f"the exported student scores {task.primary_metric} {new:.4f} on {split}, the database says "
-            f"{stored:.4f} (epoch {reported}); the folder {str(folder)!r} is written but does not reproduce it"
+            f"{stored:.4f} (epoch {reported}), beyond the tolerance {tolerance:.4g}; the folder {str(folder)!r} "
+            "is written but does not reproduce it"
         )
-    return {"split": split, "metric": task.primary_metric, "stored": stored, "exported": new}
+    return {"split": split, "metric": task.primary_metric, "stored": stored, "exported": new, "tolerance": tolerance}
 
 
 def write_card(storage: Storage, chosen: Chosen, out: Path, reported: int, check: dict) -> None:

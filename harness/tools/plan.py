@@ -166,11 +166,12 @@ def size_plan(config: StudyConfig, data_dir: Path | None, cache_dir: Path, measu
     teacher_n = min(fixed.teacher.max_train_samples or full_train, full_train)
     steps = math.ceil(n_train / fixed.batch_size) * fixed.epochs
     eval_batches = sum(math.ceil(len(d) / fixed.eval_batch_size) for d in experiment.evals.values()) * fixed.epochs
-    teacher_cached = (experiment.teacher.folder() / TEACHER_INFO).is_file()
+    # a teacher used as it is (finetune: false) costs no fine-tuning, like a cached one
+    teacher_cached = not fixed.teacher.finetune or (experiment.teacher.folder() / TEACHER_INFO).is_file()
     needs_outputs = any(get_method(m).searches_eta for m in config.methods)
     teacher_config = load_config(experiment.pretrained)
     student = build_student(
-        experiment.pretrained, config.student_layers, experiment.task.num_labels, fixed.student_init, fixed.seed
+        experiment.student_source, config.student_layers, experiment.task.num_labels, fixed.student_init, fixed.seed
     )
     cache_bytes = 0
     if needs_outputs:

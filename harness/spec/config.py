@@ -218,6 +218,10 @@ class StudyConfig(_Strict):
         # what is kept on disk does not change a result; the hash stays the one of studies made before
         payload["fixed"].pop("keep_students")
         payload["fixed"]["save_students"] = False
+        # Students get a freshly initialised pooler and classifier since issue 22 (before, a student cut from a
+        # checkpoint that ships a pooler inherited it): a study begun before is refused, not continued with
+        # trials of both kinds.
+        payload["student_heads"] = "fresh"
         return fingerprint(payload)
 
 

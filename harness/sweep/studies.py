@@ -8,8 +8,6 @@ any fine-tuning, one whose fine-tuned weights differ (fine-tuned again on anothe
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
@@ -17,7 +15,6 @@ import optuna
 from harness.spec.config import StudyConfig, grid_points
 from harness.store.storage import Storage
 from harness.util.errors import HarnessError
-from harness.util.hashing import sha256_file
 
 if TYPE_CHECKING:  # annotations only: opening a study (reports, benchmarks) needs no torch
     from harness.distill.experiment import Experiment
@@ -79,7 +76,9 @@ def record_teacher(study: optuna.Study, experiment: Experiment) -> None:
     another node, with another GPU or library version, would silently mix two teachers in one sweep)."""
     check_teacher(study, experiment)
     teacher = experiment.teacher.prepare()
-    weights = teacher_weights_sha256(teacher.path)
+    from harness.distill.models import weights_sha256  # here: opening a study (reports) needs no torch
+
+    weights = weights_sha256(str(teacher.path))
     stored = study.user_attrs.get("teacher")
     if stored is None:
         study.set_user_attr(
@@ -100,14 +99,6 @@ def record_teacher(study: optuna.Study, experiment: Experiment) -> None:
             f"fine-tuned teacher in {teacher.path} has {weights[:16]}; share one --cache-dir between all workers "
             "(or run 'prepare' once and copy its cache) so that every worker uses the same teacher"
         )
-
-
-def teacher_weights_sha256(folder: Path) -> str:
-    """The sha256 over the fine-tuned teacher's weight files (name and bytes, in name order)."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-        digest.update(path.name.encode() + b"\0" + sha256_file(path).encode())
-    return digest.hexdigest()
 
 
 def _short(hashes: dict | None) -> str:

@@ -275,6 +275,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cache_dir = options.cache_dir
     # data and teacher checked before the database is touched
     experiment = Experiment(config, data_dir, cache_dir, device=torch.device(first))
+    experiment.check_methods()  # a plug-in's loss run once on two examples, before the database exists
     storage = _open_storage(args.storage, create=True)
     print(
         f"study file {args.study_file}: task {config.task}, teacher {config.teacher}, "

@@ -22,6 +22,12 @@ The loss is ``L = β·CE + η·KD + λ·L_inter`` with ``β = 1 − η − λ``;
 invalid and never sampled. Which weights a method searches comes from its registry entry:
 NKD searches only the learning rate (η = λ = 0), KD searches lr × η (λ = 0), every method with an
 inter-layer term searches lr × η × λ.
+
+``plugins: [module, …]`` names modules that register more methods (:mod:`harness.spec.plugins`); they are
+imported before ``methods`` is checked. ``label`` (e.g. ``sqrt_d``) names the variant a study file is: the
+report's rows are ``method [label]``, so study files that differ in a fixed value share one report. Neither
+is part of a study's fingerprint (a plug-in's file is checked by its sha256 instead, see
+:mod:`harness.sweep.studies`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.spec.methods import get_method
+from harness.spec.plugins import load_plugins
 from harness.spec.tasks import get_task
 from harness.util.errors import HarnessError
 from harness.util.hashing import fingerprint
@@ -152,6 +159,8 @@ class StudyConfig(_Strict):
     teacher: str
     student_layers: int = Field(ge=1)
     methods: tuple[str, ...] = Field(min_length=1)
+    plugins: tuple[str, ...] = ()
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$", max_length=40)
     data_dir: str | None = None
     fixed: Fixed = Fixed()
     search: Search = Search()
@@ -176,6 +185,10 @@ class StudyConfig(_Strict):
             raise ValueError(f"lists a method twice: {list(values)}")
         return values
 
+    def row_key(self, method: str) -> str:
+        """The report's row for ``method`` in this study file: ``alp``, or ``alp [sqrt_d]`` with a ``label``."""
+        return method if self.label is None else f"{method} [{self.label}]"
+
     def study_name(self, method: str) -> str:
         """The Optuna study name for one method, readable by a person: ``demo/SST-2/alp``."""
         return f"{self.name}/{self.task}/{method}"
@@ -185,7 +198,7 @@ class StudyConfig(_Strict):
 
         Stored with the study, so that reusing a study name with a different set-up is refused.
         """
-        payload = self.model_dump(mode="json", by_alias=True, exclude={"methods", "data_dir"})
+        payload = self.model_dump(mode="json", by_alias=True, exclude={"methods", "data_dir", "plugins", "label"})
         payload["method"] = method
         payload["search"].pop("n_trials")
         if payload["fixed"]["selection"] == "dev":  # studies made before selection existed keep their hash
@@ -211,10 +224,19 @@ def _one_line(error: ValidationError, source: str) -> str:
     return f"{source}: {where}: {message}{shown}{more}"
 
 
-def parse_study(data: object, source: str = "study") -> StudyConfig:
-    """Validate an already-loaded mapping; errors become one-line :class:`HarnessError`."""
+def parse_study(data: object, source: str = "study", base_dir: Path | None = None) -> StudyConfig:
+    """Validate an already-loaded mapping; errors become one-line :class:`HarnessError`.
+
+    Its ``plugins`` are imported first (``base_dir``, the study file's folder, first on ``sys.path``)."""
     if not isinstance(data, dict):
         raise HarnessError(f"{source}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    plugins = data.get("plugins") or []
+    if not isinstance(plugins, list):
+        raise HarnessError(f"{source}: plugins: expected a list of module names, got {plugins!r}")
+    try:
+        load_plugins(plugins, base_dir)
+    except HarnessError as error:
+        raise HarnessError(f"{source}: {error}") from None
     try:
         config = StudyConfig.model_validate(data)
     except ValidationError as error:
@@ -246,7 +268,7 @@ def load_study(path: str | Path) -> StudyConfig:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise HarnessError(f"study file {str(path)!r} is not valid YAML{where}") from None
-    return parse_study(data, source=str(path))
+    return parse_study(data, source=str(path), base_dir=path.resolve().parent)
 
 
 def grid_points(config: StudyConfig, method: str) -> list[dict[str, float]]:

@@ -10,14 +10,15 @@ in the order nkd, kd, then the study file's order, whose grid (or confirmation s
 other method that contains it gets a trial that copies the owner's outcome (value, epochs,
 intermediate values), with the user attribute ``equivalent_of`` = the owner trial's ``trial_id``
 and no compute of its own. One exception keeps the rule exact: a method that reads the *live*
-teacher (``alp_tokens: all``, or ``teacher_outputs: live``) is not merged with one that reads the
+teacher (a declared state the cache does not hold, e.g. ``tokens``, ``alp_tokens: all``, or
+``teacher_outputs: live``) is not merged with one that reads the
 cached teacher outputs at η > 0 (the two agree to 1e-5, not bit for bit).
 """
 
 from __future__ import annotations
 
 from harness.spec.config import StudyConfig, grid_points, point_key
-from harness.spec.methods import get_method
+from harness.spec.methods import get_method, needs_live_teacher
 
 _CANONICAL_FIRST = ("nkd", "kd")
 
@@ -25,7 +26,7 @@ _CANONICAL_FIRST = ("nkd", "kd")
 def uses_live_teacher(config: StudyConfig, method: str) -> bool:
     """Whether ``method``'s trials read the live teacher rather than the cached teacher outputs."""
     spec = get_method(method)
-    return config.fixed.teacher_outputs == "live" or (spec.inter == "alp" and config.fixed.alp_tokens == "all")
+    return config.fixed.teacher_outputs == "live" or needs_live_teacher(spec, config.fixed.alp_tokens)
 
 
 def computation(config: StudyConfig, method: str, point: dict) -> tuple:

@@ -14,8 +14,10 @@ from optuna.trial import TrialState
 
 from harness.distill.device import pick_device, runtime_info
 from harness.spec.config import StudyConfig, point_key
+from harness.spec.methods import get_method
 from harness.store.claims import worker_id
 from harness.store.storage import Storage
+from harness.sweep.studies import plugin_of
 from harness.util.errors import HarnessError
 from harness.util.hashing import fingerprint
 from harness.util.signals import ClaimLost
@@ -121,6 +123,9 @@ class TrialRunner:
         record = _trial_record(self.config, method, point, seed, getattr(self.experiment, "device", None))
         record["confirmation"] = confirmation
         record.update(teacher_key=self.experiment.teacher.prepared.key, data_sha256=self.experiment.data_hashes)
+        plugin = plugin_of(get_method(method))
+        if plugin is not None:
+            record["plugin"] = plugin  # the plug-in's module, file and the file's sha256
         for key, value in record.items():
             if key != "config":
                 trial.set_user_attr(key, value)

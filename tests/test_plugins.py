@@ -25,6 +25,7 @@ from harness.util.errors import HarnessError
 
 from conftest import run_cli, sweep_args, write_study
 
+pytestmark = pytest.mark.usefixtures("restore_registry")
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 FIXED = {
     "epochs": 1,
@@ -34,23 +35,6 @@ FIXED = {
     "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
 }
 SEARCH = {"lr": [1e-4], "eta": [0.5], "lambda": [0.0, 0.2]}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _registry_restored():
-    """The plug-ins registered here leave the registry as it was for the test modules that follow."""
-    import sys
-
-    from harness.spec import plugins
-
-    methods, loaded = dict(METHODS), dict(plugins._LOADED)
-    yield
-    for module in set(plugins._LOADED) - set(loaded):
-        sys.modules.pop(module, None)
-    METHODS.clear()
-    METHODS.update(methods)
-    plugins._LOADED.clear()
-    plugins._LOADED.update(loaded)
 
 
 def _study(tmp_path: Path, tiny_bert: Path, plugin: str, methods: list[str], **more) -> Path:

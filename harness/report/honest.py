@@ -15,7 +15,7 @@ import pandas as pd
 from harness.report import figures_honest, render, statistics
 from harness.report.frame import best_trials, grid_done, reported_score
 from harness.report.seed_stats import Seeds, is_alp
-from harness.spec.methods import METHODS, get_method
+from harness.spec.methods import METHODS, base_method, get_method
 from harness.spec.metrics import compute_metrics
 from harness.spec.tasks import TASKS, TaskSpec
 
@@ -221,25 +221,28 @@ def _metric_header(task: str) -> str:
 
 # --------------------------------------------------------------------------- paired tests
 def paired_tests(snapshot, groups: dict[tuple[str, str], Seeds], command: str) -> list[str]:
-    """ALP (and each variant) against every baseline, per task: a paired t-test over confirmation seeds and a
-    paired bootstrap over dev examples, each Holm-corrected over all comparisons of the report."""
+    """ALP (and each variant) against every baseline, and the labelled variants of one method (``alp [1]``,
+    ``alp [sqrt_d]``: study files with a ``label``) against each other, per task: a paired t-test over
+    confirmation seeds and a paired bootstrap over dev examples, each Holm-corrected over all comparisons."""
     frame = snapshot.frame
     best = best_rows(frame)
     rows = []
     for task in TASKS:
         spec = TASKS[task]
         present = [m for m in METHODS if (task, m) in best or (task, m) in groups]
-        for alp in (m for m in present if is_alp(m)):
-            for base in (m for m in present if not is_alp(m)):
-                rows.append(
-                    (
-                        task,
-                        alp,
-                        base,
-                        _seed_test(groups, task, alp, base),
-                        _bootstrap_test(snapshot, spec, best.get((task, alp)), best.get((task, base))),
-                    )
+        pairs = [(alp, base) for alp in present if is_alp(alp) for base in present if not is_alp(base)]
+        # variants of one method (study files with a label: alp [1], alp [sqrt_d]) against each other
+        pairs += [(a, b) for i, a in enumerate(present) for b in present[i + 1 :] if base_method(a) == base_method(b)]
+        for alp, base in pairs:
+            rows.append(
+                (
+                    task,
+                    alp,
+                    base,
+                    _seed_test(groups, task, alp, base),
+                    _bootstrap_test(snapshot, spec, best.get((task, alp)), best.get((task, base))),
                 )
+            )
     if not rows:
         return []
     seed_holm = statistics.holm([r[3].p if r[3] is not None else math.nan for r in rows])

@@ -16,6 +16,7 @@ __all__ = [
     "ALP_SCALES",
     "ALP_TOKENS",
     "BUILTIN_METHODS",
+    "base_method",
     "CACHED_STATES",
     "METHODS",
     "MethodSpec",
@@ -291,6 +292,11 @@ def declare_row(key: str, like: MethodSpec | dict) -> MethodSpec:
         )
     METHODS[key] = replace(like, key=key, loss=None, modules=None)
     return METHODS[key]
+
+
+def base_method(key: str) -> str:
+    """The registered method of a report row: ``alp`` for ``alp [sqrt_d]`` (a study file's ``label``) and ``alp``."""
+    return key.split(" [", 1)[0]
 
 
 def get_method(key: str) -> MethodSpec:

@@ -37,6 +37,21 @@ from harness.util.errors import HarnessError
 from harness.util.files import atomic_folder
 
 
+def _extra_value(spec, point: dict, fixed) -> object:
+    """The value of ``spec``'s extra axis at ``point``: the point's, else its declared default, else ``fixed``'s."""
+    if spec.extra is None:
+        return None
+    name, default = spec.extra
+    if name in point:
+        return point[name]
+    return default if default is not None else getattr(fixed, name, None)
+
+
+def _scale_text(value: object) -> str:
+    """``alp_scale`` as the text InterLayerLoss takes (a grid value or a point key may give the number 1)."""
+    return "1" if isinstance(value, (int, float)) and value == 1 else str(value)
+
+
 class Experiment:
     """The shared state of one study file in one worker process."""
 
@@ -121,7 +136,7 @@ class Experiment:
             batch_size=fixed.batch_size,
             eval_batch_size=fixed.eval_batch_size,
             seed=seed,
-            temperature=fixed.temperature,
+            temperature=float(point.get("temperature", fixed.temperature)),  # KD's extra axis, if searched
             warmup_ratio=fixed.warmup_ratio,
             weight_decay=fixed.weight_decay,
             max_grad_norm=fixed.max_grad_norm,
@@ -167,9 +182,9 @@ class Experiment:
                     self.config.student_layers,
                     student.config.hidden_size,
                     teacher_config.hidden_size,
-                    alp_scale=fixed.alp_scale,
+                    alp_scale=_scale_text(point.get("alp_scale", fixed.alp_scale)),  # ALP's extra axis, if searched
                     alp_tokens=fixed.alp_tokens,
-                    extra=point.get("extra", spec.extra[1] if spec.extra else None),
+                    extra=_extra_value(spec, point, fixed),
                 )
                 inter = MethodLoss(spec, context)
             live = fixed.teacher_outputs == "live" or needs_live_teacher(spec, fixed.alp_tokens)
@@ -233,7 +248,7 @@ class Experiment:
                 stand_in.config.hidden_size,
                 alp_scale=self.config.fixed.alp_scale,
                 alp_tokens=self.config.fixed.alp_tokens,
-                extra=spec.extra[1] if spec.extra else None,
+                extra=_extra_value(spec, {}, self.config.fixed),
             )
             try:
                 inter = MethodLoss(spec, context)

@@ -124,6 +124,17 @@ class Search(_Strict):
     lr: tuple[float, ...] = PAPER_LR_GRID
     eta: tuple[float, ...] = PAPER_WEIGHT_GRID
     lambda_: tuple[float, ...] = Field(PAPER_WEIGHT_GRID, alias="lambda")
+    # One more grid axis per method (register_method(extra=(name, default))): name → values, e.g.
+    # {temperature: [1, 2, 4]} for KD, {alp_scale: ["1", sqrt_d]} for the ALP family. Grid sampler only.
+    extra: dict[str, tuple[float | str, ...]] = {}
+
+    @field_validator("extra")
+    @classmethod
+    def _extra_grids(cls, grids: dict) -> dict:
+        for name, values in grids.items():
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"extra.{name} must list distinct values, got {list(values)}")
+        return grids
 
     @field_validator("lr", "eta", "lambda_")
     @classmethod
@@ -201,6 +212,8 @@ class StudyConfig(_Strict):
         payload = self.model_dump(mode="json", by_alias=True, exclude={"methods", "data_dir", "plugins", "label"})
         payload["method"] = method
         payload["search"].pop("n_trials")
+        if not payload["search"]["extra"]:  # studies made before the extra axis keep their hash
+            payload["search"].pop("extra")
         if payload["fixed"]["selection"] == "dev":  # studies made before selection existed keep their hash
             for key in ("selection", "holdout_fraction", "holdout_max_samples"):
                 payload["fixed"].pop(key)
@@ -241,6 +254,15 @@ def parse_study(data: object, source: str = "study", base_dir: Path | None = Non
         config = StudyConfig.model_validate(data)
     except ValidationError as error:
         raise HarnessError(_one_line(error, source)) from None
+    declared = {get_method(m).extra[0] for m in config.methods if get_method(m).extra}
+    for name in config.search.extra:
+        if name not in declared:
+            raise HarnessError(
+                f"{source}: search.extra: no listed method searches {name!r} "
+                f"(allowed: {', '.join(sorted(declared)) or 'none'})"
+            )
+    if config.search.extra and config.search.sampler != "grid":
+        raise HarnessError(f"{source}: search.extra needs sampler: grid (got {config.search.sampler!r})")
     for method in config.methods:
         if not grid_points(config, method):
             raise HarnessError(
@@ -280,13 +302,29 @@ def grid_points(config: StudyConfig, method: str) -> list[dict[str, float]]:
     spec = get_method(method)
     etas = config.search.eta if spec.searches_eta else (0.0,)
     lambdas = config.search.lambda_ if spec.searches_lambda else (0.0,)
-    return [
+    points = [
         {"lr": lr, "eta": eta, "lambda": lam}
         for lr, eta, lam in itertools.product(config.search.lr, etas, lambdas)
         if eta + lam <= 1.0 + _EPS
     ]
+    if spec.extra is not None and spec.extra[0] in config.search.extra:  # the method's one more axis
+        name = spec.extra[0]
+        points = [{**p, name: value} for p in points for value in config.search.extra[name]]
+    return points
+
+
+WEIGHT_KEYS = ("lr", "eta", "lambda", "seed")
+
+
+def extra_values(point: dict) -> dict:
+    """The point's value of a method's extra axis (``{}`` without one), e.g. ``{"temperature": 2.0}``."""
+    return {k: v for k, v in point.items() if k not in WEIGHT_KEYS}
 
 
 def point_key(point: dict[str, float]) -> str:
-    """A stable text key for a grid point, e.g. ``lr=5e-05,eta=0.5,lambda=0.2``."""
-    return f"lr={point['lr']:g},eta={point['eta']:g},lambda={point['lambda']:g}"
+    """A stable text key for a grid point, e.g. ``lr=5e-05,eta=0.5,lambda=0.2`` (``,temperature=2`` with an
+    extra axis; points without one keep the keys they had before)."""
+    key = f"lr={point['lr']:g},eta={point['eta']:g},lambda={point['lambda']:g}"
+    for name, value in extra_values(point).items():
+        key += f",{name}={value:g}" if isinstance(value, (int, float)) else f",{name}={value}"
+    return key

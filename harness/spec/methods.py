@@ -189,8 +189,13 @@ def register_method(
     ``states``: what ``loss`` reads of the teacher (:data:`STATES`; only :data:`CACHED_STATES` come from the
     teacher-output cache, anything else makes the method's trials use the live teacher); ``loss`` and
     ``modules``: see :class:`MethodSpec` (a method that searches λ needs a ``loss``); ``extra``: one more
-    searched value, ``(name, default)``: its grid is the study file's ``search.extra`` list, and the value
-    reaches ``loss`` as ``context.extra``. ``inter``/``mapping`` are for the built-in families only.
+    searched value, ``(name, default)``: its grid is the study file's ``search.extra[name]`` list (grid sampler
+    only), and the value reaches ``loss`` as ``context.extra`` (``default`` None: the study file's ``fixed`` value
+    of that name). An extra named after a ``fixed`` value (``temperature``, ``alp_scale``) replaces that value in
+    the method's trials. It is a key of the grid point (``,temperature=2``), so it enters the point key, the stored
+    trial and, through ``search``, the study's fingerprint; sharing compares computations, in which KD's term
+    depends on the temperature only and the λ term on the rest (``harness.sweep.sharing.computation``).
+    ``inter``/``mapping`` are for the built-in families only.
 
     The registry lives here, torch-free: it stores ``loss`` and ``modules`` without calling them (a
     ``"module:attribute"`` text is not even imported here), and :mod:`harness.distill.method_loss` calls them.
@@ -266,6 +271,8 @@ for _key, _description, _searches, _inter, _mapping in (
         states=("cls",) if _inter else (),
         loss=_BUILTIN + "builtin_loss" if _inter else None,
         modules=_BUILTIN + "builtin_modules" if _inter else None,
+        # the one more value each may search (search.extra): KD its temperature, the ALP family its alp_scale
+        extra=("temperature", None) if _key == "kd" else ("alp_scale", None) if _inter == "alp" else None,
         inter=_inter,
         mapping=_mapping,
     )

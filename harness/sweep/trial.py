@@ -13,7 +13,7 @@ import torch
 from optuna.trial import TrialState
 
 from harness.distill.device import pick_device, runtime_info
-from harness.spec.config import StudyConfig, point_key
+from harness.spec.config import StudyConfig, extra_values, point_key
 from harness.spec.methods import get_method
 from harness.store.claims import worker_id
 from harness.store.storage import Storage
@@ -38,6 +38,7 @@ def _trial_record(config: StudyConfig, method: str, point: dict, seed: int, devi
         "lr": point["lr"],
         "eta": point["eta"],
         "lambda": point["lambda"],
+        **extra_values(point),  # the method's extra axis (search.extra), if any
         "seed": seed,
         "worker": worker_id(),
         **runtime_info(device or pick_device(), config.fixed.compile, config.fixed.precision),
@@ -272,7 +273,15 @@ def reproduce(storage: Storage, trial_id: int, data_dir: Path | None, cache_dir:
     if row is None:
         raise HarnessError(f"no trial with trial_id {trial_id} in {storage.masked} (see: run_study.py status)")
     config = parse_study(row["config"], source=f"trial {trial_id}")
-    point = {key: float(value) for key, value in (part.split("=") for part in row["point_key"].split(","))}
+    point = {key: _number(value) for key, value in (part.split("=") for part in row["point_key"].split(","))}
     experiment = Experiment(config, data_dir, cache_dir)
     history = experiment.run_trial(row["method"], point, seed=row["seed"], desc=f"reproduce {trial_id}")
     return row["value"], history.best_value
+
+
+def _number(text: str) -> float | str:
+    """A point-key value: a number, or the text of a textual extra axis (``alp_scale=sqrt_d``)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text

@@ -163,3 +163,22 @@ def test_plugins_on_states_the_cache_lacks_use_the_live_teacher(tmp_path, tiny_b
     assert attn[0.0].user_attrs["equivalent_of"] == tok[0.0]._trial_id
     for trials in (tok, attn):
         assert trials[0.2].user_attrs["epochs"][0]["losses"]["inter"] > 0
+
+
+def test_installed_packages_register_through_the_entry_point_group(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    from harness.spec import plugins
+
+    (tmp_path / "ep_demo.py").write_text(
+        "from harness.spec.methods import register_method\n"
+        "register_method('ep-demo', description='from an entry point', searches=('eta',), states=())\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    point = importlib.metadata.EntryPoint(name="demo", value="ep_demo", group=plugins.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(plugins.importlib.metadata, "entry_points", lambda group: [point])
+    monkeypatch.setattr(plugins, "_ENTRY_POINTS_DONE", [])
+    plugins.load_entry_points()
+    spec = get_method("ep-demo")
+    assert spec.plugin == "ep_demo" and spec.plugin_sha256 == plugins.plugin_record("ep_demo")["sha256"]
+    assert not spec.searches_lambda and spec.loss is None

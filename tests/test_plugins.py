@@ -141,6 +141,11 @@ def test_cls_plugin_sweeps_on_the_cache_shares_lambda_zero_and_reports(tmp_path,
     assert report.returncode == 0, report.stderr
     assert "cls-cos" in (out / "README.md").read_text()
 
+    confirm = run_cli("confirm", "--top", "1", "--seeds", "1", "--name", "tiny", *common)  # finds the plug-in again
+    assert confirm.returncode == 0, confirm.stderr
+    seeds = [t for t in _trials(storage, "cls-cos") if t.user_attrs.get("confirmation")]
+    assert len(seeds) == 1 and seeds[0].state.name == "COMPLETE"
+
     with open(tmp_path / "cls_cosine.py", "a") as stream:
         stream.write("# changed\n")
     again = run_cli("run", str(study_file), *common)

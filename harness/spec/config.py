@@ -237,7 +237,7 @@ def _one_line(error: ValidationError, source: str) -> str:
     return f"{source}: {where}: {message}{shown}{more}"
 
 
-def parse_study(data: object, source: str = "study", base_dir: Path | None = None) -> StudyConfig:
+def parse_study(data: object, source: str = "study", base_dir: Path | list[Path] | None = None) -> StudyConfig:
     """Validate an already-loaded mapping; errors become one-line :class:`HarnessError`.
 
     Its ``plugins`` are imported first (``base_dir``, the study file's folder, first on ``sys.path``)."""

@@ -38,8 +38,10 @@ def plugin_record(module: str) -> dict:
     return {"module": module, **_LOADED[module]}
 
 
-def load_plugins(modules: list[str] | tuple[str, ...], base_dir: Path | None = None) -> list[dict]:
-    """Import each plug-in module once (``base_dir`` first on ``sys.path``); its :func:`plugin_record` list."""
+def load_plugins(modules: list[str] | tuple[str, ...], base_dir: Path | list[Path] | None = None) -> list[dict]:
+    """Import each plug-in module once (``base_dir`` first on ``sys.path``; several folders: the first that holds
+    it, as for a study read back from the database, see ``harness.sweep.studies.plugin_dirs``); its
+    :func:`plugin_record` list."""
     load_entry_points()
     for module in modules:
         if not isinstance(module, str) or not module:
@@ -63,7 +65,12 @@ def load_entry_points() -> None:
             _guard(f"entry point {point.name!r}", lambda ep=point: ep.load()())
 
 
-def _import(module: str, base_dir: Path | None) -> None:
+def _import(module: str, base_dir: Path | list[Path] | None) -> None:
+    if isinstance(base_dir, list):
+        found = [
+            d for d in base_dir if (Path(d) / f"{module.split('.')[0]}.py").exists() or (Path(d) / module).is_dir()
+        ]
+        base_dir = Path(found[0]) if found else None
     added = base_dir is not None and str(base_dir) not in sys.path
     if added:
         sys.path.insert(0, str(base_dir))

@@ -77,6 +77,7 @@ def confirm_studies(
 ) -> None:
     """Seed confirmations for every study in the database (optionally of one study file), from the DB alone."""
     from harness.spec.config import parse_study
+    from harness.sweep.studies import plugin_dirs
 
     groups: dict[str, tuple[StudyConfig, list[str]]] = {}
     for summary in sorted(
@@ -85,7 +86,7 @@ def confirm_studies(
         attrs = summary.user_attrs
         if "config" not in attrs or (name is not None and summary.study_name.split("/")[0] != name):
             continue
-        config = parse_study(attrs["config"], source=f"study {summary.study_name}")
+        config = parse_study(attrs["config"], source=f"study {summary.study_name}", base_dir=plugin_dirs(storage))
         key = fingerprint({**config.model_dump(mode="json", by_alias=True), "methods": None})
         groups.setdefault(key, (config, []))[1].append(attrs["method"])
     if not groups:

@@ -10,6 +10,7 @@ refused the same way (:func:`check_plugin`).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
@@ -59,6 +60,17 @@ def plugin_of(spec: MethodSpec) -> dict | None:
     if spec.plugin is None:
         return None
     return {"module": spec.plugin, "file": spec.plugin_file, "sha256": spec.plugin_sha256}
+
+
+def plugin_dirs(storage: Storage) -> list[Path]:
+    """The folders of the plug-in files that the studies in ``storage`` were run with, for reading their study
+    files back from the database (``confirm``, ``reproduce``, ``export``): plug-ins found beside a study file."""
+    dirs = []
+    for summary in optuna.get_all_study_summaries(storage.optuna, include_best_trial=False):
+        file = (summary.user_attrs.get("plugin") or {}).get("file")
+        if file and Path(file).parent not in dirs:
+            dirs.append(Path(file).parent)
+    return dirs
 
 
 def check_plugin(study: optuna.Study, spec: MethodSpec) -> None:

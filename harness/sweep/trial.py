@@ -17,7 +17,7 @@ from harness.spec.config import StudyConfig, extra_values, point_key
 from harness.spec.methods import get_method
 from harness.store.claims import worker_id
 from harness.store.storage import Storage
-from harness.sweep.studies import plugin_of
+from harness.sweep.studies import plugin_dirs, plugin_of
 from harness.util.errors import HarnessError
 from harness.util.hashing import fingerprint
 from harness.util.signals import ClaimLost
@@ -272,7 +272,7 @@ def reproduce(storage: Storage, trial_id: int, data_dir: Path | None, cache_dir:
     row = storage.result(trial_id)
     if row is None:
         raise HarnessError(f"no trial with trial_id {trial_id} in {storage.masked} (see: run_study.py status)")
-    config = parse_study(row["config"], source=f"trial {trial_id}")
+    config = parse_study(row["config"], source=f"trial {trial_id}", base_dir=plugin_dirs(storage))
     point = {key: _number(value) for key, value in (part.split("=") for part in row["point_key"].split(","))}
     experiment = Experiment(config, data_dir, cache_dir)
     history = experiment.run_trial(row["method"], point, seed=row["seed"], desc=f"reproduce {trial_id}")

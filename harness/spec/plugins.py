@@ -68,7 +68,9 @@ def load_entry_points() -> None:
 def _import(module: str, base_dir: Path | list[Path] | None) -> None:
     if isinstance(base_dir, list):
         found = [
-            d for d in base_dir if (Path(d) / f"{module.split('.')[0]}.py").exists() or (Path(d) / module).is_dir()
+            d
+            for d in base_dir
+            if (Path(d) / f"{module.split('.')[0]}.py").exists() or (Path(d) / module.split(".")[0]).is_dir()
         ]
         base_dir = Path(found[0]) if found else None
     added = base_dir is not None and str(base_dir) not in sys.path

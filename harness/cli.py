@@ -387,6 +387,7 @@ def _experiments(args: argparse.Namespace, device) -> list[tuple[Path, object, P
         experiment = Experiment(config, data_dir, args.cache_dir or _default_cache(), device=device)
         if not config.fixed.teacher.finetune:  # scored on dev, refused at chance, before anything is created
             experiment.teacher.prepare()
+        experiment.check_methods()  # a plug-in's loss run once on two examples, before the database exists
         loaded.append((study_file, config, data_dir, experiment))
     names = [config.name + "/" + config.task for _, config, _, _ in loaded]
     twice = sorted({name for name in names if names.count(name) > 1})

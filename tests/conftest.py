@@ -56,6 +56,22 @@ def tiny_bert(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def restore_registry():
+    """Methods that a test module's plug-ins register are gone again for the modules that follow."""
+    from harness.spec import plugins
+    from harness.spec.methods import METHODS
+
+    methods, loaded = dict(METHODS), dict(plugins._LOADED)
+    yield
+    for module in set(plugins._LOADED) - set(loaded):
+        sys.modules.pop(module, None)
+    METHODS.clear()
+    METHODS.update(methods)
+    plugins._LOADED.clear()
+    plugins._LOADED.update(loaded)
+
+
 def write_study(path: Path, teacher: Path, **overrides) -> Path:
     study = {
         "name": "tiny",

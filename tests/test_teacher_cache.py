@@ -55,8 +55,8 @@ def test_cached_outputs_equal_live_outputs(experiment):
     from_cache = LossTerms(experiment.task, Hyper(lr=1e-4), inter, cached, device)._teacher_outputs(batch, index)
     from_live = LossTerms(experiment.task, Hyper(lr=1e-4), inter, live, device)._teacher_outputs(batch, index)
     # Tolerance: the cache was computed in length-sorted batches, so padding differs; 1e-5 absolute.
-    torch.testing.assert_close(from_cache[0], from_live[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(from_cache[1], from_live[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(from_cache.logits, from_live.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(from_cache.cls, from_live.cls, atol=1e-5, rtol=0)
 
 
 def test_trial_with_cache_matches_trial_with_live_teacher(tiny_bert, glue_dir, tmp_path, experiment):

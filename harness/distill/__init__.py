@@ -1,18 +1,26 @@
 """Layer 3, distillation itself: losses, models, the training loop, the teacher, one experiment's data.
 
-==============  ==============================================================
-``losses``      every loss as a pure tensor function; ``InterLayerLoss``
-``models``      teachers and students: where they come from, how they are built
-``device``      CUDA or CPU, autocast and precision
-``train``       the training loop (batches, autocast, checkpoints that resume exactly)
-``teacher``     the fine-tuned teacher and its output cache
-``experiment``  one study's data, teacher and α probe; runs a trial
-==============  ==============================================================
+===============  ==============================================================
+``losses``       every loss as a pure tensor function; ``InterLayerLoss``
+``method_loss``  a registered method's own term (built-in or plug-in) from its declaration; ``States``
+``models``       teachers and students: where they come from, how they are built
+``device``       CUDA or CPU, autocast and precision
+``train``        the training loop (batches, autocast, checkpoints that resume exactly)
+``teacher``      the fine-tuned teacher and its output cache
+``experiment``   one study's data, teacher and α probe; runs a trial
+===============  ==============================================================
 """
 
 from harness.util.lazy import public_face
 
 __getattr__, __all__ = public_face(
     __name__,
-    {"Experiment": "experiment", "InterLayerLoss": "losses", "build_student": "models", "Hyper": "train"},
+    {
+        "Experiment": "experiment",
+        "InterLayerLoss": "losses",
+        "MethodLoss": "method_loss",
+        "States": "method_loss",
+        "build_student": "models",
+        "Hyper": "train",
+    },
 )

@@ -2,8 +2,10 @@
 
 :class:`Experiment` is built once per worker process and then runs any number of trials. The teacher's
 life cycle (fine-tuning, the teacher-output cache, its dev states) is :class:`harness.distill.teacher.Teacher`.
-Methods that need every token (``alp_tokens: all``) use the live teacher, and so does every method with
-``fixed.teacher_outputs: live``; the others read the cached outputs.
+A method whose declared teacher states (``register_method(states=…)``) include one the cache does not hold
+(``tokens``, ``attentions``; built-in ALP with ``alp_tokens: all``) uses the live teacher
+(:func:`harness.spec.methods.needs_live_teacher`), and so does every method with ``fixed.teacher_outputs: live``;
+the others read the cached logits and [CLS] states.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from harness.data.encoding import EncodedSplit, encode_split
 from harness.data.holdout import HOLDOUT_SPLIT, split_holdout
 from harness.data.loading import load_split
 from harness.distill.device import pick_device, set_deterministic
-from harness.distill.losses import InterLayerLoss
+from harness.distill.method_loss import MethodContext, MethodLoss, eager_attention
 from harness.distill.models import (
     build_student,
     check_same_tokenizer,
@@ -29,11 +31,27 @@ from harness.distill.models import (
 )
 from harness.distill.teacher import Teacher
 from harness.distill.teacher_checks import check_head
-from harness.distill.train import History, Hyper, fit
+from harness.distill.train import History, Hyper, LossTerms, TeacherSignal, fit, to_batch
 from harness.spec.config import StudyConfig
-from harness.spec.methods import get_method
+from harness.spec.methods import get_method, needs_live_teacher
 from harness.spec.tasks import get_task, subsample
+from harness.util.errors import HarnessError
 from harness.util.files import atomic_folder
+
+
+def _extra_value(spec, point: dict, fixed) -> object:
+    """The value of ``spec``'s extra axis at ``point``: the point's, else its declared default, else ``fixed``'s."""
+    if spec.extra is None:
+        return None
+    name, default = spec.extra
+    if name in point:
+        return point[name]
+    return default if default is not None else getattr(fixed, name, None)
+
+
+def _scale_text(value: object) -> str:
+    """``alp_scale`` as the text InterLayerLoss takes (a grid value or a point key may give the number 1)."""
+    return "1" if isinstance(value, (int, float)) and value == 1 else str(value)
 
 
 class Experiment:
@@ -100,7 +118,7 @@ class Experiment:
             progress,
         )
 
-    def alpha_probe(self, inter: InterLayerLoss):
+    def alpha_probe(self, inter: MethodLoss):
         """After each epoch: ALP's mean attention α over dev ``[M × N]``, its mean entropy (nats), and per student
         layer the mean over examples of the largest α (``alpha_top``) and the share of examples whose arg-max
         teacher layer is not the most common one (``alpha_switch``): a mean α of 0.6 with ``alpha_top`` ≈ 1 is
@@ -140,7 +158,7 @@ class Experiment:
             batch_size=fixed.batch_size,
             eval_batch_size=fixed.eval_batch_size,
             seed=seed,
-            temperature=fixed.temperature,
+            temperature=float(point.get("temperature", fixed.temperature)),  # KD's extra axis, if searched
             warmup_ratio=fixed.warmup_ratio,
             weight_decay=fixed.weight_decay,
             max_grad_norm=fixed.max_grad_norm,
@@ -179,17 +197,19 @@ class Experiment:
         inter = None
         signal = None
         if spec.searches_eta:
-            if spec.inter is not None:
-                inter = InterLayerLoss(
-                    spec,
+            if spec.loss is not None:
+                context = MethodContext(
+                    method,
                     teacher_config.num_hidden_layers,
                     self.config.student_layers,
                     student.config.hidden_size,
                     teacher_config.hidden_size,
-                    alp_scale=fixed.alp_scale,
+                    alp_scale=_scale_text(point.get("alp_scale", fixed.alp_scale)),  # ALP's extra axis, if searched
                     alp_tokens=fixed.alp_tokens,
+                    extra=_extra_value(spec, point, fixed),
                 )
-            live = fixed.teacher_outputs == "live" or (inter is not None and inter.needs_tokens)
+                inter = MethodLoss(spec, context)
+            live = fixed.teacher_outputs == "live" or needs_live_teacher(spec, fixed.alp_tokens)
             signal = self.teacher.signal(live=live)
         hyper = self.hyper(point, seed)
         probe = self.alpha_probe(inter) if inter is not None and spec.inter == "alp" else None
@@ -227,11 +247,58 @@ class Experiment:
                 shutil.rmtree(save_to, ignore_errors=True)
         return history
 
+    def check_methods(self) -> None:
+        """Run every plug-in method's ``modules`` and ``loss`` once on two training examples, before anything is
+        written: a loss that raises or returns no scalar, or a state the teacher cannot give, is a HarnessError.
+
+        The stand-in teacher is the pre-trained model at the teacher's depth (same architecture and states as the
+        fine-tuned teacher, which does not exist yet), read live; built-in methods are not checked."""
+        plugins = [m for m in self.config.methods if get_method(m).plugin is not None and get_method(m).loss]
+        if not plugins:
+            return
+        n_teacher = load_config(self.pretrained).num_hidden_layers
+        stand_in = build_student(self.pretrained, n_teacher, self.task.num_labels, "bottom", 0).eval()
+        student = build_student(self.pretrained, self.config.student_layers, self.task.num_labels, "bottom", 0)
+        index = np.arange(min(2, len(self.train)))
+        for method in plugins:
+            spec = get_method(method)
+            context = MethodContext(
+                method,
+                n_teacher,
+                self.config.student_layers,
+                student.config.hidden_size,
+                stand_in.config.hidden_size,
+                alp_scale=self.config.fixed.alp_scale,
+                alp_tokens=self.config.fixed.alp_tokens,
+                extra=_extra_value(spec, {}, self.config.fixed),
+            )
+            try:
+                inter = MethodLoss(spec, context)
+                if inter.needs_attentions:
+                    eager_attention(student)
+                    eager_attention(stand_in)
+                terms = LossTerms(
+                    self.task,
+                    Hyper(lr=1e-5, eta=0.3, lam=0.3),
+                    inter,
+                    TeacherSignal(live=stand_in),
+                    torch.device("cpu"),
+                )
+                terms(student, to_batch(self.train, index, self.pad_token_id, torch.device("cpu")), index)
+            except HarnessError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the plug-in's error, as one line
+                last = (str(error).strip().splitlines() or [""])[-1]
+                raise HarnessError(
+                    f"method {method!r} (plug-in {spec.plugin}): its loss failed on a test batch: "
+                    f"{type(error).__name__}: {last}"
+                ) from None
+
     def prepare_shared(self) -> None:
         """Everything trials share: the fine-tuned teacher and, if a method needs them, its cached outputs and
         the α probe's dev states."""
         self.teacher.prepare()
         if any(get_method(m).searches_eta for m in self.config.methods):
-            self.teacher.signal(live=False)
+            self.teacher.signal(live=False)  # KD's logits come from the cache even for a live-teacher method
         if any(get_method(m).inter == "alp" for m in self.config.methods):
             self.teacher.dev_cls()  # the α probe's dev states, cached once for every worker

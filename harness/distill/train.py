@@ -35,10 +35,12 @@ from transformers import get_linear_schedule_with_warmup
 from harness.data.encoding import EncodedSplit, collate
 from harness.distill.device import LossLog, autocast_for, pick_device, prefetch
 from harness.distill.losses import InterLayerLoss, kd_loss, regression_kd_loss
+from harness.distill.method_loss import MethodLoss, States, eager_attention
 from harness.distill.models import load_checkpoint
 from harness.spec.metrics import compute_metrics
 from harness.spec.tasks import TaskSpec
 from harness.util import signals
+from harness.util.errors import HarnessError
 from harness.util.files import atomic_write
 
 GROUP_CHUNK = 50
@@ -206,22 +208,55 @@ def primary_value(task: TaskSpec, metrics: dict[str, dict[str, float]], split: s
 
 
 class LossTerms:
-    """Computes the three loss terms of one batch; ``teacher`` is ``None`` for NKD and teachers."""
+    """Computes the three loss terms of one batch; ``teacher`` is ``None`` for NKD and teachers.
+
+    ``inter`` is the method's own term (:class:`~harness.distill.method_loss.MethodLoss`); it gets
+    :class:`~harness.distill.method_loss.States` of the student and the teacher holding the states it declared.
+    """
 
     def __init__(
         self,
         task: TaskSpec,
         hyper: Hyper,
-        inter: InterLayerLoss | None,
+        inter: MethodLoss | None,
         teacher: TeacherSignal | None,
         device: torch.device,
     ):
+        inter = MethodLoss.around(inter)  # a built-in's InterLayerLoss passed directly (tests, benchmarks)
         self.task, self.hyper, self.inter, self.teacher, self.device = task, hyper, inter, teacher, device
         self.needs_states = inter is not None and teacher is not None
+        wanted = set(inter.states) if self.needs_states else set()
+        self.hidden = bool(wanted & {"cls", "tokens"})
+        self.attentions = "attentions" in wanted
+        self.wanted = wanted
+
+    def _states(self, outputs, batch: dict, logits: torch.Tensor) -> States:
+        """The declared states of one forward pass (the model's ``output_hidden_states``/``output_attentions``)."""
+        states = States(logits=logits)
+        if "cls" in self.wanted:
+            states.cls = layer_cls(outputs.hidden_states).float()
+        if "tokens" in self.wanted:
+            states.tokens = torch.stack(outputs.hidden_states[1:], dim=1).float()
+        if "attentions" in self.wanted:
+            if not outputs.attentions:
+                raise HarnessError(
+                    f"method {self.inter.spec.key!r} declares 'attentions' but the model gives none "
+                    f"(attn_implementation {'sdpa or flash'}); "
+                    "allowed: a model with eager attention"
+                )
+            states.attentions = torch.stack(outputs.attentions, dim=1).float()
+        if self.wanted & {"tokens", "attentions"}:
+            states.attention_mask = batch["attention_mask"]
+        return states
+
+    def _forward(self, model, batch: dict):
+        if self.attentions:
+            return model(**batch, output_hidden_states=self.hidden, output_attentions=True)
+        return model(**batch, output_hidden_states=self.hidden)
 
     def __call__(self, model, batch: dict, index: np.ndarray) -> dict[str, torch.Tensor]:
         labels = batch.pop("labels")
-        outputs = model(**batch, output_hidden_states=self.needs_states)
+        outputs = self._forward(model, batch)
         logits = outputs.logits.float()
         if self.task.is_regression:
             terms = {"ce": F.mse_loss(logits.squeeze(-1), labels.float())}
@@ -229,39 +264,28 @@ class LossTerms:
             terms = {"ce": F.cross_entropy(logits, labels)}
         if self.teacher is None:
             return terms
-        teacher_logits, teacher_states = self._teacher_outputs(batch, index)
+        teacher = self._teacher_outputs(batch, index)
         if self.task.is_regression:
-            terms["kd"] = regression_kd_loss(logits, teacher_logits)
+            terms["kd"] = regression_kd_loss(logits, teacher.logits)
         else:
-            terms["kd"] = kd_loss(logits, teacher_logits, temperature=self.hyper.temperature)
+            terms["kd"] = kd_loss(logits, teacher.logits, temperature=self.hyper.temperature)
         if self.needs_states:
-            if self.inter.needs_tokens:
-                student_states = torch.stack(outputs.hidden_states[1:], dim=1).float()
-                terms["inter"] = self.inter(student_states, teacher_states, batch["attention_mask"])
-            else:
-                terms["inter"] = self.inter(layer_cls(outputs.hidden_states).float(), teacher_states)
+            terms["inter"] = self.inter(self._states(outputs, batch, logits), teacher)
         return terms
 
-    def _teacher_outputs(self, batch: dict, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _teacher_outputs(self, batch: dict, index: np.ndarray) -> States:
         if self.teacher.live is not None:
             with torch.no_grad():
-                out = self.teacher.live(**batch, output_hidden_states=self.needs_states)
-            states = None
-            if self.needs_states:
-                states = (
-                    torch.stack(out.hidden_states[1:], dim=1).float()
-                    if self.inter.needs_tokens
-                    else layer_cls(out.hidden_states).float()
-                )
-            return out.logits.float(), states
+                out = self._forward(self.teacher.live, batch)
+            return self._states(out, batch, out.logits.float())
         sorted_index = np.sort(index)
         inverse = np.searchsorted(sorted_index, index)
         logits = torch.from_numpy(np.asarray(self.teacher.logits[sorted_index], dtype=np.float32)[inverse])
-        states = None
-        if self.needs_states:
-            states = torch.from_numpy(np.asarray(self.teacher.cls[sorted_index], dtype=np.float32)[inverse])
-            states = to_device(states, self.device)
-        return to_device(logits, self.device), states
+        states = States(logits=to_device(logits, self.device))
+        if "cls" in self.wanted:
+            cls = torch.from_numpy(np.asarray(self.teacher.cls[sorted_index], dtype=np.float32)[inverse])
+            states.cls = to_device(cls, self.device)
+        return states
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         hyper = self.hyper
@@ -281,7 +305,7 @@ def fit(
     evals: Mapping[str, EncodedSplit],
     pad_token_id: int,
     *,
-    inter: InterLayerLoss | None = None,  # None for methods without an inter-layer term
+    inter: MethodLoss | InterLayerLoss | None = None,  # None for methods without their own loss term
     teacher: TeacherSignal | None = None,
     checkpoint: Path | None = None,
     on_epoch: Callable[[dict], None] | None = None,
@@ -310,6 +334,11 @@ def fit(
     """
     device = device or pick_device()
     model.to(device)
+    inter = MethodLoss.around(inter)  # a built-in's InterLayerLoss passed directly (tests, benchmarks)
+    if inter is not None and inter.needs_attentions:  # sdpa/flash attention return no attention probabilities
+        for net in (model, teacher.live if teacher is not None else None):
+            if net is not None:
+                eager_attention(net)
     if inter is not None:
         inter.to(device)
     if teacher is not None and teacher.live is not None:

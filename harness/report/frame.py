@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import optuna
 import pandas as pd
 
-from harness.spec.methods import METHODS
+from harness.spec.methods import METHODS, declare_row
 from harness.spec.tasks import TASKS
 from harness.store.storage import Storage
 
@@ -73,8 +73,14 @@ def load(storage: Storage, name: str | None = None) -> Snapshot:
         attrs = dict(frozen.user_attrs)
         attrs.setdefault("task", parts[1])
         attrs.setdefault("method", parts[2])
+        if attrs["method"] not in METHODS and isinstance(attrs.get("method_spec"), dict):
+            declare_row(attrs["method"], attrs["method_spec"])  # a plug-in's method, known from its stored declaration
         if attrs["task"] not in TASKS or attrs["method"] not in METHODS:
             continue  # not a harness study
+        label = attrs.get("label") or (attrs.get("config") or {}).get("label")
+        if label:  # a variant: its row is "method [label]", beside the other study files' rows
+            attrs["base_method"] = attrs["method"]
+            attrs["method"] = declare_row(f"{attrs['method']} [{label}]", METHODS[attrs["method"]]).key
         attrs["study_file"] = parts[0]
         studies[frozen.study_name] = attrs
         for trial in storage.optuna.get_all_trials(frozen._study_id, deepcopy=False):

@@ -32,7 +32,7 @@ import pandas as pd
 from harness.report import statistics
 from harness.report.frame import best_trials, task_labels
 from harness.report.seed_stats import Seeds, is_alp
-from harness.spec.methods import METHODS
+from harness.spec.methods import METHODS, base_method
 from harness.spec.tasks import TASKS, TaskSpec
 from harness.util.errors import HarnessError
 
@@ -151,23 +151,29 @@ def build(snapshot, groups: dict, focus: tuple[str, ...], family: str) -> list[C
     runs = frame[frame["confirmation"] & frame["trial_id"].notna()]
     frame_ids = {int(r["trial_id"]): r for _, r in runs.iterrows()}
     rows: list[Comparison] = []
+    order = {m: i for i, m in enumerate(METHODS)}
     for task in TASKS:
         spec = TASKS[task]
         gold = task_labels(snapshot, task).get(spec.eval_splits[0])
-        present = [m for m in METHODS if (task, m) in best or (task, m) in groups]
+        # report rows in registry order; a study file's label makes its own rows (alp [sqrt_d]) of one method
+        present = sorted(
+            {m for t, m in (*best, *groups) if t == task}, key=lambda m: (order.get(base_method(m), len(order)), m)
+        )
         sides = {m: _seed_side(snapshot, spec, gold, groups.get((task, m)), frame_ids) for m in present}
-        for method in (m for m in present if m in focus):
-            for base in (m for m in present if m not in focus):
-                seed = _seed_test(groups, task, method, base, sides)
-                boot = _boot_pair(snapshot, spec, best.get((task, method)), best.get((task, base)))
-                majority, word = {}, "a constant" if spec.is_regression else "majority class"
-                for side in (method, base):
-                    on = sides[side][1]
-                    if on:
-                        majority[side] = f"{word} on seed" + "s" * (len(on) > 1) + " " + ", ".join(map(str, on))
-                    if (task, side) in best and is_majority(snapshot, spec, gold, best[(task, side)]["trial_id"]):
-                        majority[side] = "; ".join(filter(None, [majority.get(side), f"best of grid: {word}"]))
-                rows.append(Comparison(task, method, base, seed, boot, majority))
+        pairs = [(a, b) for a in present if base_method(a) in focus for b in present if base_method(b) not in focus]
+        # the variants of one method (study files with a label) against each other: same seeds, same data
+        pairs += [(a, b) for i, a in enumerate(present) for b in present[i + 1 :] if base_method(a) == base_method(b)]
+        for method, base in pairs:
+            seed = _seed_test(groups, task, method, base, sides)
+            boot = _boot_pair(snapshot, spec, best.get((task, method)), best.get((task, base)))
+            majority, word = {}, "a constant" if spec.is_regression else "majority class"
+            for side in (method, base):
+                on = sides[side][1]
+                if on:
+                    majority[side] = f"{word} on seed" + "s" * (len(on) > 1) + " " + ", ".join(map(str, on))
+                if (task, side) in best and is_majority(snapshot, spec, gold, best[(task, side)]["trial_id"]):
+                    majority[side] = "; ".join(filter(None, [majority.get(side), f"best of grid: {word}"]))
+            rows.append(Comparison(task, method, base, seed, boot, majority))
     _mark_duplicates(rows, "seed")
     _mark_duplicates(rows, "boot")
     m_boot = max(_family_sizes(rows, "boot", family).values(), default=0)

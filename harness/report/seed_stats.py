@@ -17,7 +17,7 @@ from scipy import stats
 
 from harness.report.frame import reported_score
 from harness.report.statistics import ALPHA
-from harness.spec.methods import METHODS
+from harness.spec.methods import METHODS, base_method
 from harness.spec.tasks import TASKS
 
 
@@ -82,6 +82,8 @@ def seed_groups(found: dict[tuple[str, str], list[Seeds]]) -> dict[tuple[str, st
 
 
 def is_alp(method: str) -> bool:
+    """ALP-KD and its bucket variants, also as a labelled row (``alp [sqrt_d]``)."""
+    method = base_method(method)
     return method == "alp" or method.startswith("alp-")
 
 

@@ -3,7 +3,8 @@
 =============  ==============================================================
 ``tasks``      ``TASKS``: GLUE's tasks, labels, eval splits; a split as texts and labels
 ``metrics``    GLUE's metrics
-``methods``    ``METHODS``: the KD methods and their layer mappings
+``methods``    ``METHODS``: the KD methods (``register_method``, the one call) and their layer mappings
+``plugins``    method plug-ins: a study file's ``plugins:``, the ``alp_kd.methods`` entry points
 ``config``     ``StudyConfig``: typed, validated study files; the grids
 =============  ==============================================================
 """
@@ -18,6 +19,7 @@ __getattr__, __all__ = public_face(
         "compute_metrics": "metrics",
         "METHODS": "methods",
         "get_method": "methods",
+        "register_method": "methods",
         "StudyConfig": "config",
         "load_study": "config",
         "parse_study": "config",

@@ -22,6 +22,12 @@ The loss is ``L = β·CE + η·KD + λ·L_inter`` with ``β = 1 − η − λ``;
 invalid and never sampled. Which weights a method searches comes from its registry entry:
 NKD searches only the learning rate (η = λ = 0), KD searches lr × η (λ = 0), every method with an
 inter-layer term searches lr × η × λ.
+
+``plugins: [module, …]`` names modules that register more methods (:mod:`harness.spec.plugins`); they are
+imported before ``methods`` is checked. ``label`` (e.g. ``sqrt_d``) names the variant a study file is: the
+report's rows are ``method [label]``, so study files that differ in a fixed value share one report. Neither
+is part of a study's fingerprint (a plug-in's file is checked by its sha256 instead, see
+:mod:`harness.sweep.studies`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.spec.methods import get_method
+from harness.spec.plugins import load_plugins
 from harness.spec.tasks import get_task
 from harness.util.errors import HarnessError
 from harness.util.hashing import fingerprint
@@ -130,6 +137,17 @@ class Search(_Strict):
     lr: tuple[float, ...] = PAPER_LR_GRID
     eta: tuple[float, ...] = PAPER_WEIGHT_GRID
     lambda_: tuple[float, ...] = Field(PAPER_WEIGHT_GRID, alias="lambda")
+    # One more grid axis per method (register_method(extra=(name, default))): name → values, e.g.
+    # {temperature: [1, 2, 4]} for KD, {alp_scale: ["1", sqrt_d]} for the ALP family. Grid sampler only.
+    extra: dict[str, tuple[float | str, ...]] = {}
+
+    @field_validator("extra")
+    @classmethod
+    def _extra_grids(cls, grids: dict) -> dict:
+        for name, values in grids.items():
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"extra.{name} must list distinct values, got {list(values)}")
+        return grids
 
     @field_validator("lr", "eta", "lambda_")
     @classmethod
@@ -167,6 +185,8 @@ class StudyConfig(_Strict):
     # where the student comes from (hub id or folder; same tokenizer as the teacher); default: the teacher
     student_from: str | None = None
     methods: tuple[str, ...] = Field(min_length=1)
+    plugins: tuple[str, ...] = ()
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$", max_length=40)
     data_dir: str | None = None
     fixed: Fixed = Fixed()
     search: Search = Search()
@@ -191,6 +211,10 @@ class StudyConfig(_Strict):
             raise ValueError(f"lists a method twice: {list(values)}")
         return values
 
+    def row_key(self, method: str) -> str:
+        """The report's row for ``method`` in this study file: ``alp``, or ``alp [sqrt_d]`` with a ``label``."""
+        return method if self.label is None else f"{method} [{self.label}]"
+
     def study_name(self, method: str) -> str:
         """The Optuna study name for one method, readable by a person: ``demo/SST-2/alp``."""
         return f"{self.name}/{self.task}/{method}"
@@ -200,11 +224,13 @@ class StudyConfig(_Strict):
 
         Stored with the study, so that reusing a study name with a different set-up is refused.
         """
-        payload = self.model_dump(mode="json", by_alias=True, exclude={"methods", "data_dir"})
+        payload = self.model_dump(mode="json", by_alias=True, exclude={"methods", "data_dir", "plugins", "label"})
         payload["method"] = method
         if payload["student_from"] is None:  # studies made before student_from keep their hash
             payload.pop("student_from")
         payload["search"].pop("n_trials")
+        if not payload["search"]["extra"]:  # studies made before the extra axis keep their hash
+            payload["search"].pop("extra")
         if payload["fixed"]["selection"] == "dev":  # studies made before selection existed keep their hash
             for key in ("selection", "holdout_fraction", "holdout_max_samples"):
                 payload["fixed"].pop(key)
@@ -237,14 +263,32 @@ def _one_line(error: ValidationError, source: str) -> str:
     return f"{source}: {where}: {message}{shown}{more}"
 
 
-def parse_study(data: object, source: str = "study") -> StudyConfig:
-    """Validate an already-loaded mapping; errors become one-line :class:`HarnessError`."""
+def parse_study(data: object, source: str = "study", base_dir: Path | list[Path] | None = None) -> StudyConfig:
+    """Validate an already-loaded mapping; errors become one-line :class:`HarnessError`.
+
+    Its ``plugins`` are imported first (``base_dir``, the study file's folder, first on ``sys.path``)."""
     if not isinstance(data, dict):
         raise HarnessError(f"{source}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    plugins = data.get("plugins") or []
+    if not isinstance(plugins, list):
+        raise HarnessError(f"{source}: plugins: expected a list of module names, got {plugins!r}")
+    try:
+        load_plugins(plugins, base_dir)
+    except HarnessError as error:
+        raise HarnessError(f"{source}: {error}") from None
     try:
         config = StudyConfig.model_validate(data)
     except ValidationError as error:
         raise HarnessError(_one_line(error, source)) from None
+    declared = {get_method(m).extra[0] for m in config.methods if get_method(m).extra}
+    for name in config.search.extra:
+        if name not in declared:
+            raise HarnessError(
+                f"{source}: search.extra: no listed method searches {name!r} "
+                f"(allowed: {', '.join(sorted(declared)) or 'none'})"
+            )
+    if config.search.extra and config.search.sampler != "grid":
+        raise HarnessError(f"{source}: search.extra needs sampler: grid (got {config.search.sampler!r})")
     for method in config.methods:
         if not grid_points(config, method):
             raise HarnessError(
@@ -272,7 +316,7 @@ def load_study(path: str | Path) -> StudyConfig:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise HarnessError(f"study file {str(path)!r} is not valid YAML{where}") from None
-    return parse_study(data, source=str(path))
+    return parse_study(data, source=str(path), base_dir=path.resolve().parent)
 
 
 def grid_points(config: StudyConfig, method: str) -> list[dict[str, float]]:
@@ -284,13 +328,29 @@ def grid_points(config: StudyConfig, method: str) -> list[dict[str, float]]:
     spec = get_method(method)
     etas = config.search.eta if spec.searches_eta else (0.0,)
     lambdas = config.search.lambda_ if spec.searches_lambda else (0.0,)
-    return [
+    points = [
         {"lr": lr, "eta": eta, "lambda": lam}
         for lr, eta, lam in itertools.product(config.search.lr, etas, lambdas)
         if eta + lam <= 1.0 + _EPS
     ]
+    if spec.extra is not None and spec.extra[0] in config.search.extra:  # the method's one more axis
+        name = spec.extra[0]
+        points = [{**p, name: value} for p in points for value in config.search.extra[name]]
+    return points
+
+
+WEIGHT_KEYS = ("lr", "eta", "lambda", "seed")
+
+
+def extra_values(point: dict) -> dict:
+    """The point's value of a method's extra axis (``{}`` without one), e.g. ``{"temperature": 2.0}``."""
+    return {k: v for k, v in point.items() if k not in WEIGHT_KEYS}
 
 
 def point_key(point: dict[str, float]) -> str:
-    """A stable text key for a grid point, e.g. ``lr=5e-05,eta=0.5,lambda=0.2``."""
-    return f"lr={point['lr']:g},eta={point['eta']:g},lambda={point['lambda']:g}"
+    """A stable text key for a grid point, e.g. ``lr=5e-05,eta=0.5,lambda=0.2`` (``,temperature=2`` with an
+    extra axis; points without one keep the keys they had before)."""
+    key = f"lr={point['lr']:g},eta={point['eta']:g},lambda={point['lambda']:g}"
+    for name, value in extra_values(point).items():
+        key += f",{name}={value:g}" if isinstance(value, (int, float)) else f",{name}={value}"
+    return key

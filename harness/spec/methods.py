@@ -8,17 +8,25 @@ transformer layers only (the embedding output is never a distillation target). B
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from harness.util.errors import HarnessError
 
 __all__ = [
     "ALP_SCALES",
     "ALP_TOKENS",
+    "BUILTIN_METHODS",
+    "base_method",
+    "CACHED_STATES",
     "METHODS",
     "MethodSpec",
     "PKD_MODES",
+    "STATES",
+    "declare_row",
     "get_method",
+    "needs_live_teacher",
+    "register_method",
+    "teacher_states",
     "layer_mapping",
     "no_buckets",
     "pkd_pairs",
@@ -100,41 +108,202 @@ def pkd_pairs(n_teacher: int, n_student: int, mode: str) -> list[tuple[int, int]
 # Registry
 # --------------------------------------------------------------------------------------------
 
+#: The teacher (and student) states a method's loss may declare. ``logits`` ``[B, C]``; ``cls`` the [CLS]
+#: vector of every transformer layer ``[B, L, H]``; ``tokens`` every layer's token states ``[B, L, T, H]``;
+#: ``attentions`` every layer's attention probabilities ``[B, L, heads, T, T]``.
+STATES: tuple[str, ...] = ("logits", "cls", "tokens", "attentions")
+#: What the teacher-output cache holds; a method that declares anything else reads the live teacher.
+CACHED_STATES: tuple[str, ...] = ("logits", "cls")
+#: The loss weights a method may search (NKD searches neither; the learning rate is always searched).
+WEIGHTS: tuple[str, ...] = ("eta", "lambda")
+
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One distillation method, as data.
+    """One distillation method, as data: what :func:`register_method` was told.
 
     Attributes:
         key: registry key.
         description: one line for reports.
         searches_eta: whether the sweep tunes η, the weight of the output KD loss (False for nkd).
-        searches_lambda: whether the sweep tunes λ, the weight of the intermediate loss.
-        inter: intermediate loss family: None, 'pkd', 'ckd' or 'alp'.
-        mapping: layer mapping: None, 'skip', 'last', 'all', 'no' or 'po'.
+        searches_lambda: whether the sweep tunes λ, the weight of the method's own loss (its ``loss``).
+        inter: built-in intermediate loss family: None, 'pkd', 'ckd' or 'alp' (None for plug-ins).
+        mapping: built-in layer mapping: None, 'skip', 'last', 'all', 'no' or 'po'.
+        states: the teacher states ``loss`` reads (a subset of :data:`STATES`).
+        loss: ``loss(student, teacher, modules, context) -> scalar tensor``, the λ-weighted term; a callable or
+            a ``"module:attribute"`` reference, resolved and called only in :mod:`harness.distill`.
+        modules: ``modules(context) -> torch.nn.Module | None``: what the method trains with the student
+            (CKD's projections), the same kinds of value as ``loss``; None when it learns nothing.
+        extra: ``(name, default)`` of one more value the method may search as a grid axis, or None.
+        plugin: the module that registered it (None for the built-ins); ``plugin_file`` its file and
+            ``plugin_sha256`` that file's sha256 when it was loaded.
     """
 
     key: str
     description: str
     searches_eta: bool
     searches_lambda: bool
-    inter: str | None
-    mapping: str | None
+    inter: str | None = None
+    mapping: str | None = None
+    states: tuple[str, ...] = ()
+    loss: object = None
+    modules: object = None
+    extra: tuple[str, object] | None = None
+    plugin: str | None = None
+    plugin_file: str | None = None
+    plugin_sha256: str | None = None
+
+    def declaration(self) -> dict:
+        """The JSON-able part (stored with each study, so that a report knows the method without its plug-in)."""
+        return {
+            "key": self.key,
+            "description": self.description,
+            "searches": [w for w, on in zip(WEIGHTS, (self.searches_eta, self.searches_lambda)) if on],
+            "states": list(self.states),
+            "extra": list(self.extra) if self.extra else None,
+            "plugin": self.plugin,
+            "plugin_file": self.plugin_file,
+            "plugin_sha256": self.plugin_sha256,
+        }
 
 
-METHODS: dict[str, MethodSpec] = {
-    spec.key: spec
-    for spec in (
-        MethodSpec("nkd", "no distillation: fine-tune the student on gold labels only", False, False, None, None),
-        MethodSpec("kd", "output-layer KD (Hinton et al. 2015)", True, False, None, None),
-        MethodSpec("pkd-skip", "Patient KD, every (N/M)-th teacher layer (Sun et al. 2019)", True, True, "pkd", "skip"),
-        MethodSpec("pkd-last", "Patient KD, last M-1 teacher layers (Sun et al. 2019)", True, True, "pkd", "last"),
-        MethodSpec("ckd", "Combinatorial KD, non-overlapping buckets (Wu et al. 2020)", True, True, "ckd", "no"),
-        MethodSpec("alp", "ALP-KD, attention over all teacher layers (Passban et al. 2021)", True, True, "alp", "all"),
-        MethodSpec("alp-no", "ALP-KD, attention within non-overlapping buckets", True, True, "alp", "no"),
-        MethodSpec("alp-po", "ALP-KD, attention within partially-overlapping buckets", True, True, "alp", "po"),
+METHODS: dict[str, MethodSpec] = {}
+_LOADING: dict[str, str | None] = {"module": None, "file": None, "sha256": None}
+
+
+def register_method(
+    name: str,
+    *,
+    description: str,
+    searches: tuple[str, ...] | list[str] = ("eta", "lambda"),
+    states: tuple[str, ...] | list[str] = ("cls",),
+    loss: object = None,
+    modules: object = None,
+    extra: tuple[str, object] | None = None,
+    inter: str | None = None,
+    mapping: str | None = None,
+) -> MethodSpec:
+    """Register a KD method: **the one call** for built-ins and plug-ins alike (see README, "Adding a KD method").
+
+    ``searches``: the loss weights the sweep tunes (:data:`WEIGHTS`; ``()`` for a method without a teacher);
+    ``states``: what ``loss`` reads of the teacher (:data:`STATES`; only :data:`CACHED_STATES` come from the
+    teacher-output cache, anything else makes the method's trials use the live teacher); ``loss`` and
+    ``modules``: see :class:`MethodSpec` (a method that searches λ needs a ``loss``); ``extra``: one more
+    searched value, ``(name, default)``: its grid is the study file's ``search.extra[name]`` list (grid sampler
+    only), and the value reaches ``loss`` as ``context.extra`` (``default`` None: the study file's ``fixed`` value
+    of that name). An extra named after a ``fixed`` value (``temperature``, ``alp_scale``) replaces that value in
+    the method's trials. It is a key of the grid point (``,temperature=2``), so it enters the point key, the stored
+    trial and, through ``search``, the study's fingerprint; sharing compares computations, in which KD's term
+    depends on the temperature only and the λ term on the rest (``harness.sweep.sharing.computation``).
+    ``inter``/``mapping`` are for the built-in families only.
+
+    The registry lives here, torch-free: it stores ``loss`` and ``modules`` without calling them (a
+    ``"module:attribute"`` text is not even imported here), and :mod:`harness.distill.method_loss` calls them.
+    A name already registered, an unknown state or weight, or a λ without a loss raise HarnessError.
+    """
+    if not (isinstance(name, str) and name and all(c.isalnum() or c in "-_." for c in name)):
+        raise HarnessError(f"invalid method name {name!r} (allowed: letters, digits, '-', '_', '.')")
+    if name in METHODS:
+        other = METHODS[name].plugin or "the built-in methods"
+        raise HarnessError(f"method {name!r} is already registered by {other}; choose another name")
+    bad = [s for s in states if s not in STATES]
+    if bad:
+        raise HarnessError(f"method {name!r} declares teacher state {bad[0]!r} (allowed: {', '.join(STATES)})")
+    bad = [w for w in searches if w not in WEIGHTS]
+    if bad:
+        raise HarnessError(f"method {name!r} searches {bad[0]!r} (allowed: {', '.join(WEIGHTS)})")
+    if "lambda" in searches and "eta" not in searches:
+        raise HarnessError(f"method {name!r} searches lambda without eta (allowed: (), (eta,), (eta, lambda))")
+    if "lambda" in searches and loss is None:
+        raise HarnessError(f"method {name!r} searches lambda but declares no loss")
+    if extra is not None and not (isinstance(extra, tuple) and len(extra) == 2 and isinstance(extra[0], str)):
+        raise HarnessError(f"method {name!r}: extra must be (name, default), got {extra!r}")
+    spec = MethodSpec(
+        key=name,
+        description=description,
+        searches_eta="eta" in searches,
+        searches_lambda="lambda" in searches,
+        inter=inter,
+        mapping=mapping,
+        states=tuple(states),
+        loss=loss,
+        modules=modules,
+        extra=extra,
+        plugin=_LOADING["module"],
+        plugin_file=_LOADING["file"],
+        plugin_sha256=_LOADING["sha256"],
     )
-}
+    METHODS[name] = spec
+    return spec
+
+
+def teacher_states(spec: MethodSpec, alp_tokens: str = "cls") -> tuple[str, ...]:
+    """The teacher states a trial of ``spec`` reads: its declaration, plus the output KD's logits when it searches η,
+    and with ``fixed.alp_tokens: all`` the ALP family's ``cls`` becomes ``tokens``."""
+    states = list(spec.states)
+    if spec.inter == "alp" and alp_tokens == "all":
+        states = ["tokens" if s == "cls" else s for s in states]
+    if spec.searches_eta and "logits" not in states:
+        states.insert(0, "logits")
+    return tuple(states)
+
+
+def needs_live_teacher(spec: MethodSpec, alp_tokens: str = "cls") -> bool:
+    """Whether ``spec``'s trials need a state the teacher-output cache does not hold."""
+    return any(s not in CACHED_STATES for s in teacher_states(spec, alp_tokens))
+
+
+_BUILTIN = "harness.distill.method_loss:"
+for _key, _description, _searches, _inter, _mapping in (
+    ("nkd", "no distillation: fine-tune the student on gold labels only", (), None, None),
+    ("kd", "output-layer KD (Hinton et al. 2015)", ("eta",), None, None),
+    ("pkd-skip", "Patient KD, every (N/M)-th teacher layer (Sun et al. 2019)", WEIGHTS, "pkd", "skip"),
+    ("pkd-last", "Patient KD, last M-1 teacher layers (Sun et al. 2019)", WEIGHTS, "pkd", "last"),
+    ("ckd", "Combinatorial KD, non-overlapping buckets (Wu et al. 2020)", WEIGHTS, "ckd", "no"),
+    ("alp", "ALP-KD, attention over all teacher layers (Passban et al. 2021)", WEIGHTS, "alp", "all"),
+    ("alp-no", "ALP-KD, attention within non-overlapping buckets", WEIGHTS, "alp", "no"),
+    ("alp-po", "ALP-KD, attention within partially-overlapping buckets", WEIGHTS, "alp", "po"),
+):
+    register_method(
+        _key,
+        description=_description,
+        searches=_searches,
+        states=("cls",) if _inter else (),
+        loss=_BUILTIN + "builtin_loss" if _inter else None,
+        modules=_BUILTIN + "builtin_modules" if _inter else None,
+        # the one more value each may search (search.extra): KD its temperature, the ALP family its alp_scale
+        extra=("temperature", None) if _key == "kd" else ("alp_scale", None) if _inter == "alp" else None,
+        inter=_inter,
+        mapping=_mapping,
+    )
+BUILTIN_METHODS: tuple[str, ...] = tuple(METHODS)
+
+
+def declare_row(key: str, like: MethodSpec | dict) -> MethodSpec:
+    """Make ``key`` known to the report without its plug-in: a copy of ``like`` (a spec, or a stored
+    :meth:`MethodSpec.declaration`) under ``key``, with no loss. Used for a plug-in method read back from the
+    database and for a labelled variant's row (``alp [sqrt_d]``); an existing key is returned as it is."""
+    if key in METHODS:
+        return METHODS[key]
+    if isinstance(like, dict):
+        searches = like.get("searches") or ()
+        like = MethodSpec(
+            key=key,
+            description=str(like.get("description", key)),
+            searches_eta="eta" in searches,
+            searches_lambda="lambda" in searches,
+            states=tuple(like.get("states") or ()),
+            plugin=like.get("plugin"),
+            plugin_file=like.get("plugin_file"),
+            plugin_sha256=like.get("plugin_sha256"),
+        )
+    METHODS[key] = replace(like, key=key, loss=None, modules=None)
+    return METHODS[key]
+
+
+def base_method(key: str) -> str:
+    """The registered method of a report row: ``alp`` for ``alp [sqrt_d]`` (a study file's ``label``) and ``alp``."""
+    return key.split(" [", 1)[0]
 
 
 def get_method(key: str) -> MethodSpec:

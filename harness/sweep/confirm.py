@@ -14,7 +14,7 @@ from harness.spec.config import StudyConfig
 from harness.store.storage import Storage
 from harness.sweep.driver import Runner, RunOptions
 from harness.sweep.settle import fail_orphans
-from harness.sweep.sharing import owners
+from harness.sweep.sharing import owner_points
 from harness.sweep.studies import open_study, record_teacher
 from harness.sweep.trial import grid_trials
 from harness.util.errors import HarnessError
@@ -41,8 +41,8 @@ def confirm_method(runner: Runner, method: str, top: int, seeds: int) -> None:
                 runner.config, open_study(runner.storage, runner.config, other), top, seeds
             )
     links = {
-        key: (runner.config.study_name(owner), key)
-        for (m, key), owner in owners(runner.config, every).items()
+        key: (runner.config.study_name(owner), owner_key)
+        for (m, key), (owner, owner_key) in owner_points(runner.config, every).items()
         if m == method and owner != method
     }
     runner.storage.ensure_points(study.study_name, points)
@@ -66,6 +66,7 @@ def confirmation_points(config: StudyConfig, study: optuna.Study, top: int, seed
                 "lr": trial.user_attrs["lr"],
                 "eta": trial.user_attrs["eta"],
                 "lambda": trial.user_attrs["lambda"],
+                **{k: trial.user_attrs[k] for k in config.search.extra if k in trial.user_attrs},  # an extra axis
                 "seed": seed,
             }
     return points
@@ -76,6 +77,7 @@ def confirm_studies(
 ) -> None:
     """Seed confirmations for every study in the database (optionally of one study file), from the DB alone."""
     from harness.spec.config import parse_study
+    from harness.sweep.studies import plugin_dirs
 
     groups: dict[str, tuple[StudyConfig, list[str]]] = {}
     for summary in sorted(
@@ -84,7 +86,7 @@ def confirm_studies(
         attrs = summary.user_attrs
         if "config" not in attrs or (name is not None and summary.study_name.split("/")[0] != name):
             continue
-        config = parse_study(attrs["config"], source=f"study {summary.study_name}")
+        config = parse_study(attrs["config"], source=f"study {summary.study_name}", base_dir=plugin_dirs(storage))
         key = fingerprint({**config.model_dump(mode="json", by_alias=True), "methods": None})
         groups.setdefault(key, (config, []))[1].append(attrs["method"])
     if not groups:

@@ -59,6 +59,10 @@ def adopt(
 ) -> int:
     """A finished trial of ``study`` that copies ``source``'s outcome, created in one write."""
     attrs = {**copied_attrs(source, method, me), "claim": claim.key}
+    if config.search.extra:  # an extra axis: the copy keeps its own point and value, not the owner's
+        for name in config.search.extra:
+            attrs.pop(name, None)
+        attrs.update(point=claim.key, **{k: claim.params[k] for k in config.search.extra if k in claim.params})
     now = datetime.datetime.now()
     template = optuna.trial.FrozenTrial(
         number=-1,
@@ -108,14 +112,15 @@ def record_copy(
 ) -> None:
     """Our results row and the stored predictions of a trial that copies ``source``."""
     row = storage.result(source._trial_id) or {}
-    number = storage.optuna.get_trial(trial_id).number
+    copy = storage.optuna.get_trial(trial_id)
+    number = copy.number
     seed = source.user_attrs.get("seed", config.fixed.seed)
     storage.record_result(
         trial_id,
         study_name=study.study_name,
         number=number,
         method=method,
-        point_key=source.user_attrs["point"],
+        point_key=copy.user_attrs.get("point", source.user_attrs["point"]),
         state=source.state.name,
         value=source.value,
         seed=seed,

@@ -92,8 +92,8 @@ class Runner:
         points = {point_key(p): p for p in grid_points(self.config, method)}
         self.storage.ensure_points(study.study_name, points)
         links = {
-            key: (self.config.study_name(owner), key)
-            for (m, key), owner in grid_owners(self.config).items()
+            key: (self.config.study_name(owner), owner_key)
+            for (m, key), (owner, owner_key) in grid_owners(self.config, with_keys=True).items()
             if m == method and owner != method
         }
         self.storage.link_points(study.study_name, links)
@@ -155,7 +155,7 @@ class Runner:
                 return None
         params = claim.params
         trial = self._new_trial(study, claim.key, params)
-        point = {name: trial.params[name] for name in ("lr", "eta", "lambda")}
+        point = {name: trial.params[name] for name in trial.params}  # lr, η, λ and an extra axis, if any
         return self._train_claimed(study, method, claim, trial, point, params.get("seed"))
 
     def _train_claimed(
@@ -257,6 +257,7 @@ class Runner:
         """The categorical distributions of a trial fixed to ``params`` (lr, η, λ: the study file's grids)."""
         search = self.config.search
         grids = {"lr": search.lr, "eta": search.eta, "lambda": search.lambda_}
+        grids.update({name: values for name, values in search.extra.items() if name in params})  # an extra axis
         return {
             name: optuna.distributions.CategoricalDistribution(_choices(grids[name], params[name])) for name in grids
         }

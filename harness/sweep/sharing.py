@@ -10,14 +10,15 @@ in the order nkd, kd, then the study file's order, whose grid (or confirmation s
 other method that contains it gets a trial that copies the owner's outcome (value, epochs,
 intermediate values), with the user attribute ``equivalent_of`` = the owner trial's ``trial_id``
 and no compute of its own. One exception keeps the rule exact: a method that reads the *live*
-teacher (``alp_tokens: all``, or ``teacher_outputs: live``) is not merged with one that reads the
+teacher (a declared state the cache does not hold, e.g. ``tokens``, ``alp_tokens: all``, or
+``teacher_outputs: live``) is not merged with one that reads the
 cached teacher outputs at η > 0 (the two agree to 1e-5, not bit for bit).
 """
 
 from __future__ import annotations
 
-from harness.spec.config import StudyConfig, grid_points, point_key
-from harness.spec.methods import get_method
+from harness.spec.config import StudyConfig, extra_values, grid_points, point_key
+from harness.spec.methods import get_method, needs_live_teacher
 
 _CANONICAL_FIRST = ("nkd", "kd")
 
@@ -25,7 +26,7 @@ _CANONICAL_FIRST = ("nkd", "kd")
 def uses_live_teacher(config: StudyConfig, method: str) -> bool:
     """Whether ``method``'s trials read the live teacher rather than the cached teacher outputs."""
     spec = get_method(method)
-    return config.fixed.teacher_outputs == "live" or (spec.inter == "alp" and config.fixed.alp_tokens == "all")
+    return config.fixed.teacher_outputs == "live" or needs_live_teacher(spec, config.fixed.alp_tokens)
 
 
 def computation(config: StudyConfig, method: str, point: dict) -> tuple:
@@ -33,9 +34,13 @@ def computation(config: StudyConfig, method: str, point: dict) -> tuple:
     equal tuples are the same computation."""
     if point["eta"] == 0 and point["lambda"] == 0:
         return ("nkd", point["lr"])
+    # An extra axis (search.extra) enters exactly: KD's term depends on the temperature only, the λ term on the rest.
+    extra = extra_values(point)
     if point["lambda"] == 0:
-        return ("kd", point["lr"], point["eta"], uses_live_teacher(config, method))
-    return (method, point["lr"], point["eta"], point["lambda"])
+        temperature = float(extra.get("temperature", config.fixed.temperature))
+        kd = ("kd", point["lr"], point["eta"], uses_live_teacher(config, method))
+        return kd if temperature == config.fixed.temperature else (*kd, temperature)
+    return (method, point["lr"], point["eta"], point["lambda"], *sorted(extra.items()))
 
 
 def method_order(config: StudyConfig) -> list[str]:
@@ -46,24 +51,38 @@ def method_order(config: StudyConfig) -> list[str]:
 
 
 def owners(config: StudyConfig, keys: dict[str, dict[str, dict]]) -> dict[tuple[str, str], str]:
-    """``(method, key) → owner method`` for every key of every method in ``keys``.
+    """``(method, key) → owner method`` for every key of every method in ``keys`` (see :func:`owner_points`)."""
+    return {where: owner for where, (owner, _) in owner_points(config, keys).items()}
 
-    ``keys``: method → {point key (``lr=…,eta=…,lambda=…`` plus ``,seed=S`` for confirmations) →
-    params with ``lr``, ``eta``, ``lambda`` and optionally ``seed``}. The same key in two methods'
-    sets is the same (point, seed); it is shared when the computations agree.
+
+def owner_points(config: StudyConfig, keys: dict[str, dict[str, dict]]) -> dict[tuple[str, str], tuple[str, str]]:
+    """``(method, key) → (owner method, owner's key)`` for every key of every method in ``keys``.
+
+    ``keys``: method → {point key (``lr=…,eta=…,lambda=…``, an extra axis's ``,name=value``, ``,seed=S`` for
+    confirmations) → params with ``lr``, ``eta``, ``lambda``, optionally the extra axis and ``seed``}. Two
+    methods' points are shared when their computations and seeds agree; the owner's key differs from the
+    method's only through an extra axis that does not enter the computation (ALP's ``alp_scale`` at λ = 0 is
+    KD's point at the study's temperature). Within one method every key is its own.
     """
-    first: dict[tuple, str] = {}
+    first: dict[tuple, tuple[str, str]] = {}
     out = {}
     for method in method_order(config):
         for key, params in sorted(keys.get(method, {}).items()):
-            what = (computation(config, method, params), params.get("seed"), key)
-            out[(method, key)] = first.setdefault(what, method)
+            what = (computation(config, method, params), params.get("seed"), _plain(key))
+            owner = first.setdefault(what, (method, key))
+            out[(method, key)] = owner if owner[0] != method else (method, key)
     return out
 
 
-def grid_owners(config: StudyConfig) -> dict[tuple[str, str], str]:
-    """:func:`owners` of the grid points of every method of the study file."""
-    return owners(config, {m: {point_key(p): p for p in grid_points(config, m)} for m in config.methods})
+def _plain(key: str) -> str:
+    """A point key without its extra axis (the part two methods' keys share)."""
+    return ",".join(part for part in key.split(",") if part.split("=")[0] in ("lr", "eta", "lambda", "seed"))
+
+
+def grid_owners(config: StudyConfig, with_keys: bool = False) -> dict[tuple[str, str], str]:
+    """:func:`owners` (``with_keys``: :func:`owner_points`) of the grid points of every method of the study file."""
+    keys = {m: {point_key(p): p for p in grid_points(config, m)} for m in config.methods}
+    return owner_points(config, keys) if with_keys else owners(config, keys)
 
 
 def plan(config: StudyConfig) -> dict[str, tuple[int, int]]:

@@ -4,15 +4,20 @@ A study's user attributes hold the study file's fingerprint and config (a name r
 is refused) and the fine-tuned teacher it was run with (its checkpoint key, dev scores and the data files'
 hashes, the sha256 of its fine-tuned weights): a worker whose teacher recipe or data differ is refused before
 any fine-tuning, one whose fine-tuned weights differ (fine-tuned again on another node) before any training.
+A plug-in method's study also holds its declaration (``method_spec``, which a report reads instead of
+importing the plug-in) and its plug-in module, file and the file's sha256 (``plugin``); a worker whose
+plug-in file has another sha256 is refused the same way (:func:`check_plugin`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
 
 from harness.spec.config import StudyConfig, grid_points
+from harness.spec.methods import MethodSpec, get_method
 from harness.store.storage import Storage
 from harness.util.errors import HarnessError
 
@@ -36,12 +41,52 @@ def open_study(storage: Storage, config: StudyConfig, method: str) -> optuna.Stu
         study.set_user_attr("task", config.task)
         study.set_user_attr("sampler", config.search.sampler)
         study.set_user_attr("grid_size", len(points))
+        spec = get_method(method)
+        study.set_user_attr("method_spec", spec.declaration())
+        if config.label is not None:
+            study.set_user_attr("label", config.label)
+        if spec.plugin is not None:
+            study.set_user_attr("plugin", plugin_of(spec))
     elif have != want:
         raise HarnessError(
             f"study '{name}' already exists in {storage.masked} with a different set-up "
             f"(fingerprint {have} vs {want}); use another 'name' in the study file or another --storage"
         )
+    check_plugin(study, get_method(method))
     return study
+
+
+def plugin_of(spec: MethodSpec) -> dict | None:
+    """``{"module", "file", "sha256"}`` of the plug-in that registered ``spec`` (None for a built-in)."""
+    if spec.plugin is None:
+        return None
+    return {"module": spec.plugin, "file": spec.plugin_file, "sha256": spec.plugin_sha256}
+
+
+def plugin_dirs(storage: Storage) -> list[Path]:
+    """The folders of the plug-in files that the studies in ``storage`` were run with, for reading their study
+    files back from the database (``confirm``, ``reproduce``, ``export``): plug-ins found beside a study file."""
+    dirs = []
+    for summary in optuna.get_all_study_summaries(storage.optuna, include_best_trial=False):
+        file = (summary.user_attrs.get("plugin") or {}).get("file")
+        if file and Path(file).parent not in dirs:
+            dirs.append(Path(file).parent)
+    return dirs
+
+
+def check_plugin(study: optuna.Study, spec: MethodSpec) -> None:
+    """Refuse to continue a study whose plug-in file changed (another sha256) since the study was made."""
+    stored = study.user_attrs.get("plugin")
+    now = plugin_of(spec)
+    if stored is None and now is None:
+        return
+    if stored is None or now is None or stored["sha256"] != now["sha256"]:
+        was = f"{stored['module']} sha256 {str(stored['sha256'])[:12]}" if stored else "the built-in method"
+        has = f"{now['module']} ({now['file']}) sha256 {str(now['sha256'])[:12]}" if now else "the built-in method"
+        raise HarnessError(
+            f"study '{study.study_name}' was run with plug-in {was}, this run would use {has}; restore the plug-in "
+            "file or use another 'name' in the study file"
+        )
 
 
 def pruner_for(config: StudyConfig) -> optuna.pruners.BasePruner:

@@ -13,9 +13,11 @@ import torch
 from optuna.trial import TrialState
 
 from harness.distill.device import pick_device, reproduction_tolerance, runtime_info
-from harness.spec.config import StudyConfig, point_key
+from harness.spec.config import StudyConfig, extra_values, point_key
+from harness.spec.methods import get_method
 from harness.store.claims import worker_id
 from harness.store.storage import Storage
+from harness.sweep.studies import plugin_dirs, plugin_of
 from harness.util.errors import HarnessError
 from harness.util.hashing import fingerprint
 from harness.util.signals import ClaimLost
@@ -36,6 +38,7 @@ def _trial_record(config: StudyConfig, method: str, point: dict, seed: int, devi
         "lr": point["lr"],
         "eta": point["eta"],
         "lambda": point["lambda"],
+        **extra_values(point),  # the method's extra axis (search.extra), if any
         "seed": seed,
         "worker": worker_id(),
         **runtime_info(device or pick_device(), config.fixed.compile, config.fixed.precision),
@@ -172,6 +175,9 @@ class TrialRunner:
         record = _trial_record(self.config, method, point, seed, getattr(self.experiment, "device", None))
         record["confirmation"] = confirmation
         record.update(teacher_key=self.experiment.teacher.prepared.key, data_sha256=self.experiment.data_hashes)
+        plugin = plugin_of(get_method(method))
+        if plugin is not None:
+            record["plugin"] = plugin  # the plug-in's module, file and the file's sha256
         for key, value in record.items():
             if key != "config":
                 trial.set_user_attr(key, value)
@@ -295,8 +301,8 @@ def reproduce(
     row = storage.result(trial_id)
     if row is None:
         raise HarnessError(f"no trial with trial_id {trial_id} in {storage.masked} (see: run_study.py status)")
-    config = parse_study(row["config"], source=f"trial {trial_id}")
-    point = {key: float(value) for key, value in (part.split("=") for part in row["point_key"].split(","))}
+    config = parse_study(row["config"], source=f"trial {trial_id}", base_dir=plugin_dirs(storage))
+    point = {key: _number(value) for key, value in (part.split("=") for part in row["point_key"].split(","))}
     experiment = Experiment(config, data_dir, cache_dir)
     history = experiment.run_trial(row["method"], point, seed=row["seed"], desc=f"reproduce {trial_id}")
     stored, value = row["value"], history.best_value
@@ -312,3 +318,11 @@ def reproduce(
             f"exceeds the tolerance {tolerance:.4g}"
         )
     return stored, value
+
+
+def _number(text: str) -> float | str:
+    """A point-key value: a number, or the text of a textual extra axis (``alp_scale=sqrt_d``)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text

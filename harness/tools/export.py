@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.spec.config import StudyConfig, parse_study
 from harness.store.storage import Storage
+from harness.sweep.studies import plugin_dirs
 from harness.sweep.trial import grid_trials
 from harness.util.errors import HarnessError
 from harness.util.files import atomic_folder, atomic_write
@@ -53,7 +54,9 @@ def choose_trial(
     else:
         trial, study_name = _best(storage, name, task, method)
     attrs = trial.user_attrs
-    config = parse_study(storage.result(trial._trial_id)["config"], source=f"trial {trial._trial_id}")
+    config = parse_study(
+        storage.result(trial._trial_id)["config"], source=f"trial {trial._trial_id}", base_dir=plugin_dirs(storage)
+    )
     trained = trial
     if "equivalent_of" in attrs:
         trained = storage.optuna.get_trial(int(attrs["equivalent_of"]))

@@ -12,10 +12,11 @@ import time
 
 import torch
 
+from harness.distill.batches import to_batch, token_lengths, train_batches
 from harness.distill.experiment import Experiment
 from harness.distill.losses import InterLayerLoss
 from harness.distill.models import build_student, load_config
-from harness.distill.train import Hyper, LossTerms, to_batch, token_lengths, train_batches
+from harness.distill.train import Hyper, LossTerms
 from harness.spec.methods import get_method
 
 

@@ -10,10 +10,11 @@ import torch
 
 from bench.runs import PeakMemory, reference_trainer_class
 from bench.trial import Settings, bench, format_ratio, parse_args, study_config
+from harness.distill.batches import to_batch
 from harness.distill.experiment import Experiment
 from harness.distill.losses import InterLayerLoss
 from harness.distill.models import build_student
-from harness.distill.train import Hyper, LossTerms, TeacherSignal, to_batch
+from harness.distill.train import Hyper, LossTerms, TeacherSignal
 from harness.spec.methods import get_method
 from harness.util.errors import HarnessError
 

@@ -110,7 +110,7 @@ def test_half_precision_paths_run_on_cpu_within_a_point_of_fp32(precision_runs, 
 
 
 def test_loss_log_reads_once_per_window_and_names_a_non_finite_term():
-    from harness.distill.device import LossLog
+    from harness.distill.steplog import LossLog
 
     log = LossLog(every=3)
     for step in range(7):
@@ -134,10 +134,11 @@ def test_a_half_precision_training_step_on_the_best_device(precision, tiny_bert,
 
     from harness.data.encoding import encode_split
     from harness.data.loading import load_split
+    from harness.distill.batches import to_batch
     from harness.distill.device import autocast_for, pick_device
     from harness.distill.losses import InterLayerLoss
     from harness.distill.models import build_student
-    from harness.distill.train import Hyper, LossTerms, TeacherSignal, to_batch
+    from harness.distill.train import Hyper, LossTerms, TeacherSignal
     from harness.spec.methods import get_method
     from harness.spec.tasks import get_task, subsample
 
@@ -170,7 +171,7 @@ def test_a_half_precision_training_step_on_the_best_device(precision, tiny_bert,
 def test_prefetch_keeps_order_raises_errors_and_stops_early():
     import threading
 
-    from harness.distill.device import prefetch
+    from harness.distill.batches import prefetch
 
     assert list(prefetch(lambda x: x * x, range(7))) == [x * x for x in range(7)]
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from harness.distill.batches import to_batch
 from harness.distill.experiment import Experiment
 from harness.distill.losses import InterLayerLoss
 from harness.distill.teacher import read_outputs
-from harness.distill.train import Hyper, LossTerms, to_batch
+from harness.distill.train import Hyper, LossTerms
 from harness.spec.config import parse_study
 from harness.spec.methods import get_method
 

@@ -11,9 +11,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from harness.data.encoding import encode_split
 from harness.data.loading import load_split
+from harness.distill.batches import to_batch, train_batches
 from harness.distill.losses import InterLayerLoss
 from harness.distill.models import build_student
-from harness.distill.train import Hyper, LossTerms, TeacherSignal, fit, to_batch, train_batches
+from harness.distill.train import Hyper, LossTerms, TeacherSignal, fit
 from harness.spec.methods import METHODS, get_method
 from harness.spec.tasks import get_task, subsample
 
@@ -158,9 +159,9 @@ def test_student_init_bottom_and_skip_copy_pretrained_layers(tiny_bert):
 def test_each_epoch_keeps_a_compact_step_log(tiny_bert, data, teacher, monkeypatch):
     """Every SYNC_EVERY steps one row: the step, each loss term unweighted and the total, the gradient
     norm before clipping, the learning rate; rows of two identical runs are equal."""
-    from harness.distill import device
+    from harness.distill import steplog
 
-    monkeypatch.setattr(device, "SYNC_EVERY", 1)
+    monkeypatch.setattr(steplog, "SYNC_EVERY", 1)
     hyper = Hyper(lr=5e-4, eta=0.5, lam=0.2, epochs=2, seed=3, batch_size=8, warmup_ratio=0.5)
 
     def run():

@@ -1,18 +1,14 @@
-"""Where and in what precision a run computes, and reading its losses without stalling the device.
+"""Where and in what precision a run computes: the device, autocast, the GPU arch check, deterministic kernels.
 
 ``fixed.precision`` picks the autocast dtype (:func:`autocast_for`); the inter-layer losses stay float32
-whatever it says (:func:`harness.distill.losses.float32`). :class:`LossLog` keeps every step's loss terms on the
-device and reads them once per window, so the training step never waits for the host; :func:`prefetch`
-builds the next batches on a background thread.
+whatever it says (:func:`harness.distill.losses.float32`). The step log is :mod:`harness.distill.steplog`, the
+batches and their prefetching :mod:`harness.distill.batches`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import queue
-import threading
 
 import torch
 
@@ -135,118 +131,3 @@ def reproduction_tolerance(device: str | None, deterministic: bool, metric: str,
         f"the trial ran on {device} without fixed.deterministic, so a difference up to {GPU_TOLERANCE:g} in "
         f"{metric} is expected (nondeterministic GPU kernels)"
     )
-
-
-SYNC_EVERY = 50  # steps between reads of the loss terms (one host-device sync each)
-
-
-class LossLog:
-    """The loss terms of every step, kept on the device and read once per :data:`SYNC_EVERY` steps.
-
-    Reading a value (``.item()``, a finiteness test) makes the host wait for the device; doing it
-    once per window instead of ~5 times per step keeps a GPU busy. A non-finite value raises
-    :class:`FloatingPointError` with the term, the epoch and the step (the steps after it in the same
-    window have run by then; the trial fails either way, and no checkpoint is written mid-epoch).
-    Sums are float64, per term unweighted, plus ``total`` (the weighted loss). Each window also leaves one
-    row in :attr:`trace` (the step log stored with the trial): the window's last step, each term's mean,
-    the mean gradient norm (before clipping) and the learning rate at its end.
-    """
-
-    def __init__(self, every: int | None = None):
-        self.every, self.names, self.window, self.steps = every or SYNC_EVERY, None, [], 0
-        self.sums: torch.Tensor | None = None
-        self.last = math.nan
-        self.rows: list[list[float]] = []
-        self.lr = math.nan
-
-    def add(
-        self,
-        terms: dict[str, torch.Tensor],
-        loss: torch.Tensor,
-        epoch: int,
-        lr: float = math.nan,
-        grad_norm: torch.Tensor | None = None,
-    ) -> bool:
-        """Keep one step's values; read the window when it is full (returns True then)."""
-        if self.names is None:
-            self.names = [*terms, "total"]
-        norm = loss.new_tensor(math.nan) if grad_norm is None else grad_norm.detach()
-        values = [*(t.detach().float() for t in terms.values()), loss.detach().float(), norm.float()]
-        self.window.append(torch.stack(values))
-        self.lr = lr
-        if len(self.window) < self.every:
-            return False
-        self.flush(epoch)
-        return True
-
-    @property
-    def trace(self) -> dict:
-        """The step log: ``columns`` and one row per window (compact: a few rows per epoch)."""
-        return {"columns": ["step", *(self.names or []), "grad_norm", "lr"], "rows": self.rows}
-
-    def flush(self, epoch: int) -> None:
-        if not self.window:
-            return
-        block = torch.stack(self.window).double().cpu()  # the one sync of the window
-        start, self.steps, self.window = self.steps, self.steps + len(self.window), []
-        norms, block = block[:, -1], block[:, :-1]  # a gradient norm may be inf (fp16 scaler skips the step)
-        finite = norms[torch.isfinite(norms)]
-        norm = float(finite.mean()) if len(finite) else math.nan
-        self.rows.append(
-            [self.steps, *(round(float(v), 6) for v in block.mean(0)), round(norm, 6), float(f"{self.lr:.6g}")]
-        )
-        bad = ~torch.isfinite(block)
-        if bad.any():
-            row, column = (int(v) for v in bad.nonzero()[0])
-            raise FloatingPointError(
-                f"non-finite {self.names[column]} loss {block[row, column].item()} at epoch {epoch}, "
-                f"step {start + row + 1}"
-            )
-        self.sums = block.sum(0) if self.sums is None else self.sums + block.sum(0)
-        self.last = float(block[-1, -1])
-
-    def means(self, steps: int) -> dict[str, float]:
-        """Each term's mean over the epoch's ``steps``."""
-        return {
-            name: float(total) / steps
-            for name, total in zip(self.names or [], self.sums if self.sums is not None else [])
-        }
-
-
-def prefetch(make, items, depth: int = 2):
-    """``make(item)`` for every item, computed ``depth`` items ahead on a background thread, in order.
-
-    The training loop uses it to collate the next batches and start their host-to-device copies (pinned,
-    non-blocking on CUDA) while the device works on the current one. An exception in ``make`` is raised
-    in the consumer; a consumer that stops early (pruning, a failed trial) stops the thread.
-    """
-    queue_: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def work() -> None:
-        try:
-            for item in items:
-                value = make(item)
-                while not stop.is_set():
-                    try:
-                        queue_.put(value, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            queue_.put(done)
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
-            queue_.put(error)
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-        while (value := queue_.get()) is not done:
-            if isinstance(value, BaseException):
-                raise value
-            yield value
-    finally:
-        stop.set()
-        thread.join()

@@ -19,6 +19,7 @@ import torch
 from harness.data.encoding import EncodedSplit, encode_split
 from harness.data.holdout import HOLDOUT_SPLIT, split_holdout
 from harness.data.loading import load_split
+from harness.distill.batches import to_batch
 from harness.distill.device import pick_device, set_deterministic
 from harness.distill.method_loss import MethodContext, MethodLoss, eager_attention
 from harness.distill.models import (
@@ -31,7 +32,7 @@ from harness.distill.models import (
 )
 from harness.distill.teacher import Teacher
 from harness.distill.teacher_checks import check_head
-from harness.distill.train import History, Hyper, LossTerms, TeacherSignal, fit, to_batch
+from harness.distill.train import History, Hyper, LossTerms, TeacherSignal, fit
 from harness.spec.config import StudyConfig
 from harness.spec.methods import get_method, needs_live_teacher
 from harness.spec.tasks import get_task, subsample

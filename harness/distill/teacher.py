@@ -26,20 +26,10 @@ from filelock import FileLock
 from transformers import AutoModelForSequenceClassification
 
 from harness.data.encoding import EncodedSplit, encode_split
+from harness.distill.batches import eval_batches, to_batch, token_lengths
 from harness.distill.models import load_classifier, load_config, weights_sha256
 from harness.distill.teacher_checks import check_head, refuse_chance
-from harness.distill.train import (
-    Hyper,
-    TeacherSignal,
-    eval_batches,
-    evaluate,
-    fit,
-    layer_cls,
-    predict,
-    primary_value,
-    to_batch,
-    token_lengths,
-)
+from harness.distill.train import Hyper, TeacherSignal, evaluate, fit, layer_cls, predict, primary_value
 from harness.spec.config import TEACHER_DEFAULTS, StudyConfig
 from harness.spec.tasks import GlueSplit, TaskSpec, subsample
 from harness.util import signals

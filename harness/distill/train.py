@@ -32,18 +32,18 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from harness.data.encoding import EncodedSplit, collate
-from harness.distill.device import LossLog, autocast_for, pick_device, prefetch
+from harness.data.encoding import EncodedSplit
+from harness.distill.batches import eval_batches, prefetch, to_batch, to_device, token_lengths, train_batches
+from harness.distill.device import autocast_for, pick_device
 from harness.distill.losses import InterLayerLoss, kd_loss, regression_kd_loss
 from harness.distill.method_loss import MethodLoss, States, eager_attention
 from harness.distill.models import load_checkpoint
+from harness.distill.steplog import LossLog
 from harness.spec.metrics import compute_metrics
 from harness.spec.tasks import TaskSpec
 from harness.util import signals
 from harness.util.errors import HarnessError
 from harness.util.files import atomic_write
-
-GROUP_CHUNK = 50
 
 
 @dataclass(frozen=True)
@@ -104,40 +104,6 @@ class History:
             self.predictions[record["epoch"]] = {s: p.astype(np.float16) for s, p in predictions.items()}
         keep = {self.best_epoch, record["epoch"]}
         self.predictions = {e: p for e, p in self.predictions.items() if e in keep}
-
-
-def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """Length-grouped, shuffled batches of example indices; a pure function of (seed, epoch)."""
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
-    chunk = batch_size * GROUP_CHUNK
-    batches = []
-    for start in range(0, len(order), chunk):
-        part = order[start : start + chunk]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    order = np.argsort(lengths, kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def token_lengths(data: EncodedSplit) -> np.ndarray:
-    return np.fromiter((len(f["input_ids"]) for f in data.features), dtype=np.int64, count=len(data))
-
-
-def to_batch(data: EncodedSplit, index: np.ndarray, pad_token_id: int, device: torch.device) -> dict:
-    batch = collate([data.features[i] for i in index], data.labels[index], pad_token_id)
-    return {name: to_device(tensor, device) for name, tensor in batch.items()}
-
-
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host-to-device copy; on CUDA from pinned memory, so that it overlaps with compute."""
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor
 
 
 def layer_cls(hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -324,7 +290,7 @@ def fit(
     raise ``optuna.TrialPruned``). With ``checkpoint`` set, the state after each epoch is saved
     atomically there and a later call with the same path resumes after the last saved epoch.
     A non-finite loss raises :class:`FloatingPointError` naming the term and the step (checked
-    every :data:`SYNC_EVERY` steps, see :class:`LossLog`). ``compile_model`` runs the training
+    every :data:`~harness.distill.steplog.SYNC_EVERY` steps, see :class:`LossLog`). ``compile_model`` runs the training
     forward through ``torch.compile`` (off by default: it costs minutes of compilation per trial
     on CPU and only pays off for long GPU trials). ``select_split`` names the eval split whose
     primary metric is the epoch's value (default: the first). ``probe(cls)`` gets the student's dev

@@ -5,7 +5,7 @@ One TensorBoard *run* per trial, in ``DIR/<study name>/<point>`` (a confirmation
 in the database, as it is stored (nothing is measured twice):
 
 * ``train/<term>`` (each loss term unweighted, and ``total``), ``train/grad_norm`` and ``train/lr`` from the
-  step log (one point per :data:`harness.distill.device.SYNC_EVERY` steps), at the optimizer step;
+  step log (one point per :data:`harness.distill.steplog.SYNC_EVERY` steps), at the optimizer step;
 * ``<split>/<metric>`` (``dev/accuracy``, ``holdout/pearson`` …), ``epoch/<term>`` (the epoch's mean
   loss terms) and, for ALP methods, ``alp/alpha_entropy`` (mean entropy of α over dev, nats) at the step
   that ends each epoch;

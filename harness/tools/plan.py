@@ -67,8 +67,8 @@ def _step_seconds(
     loss is not in it: on the student's [CLS] vectors it is small beside the forward and backward.)"""
     import torch
 
+    from harness.distill.batches import to_batch, token_lengths, train_batches
     from harness.distill.device import autocast_for
-    from harness.distill.train import to_batch, token_lengths, train_batches
 
     autocast, _ = autocast_for(torch.device(device), precision)
 

@@ -327,18 +327,10 @@ def fit(
     history = History()
     start_epoch = 0
 
+    trained = (model, inter, optimizer, scheduler, scaler)
     state = load_checkpoint(checkpoint) if checkpoint is not None else None
     if state is not None:
-        model.load_state_dict(state["model"])
-        if inter is not None:
-            inter.load_state_dict(state["inter"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler") is not None:
-            scaler.load_state_dict(state["scaler"])
-        history = state["history"]
-        if not hasattr(history, "predictions"):  # a checkpoint written before predictions were kept
-            history.predictions = {}
+        history = _restore(state, *trained)
         start_epoch = history.resumed_from = len(history.epochs)
         for record in history.epochs:  # the resumed run reports the restored epochs again
             if on_epoch is not None:
@@ -366,19 +358,7 @@ def fit(
             with amp:
                 terms = losses(forward, batch, index)
                 loss = losses.total(terms)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                norm = torch.nn.utils.clip_grad_norm_(params, hyper.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(params, hyper.max_grad_norm)
-                optimizer.step()
-            lr = scheduler.get_last_lr()[0]  # the rate this step used
-            scheduler.step()
+            norm, lr = _step(loss, params, optimizer, scheduler, scaler, hyper.max_grad_norm)
             if log.add(terms, loss, epoch + 1, lr=lr, grad_norm=norm):
                 bar.set_postfix(loss=f"{log.last:.4f}", refresh=False)
         log.flush(epoch + 1)
@@ -406,15 +386,55 @@ def fit(
                 name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()
             }
         if checkpoint is not None:
-            state = {
-                "model": model.state_dict(),
-                "inter": inter.state_dict() if inter is not None else None,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "history": history,
-            }
-            atomic_write(checkpoint, functools.partial(torch.save, state))
+            _save(checkpoint, history, *trained)
         if on_epoch is not None:
             on_epoch(record)
+    return history
+
+
+def _step(loss, params, optimizer, scheduler, scaler, max_grad_norm: float) -> tuple[torch.Tensor, float]:
+    """One optimizer step on ``loss`` (scaled for fp16), the gradients clipped to ``max_grad_norm``; returns the
+    gradient norm before clipping (a device tensor: read with the step log, not here) and the rate it used."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()
+    return norm, lr
+
+
+# The epoch checkpoint: what _save writes, _restore reads back, key for key.
+def _save(checkpoint: Path, history: History, model, inter, optimizer, scheduler, scaler) -> None:
+    """The state after an epoch, written atomically (a kill leaves the previous epoch's checkpoint)."""
+    state = {
+        "model": model.state_dict(),
+        "inter": inter.state_dict() if inter is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "history": history,
+    }
+    atomic_write(checkpoint, functools.partial(torch.save, state))
+
+
+def _restore(state: dict, model, inter, optimizer, scheduler, scaler) -> History:
+    """Load a checkpoint's state into the run's objects; returns its history (the epochs already done)."""
+    model.load_state_dict(state["model"])
+    if inter is not None:
+        inter.load_state_dict(state["inter"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler") is not None:
+        scaler.load_state_dict(state["scaler"])
+    history = state["history"]
+    if not hasattr(history, "predictions"):  # a checkpoint written before predictions were kept
+        history.predictions = {}
     return history

@@ -72,6 +72,16 @@ def restore_registry():
     plugins._LOADED.update(loaded)
 
 
+# The fixed set-up of a one-epoch tiny sweep (64 SST-2 sentences, a 1-epoch teacher), shared by the sweep tests.
+TINY_FIXED = {
+    "epochs": 1,
+    "max_seq_length": 32,
+    "max_train_samples": 64,
+    "eval_batch_size": 256,
+    "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
+}
+
+
 def write_study(path: Path, teacher: Path, **overrides) -> Path:
     study = {
         "name": "tiny",

@@ -11,15 +11,9 @@ from harness.spec.config import grid_points, load_study, point_key
 from harness.sweep.sharing import computation, grid_owners, plan
 from harness.util.errors import HarnessError
 
-from conftest import sweep_args, write_study
+from conftest import TINY_FIXED, sweep_args, write_study
 
-FIXED = {
-    "epochs": 1,
-    "max_seq_length": 32,
-    "max_train_samples": 64,
-    "eval_batch_size": 256,
-    "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
-}
+FIXED = TINY_FIXED
 SEARCH = {
     "lr": [1e-4],
     "eta": [0.5],

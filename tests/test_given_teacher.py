@@ -17,6 +17,8 @@ from harness.spec.config import parse_study
 from harness.util.errors import HarnessError
 from harness.util.hashing import sha256_file
 
+from conftest import sweep_args
+
 
 def study(teacher, task="SST-2", student_layers=1, methods=("kd",), **teacher_recipe) -> dict:
     return {
@@ -129,16 +131,7 @@ def test_a_head_for_other_labels_is_one_line_before_anything_is_written(
     study_file = tmp_path / "s.yaml"
     study_file.write_text(yaml.safe_dump(study(folder, finetune=False)))
     cache, db = tmp_path / "cli-cache", tmp_path / "h.db"
-    args = [
-        "run",
-        str(study_file),
-        "--data-dir",
-        str(glue_dir),
-        "--cache-dir",
-        str(cache),
-        "--storage",
-        f"sqlite:///{db}",
-    ]
+    args = ["run", str(study_file), *sweep_args(f"sqlite:///{db}", glue_dir, cache)]
     capsys.readouterr()  # the progress bars of saving the folder
     assert main(args) == 2
     err = capsys.readouterr().err

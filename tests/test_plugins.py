@@ -23,17 +23,11 @@ from harness.spec.methods import (
 )
 from harness.util.errors import HarnessError
 
-from conftest import run_cli, sweep_args, write_study
+from conftest import TINY_FIXED, run_cli, sweep_args, write_study
 
 pytestmark = pytest.mark.usefixtures("restore_registry")
 PLUGINS = Path(__file__).resolve().parent / "plugins"
-FIXED = {
-    "epochs": 1,
-    "max_seq_length": 32,
-    "max_train_samples": 64,
-    "eval_batch_size": 256,
-    "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
-}
+FIXED = TINY_FIXED
 SEARCH = {"lr": [1e-4], "eta": [0.5], "lambda": [0.0, 0.2]}
 
 

@@ -10,16 +10,9 @@ import yaml
 
 from harness.cli import main
 
-from conftest import REPO, sweep_args
+from conftest import REPO, TINY_FIXED, sweep_args
 
 pytestmark = pytest.mark.usefixtures("restore_registry")
-TINY_FIXED = {
-    "epochs": 1,
-    "max_seq_length": 32,
-    "max_train_samples": 64,
-    "eval_batch_size": 256,
-    "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
-}
 
 
 def readme_example() -> tuple[str, str]:

@@ -14,17 +14,11 @@ from harness.spec.config import load_study
 from harness.store.storage import Storage
 from harness.sweep.sharing import computation, plan
 
-from conftest import run_command, sweep_args, write_study
+from conftest import TINY_FIXED, run_command, sweep_args, write_study
 
 METHODS = ["nkd", "kd", "alp", "ckd"]
 SEARCH = {"lr": [1e-4], "eta": [0.0, 0.5], "lambda": [0.0, 0.2]}
-FIXED = {
-    "epochs": 1,
-    "max_seq_length": 32,
-    "max_train_samples": 64,
-    "eval_batch_size": 256,
-    "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
-}
+FIXED = TINY_FIXED
 
 
 def _sweep(tmp_path, tiny_bert, glue_dir, *extra, search=None):

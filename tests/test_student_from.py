@@ -15,6 +15,8 @@ from harness.distill.models import build_student
 from harness.spec.config import parse_study
 from harness.util.errors import HarnessError
 
+from conftest import sweep_args
+
 
 def study(teacher: Path, student_from: Path | None = None, init: str = "bottom", layers: int = 2) -> dict:
     return {
@@ -100,16 +102,7 @@ def _cli_error(tmp_path: Path, capsys, data: dict, glue_dir: Path) -> str:
     study_file = tmp_path / "s.yaml"
     study_file.write_text(yaml.safe_dump(data))
     cache, db = tmp_path / "cache", tmp_path / "h.db"
-    args = [
-        "run",
-        str(study_file),
-        "--data-dir",
-        str(glue_dir),
-        "--cache-dir",
-        str(cache),
-        "--storage",
-        f"sqlite:///{db}",
-    ]
+    args = ["run", str(study_file), *sweep_args(f"sqlite:///{db}", glue_dir, cache)]
     capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err

@@ -8,15 +8,9 @@ import re
 from harness.cli import main
 from harness.spec.config import load_study
 
-from conftest import run_cli, sweep_args, write_study
+from conftest import TINY_FIXED, run_cli, sweep_args, write_study
 
-FIXED = {
-    "epochs": 1,
-    "max_seq_length": 32,
-    "max_train_samples": 64,
-    "eval_batch_size": 256,
-    "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
-}
+FIXED = TINY_FIXED
 SEARCH = {"lr": [1e-4], "eta": [0.5], "lambda": [0.2]}
 
 

@@ -62,15 +62,10 @@ def _worker_main(
     """Entry point of one worker process (spawned; everything it needs is passed in)."""
     import sys
 
-    from harness.util.quiet import quiet_libraries
-    from harness.util.signals import EXIT_TERMINATED, Terminated, cooperative, terminate_like_interrupt
+    from harness.util.signals import EXIT_TERMINATED, Terminated, cooperative
 
-    terminate_like_interrupt()
-    quiet_libraries(transformers=True)
-    torch.set_num_threads(threads)
+    _enter_worker(threads, device)
     try:
-        if device.startswith("cuda"):
-            torch.cuda.set_device(torch.device(device))
         experiment = Experiment(config, data_dir, options.cache_dir, progress=False, device=torch.device(device))
 
         def log(line: str) -> None:
@@ -83,6 +78,19 @@ def _worker_main(
         sys.exit(2)
     except KeyboardInterrupt as interrupt:  # its point was given back (see Runner.run_points)
         sys.exit(EXIT_TERMINATED if isinstance(interrupt, Terminated) else 130)
+
+
+def _enter_worker(threads: int, device: str) -> None:
+    """What a spawned process does first: SIGTERM acts like Ctrl-C, the libraries are quiet, ``threads`` torch
+    threads, and the process's CUDA device (``cuda:N``) is the current one."""
+    from harness.util.quiet import quiet_libraries
+    from harness.util.signals import terminate_like_interrupt
+
+    terminate_like_interrupt()
+    quiet_libraries(transformers=True)
+    torch.set_num_threads(threads)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
 
 
 def run_workers(
@@ -172,15 +180,10 @@ def _prepare_main(config: StudyConfig, data_dir: Path | None, cache_dir: Path, t
     """Entry point of one ``prepare`` process: one study file's teacher and teacher-output cache."""
     import sys
 
-    from harness.util.quiet import quiet_libraries
-    from harness.util.signals import EXIT_TERMINATED, Terminated, cooperative, terminate_like_interrupt
+    from harness.util.signals import EXIT_TERMINATED, Terminated, cooperative
 
-    terminate_like_interrupt()
-    quiet_libraries(transformers=True)
-    torch.set_num_threads(threads)
+    _enter_worker(threads, device)
     try:
-        if device.startswith("cuda"):
-            torch.cuda.set_device(torch.device(device))
         with cooperative():
             experiment = Experiment(config, data_dir, cache_dir, progress=False, device=torch.device(device))
             experiment.prepare_shared()

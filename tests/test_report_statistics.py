@@ -400,3 +400,24 @@ def test_write_report_rejects_a_bad_family_before_writing(tmp_path):
     with pytest.raises(HarnessError, match="unknown family"):
         write_report(Storage(f"sqlite:///{tmp_path / 'e.db'}"), tmp_path / "out", None, COMMAND, family="x")
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- mixed hardware (issue 21)
+def test_a_study_whose_trials_ran_on_different_devices_or_precisions_is_noted(tmp_path):
+    one = {"device": "cuda:NVIDIA H100", "precision": "bfloat16"}
+    rows = {
+        "kd": [
+            (_trial("lr=1e-05,eta=0.5,lambda=0", 0.80, **one), None),
+            (_trial("lr=5e-05,eta=0.5,lambda=0", 0.81, device="cuda:Tesla V100", precision="float16"), None),
+        ],
+        "nkd": [
+            (_trial("lr=1e-05,eta=0,lambda=0", 0.78, **one), None),
+            (_trial("lr=5e-05,eta=0,lambda=0", 0.79, **one), None),
+        ],
+    }
+    text = markdown_report(load(build(f"sqlite:///{tmp_path / 'm.db'}", rows)), COMMAND)
+    notes = [line for line in text.splitlines() if line.startswith("**Note**: the trials of")]
+    assert notes == [
+        "**Note**: the trials of s/SST-2/kd ran on 2 device kinds or precisions (cuda:NVIDIA H100 (bfloat16) × 1, "
+        "cuda:Tesla V100 (float16) × 1); compare its numbers with that in mind."
+    ]  # nkd's trials all ran on one kind: no note

@@ -136,6 +136,7 @@ def markdown_report(
         split = "selected on holdout, dev read at it" if (section["selection"] == "holdout").any() else "dev"
         lines += [f"### {study_file} / {task} ({split}, {TASKS[task].primary_metric} × 100)", ""]
         lines += study_table(snapshot, section, summary[summary["study"].isin(set(section["study"]))])
+        lines += _runtime_notes(section)
         lines += ["", f"Reproduce: `{command}`", "", _export_line(command, study_file, task), ""]
         lines += [f"![{title}]({path})" for title, path in figures.get((study_file, task), [])] + [""]
     return "\n".join(lines)
@@ -167,6 +168,25 @@ def _shared_note(frame: pd.DataFrame) -> str:
         f" {shared} of them are shared: the same computation as another method's trial (λ = 0 ≡ KD, "
         "η = λ = 0 ≡ NKD), trained once and copied (`equivalent_of`)."
     )
+
+
+def _runtime_notes(section: pd.DataFrame) -> list[str]:
+    """A note for each study whose trained trials ran on more than one device kind or precision (workers on
+    different nodes, a resumed sweep on other hardware): their scores are not one computation's, and without
+    ``fixed.deterministic`` not even one kernel's. Copies of shared trials and trials recorded before the
+    device was stored are left out."""
+    lines = []
+    trained = section[section["device"].notna() & section["equivalent_of"].isna()]
+    for study, rows in trained.groupby("study", sort=True):
+        kinds = rows.groupby([rows["device"], rows["precision"].fillna("?")]).size()
+        if len(kinds) > 1:
+            parts = ", ".join(f"{device} ({precision}) × {n}" for (device, precision), n in kinds.items())
+            lines += [
+                f"**Note**: the trials of {study} ran on {len(kinds)} device kinds or precisions ({parts}); "
+                "compare its numbers with that in mind.",
+                "",
+            ]
+    return lines
 
 
 def _sections(frame: pd.DataFrame):

@@ -16,7 +16,10 @@ from harness.sweep.tensorboard import run_folder
 from conftest import read_scalars, run_cli, run_here, sweep_args, write_study
 
 
-def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
+def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir, capsys):
+    """The first run, its resumption, the first report and the first confirmation are real processes; the
+    commands after them, which only re-check what those did, run in this process (:func:`run_here`)."""
+    here = partial(run_here, capsys)
     study_file = write_study(tmp_path / "tiny.yaml", tiny_bert)
     storage = f"sqlite:///{tmp_path / 'sweep.db'}"
     board = tmp_path / "tensorboard"
@@ -50,7 +53,7 @@ def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
             assert trial.user_attrs["epochs"][0]["metrics"]["dev"]["accuracy"] >= 0
 
     # A third run has nothing left to do.
-    third = run_cli("run", str(study_file), *common)
+    third = here("run", str(study_file), *common)
     assert third.returncode == 0 and "2 finished, 0 to run" in third.stdout
 
     out = tmp_path / "report"
@@ -72,16 +75,16 @@ def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
     export = shlex.split(re.search(r"Export the student: `([^`]+)`", text).group(1))
     assert export[:5] == ["python", "run_study.py", "export", "--best", "--name"] and storage in export
     export[export.index("--out") + 1] = str(tmp_path / "student")
-    exported = run_cli(*export[2:], "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache"))
+    exported = here(*export[2:], "--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache"))
     assert exported.returncode == 0, exported.stderr
     assert (tmp_path / "student" / "model.safetensors").is_file() and (tmp_path / "student" / "README.md").is_file()
     again = tmp_path / "again"
-    run_cli("report", "--storage", storage, "--out", str(again), "--name", "tiny")
+    assert here("report", "--storage", storage, "--out", str(again), "--name", "tiny").returncode == 0
     assert (again / "README.md").read_text() == text
 
     # Seed confirmations of the best configuration: stored as flagged trials, resumable, never duplicated.
-    for _ in range(2):
-        confirm = run_cli(
+    for run in (run_cli, here):
+        confirm = run(
             "confirm",
             "--top",
             "1",
@@ -121,7 +124,7 @@ def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir):
             )
     assert len(list(board.glob("*/*"))) == 6 + 3 * 2
 
-    status = run_cli("status", "--storage", storage)
+    status = here("status", "--storage", storage)
     assert "tiny/SST-2/alp: grid 2, complete 4, running 0, failed 0, pruned 0, left 0" in status.stdout
 
 
@@ -238,17 +241,7 @@ def test_tpe_sweep_evaluates_each_point_once_and_respects_the_budget(tmp_path, t
         search={"sampler": "tpe", "n_trials": 3, "lr": [1e-4, 5e-5], "eta": [0.2, 0.5], "lambda": [0.2]},
     )
     storage = f"sqlite:///{tmp_path / 'tpe.db'}"
-    result = run_cli(
-        "run",
-        str(study_file),
-        "--storage",
-        storage,
-        "--data-dir",
-        str(glue_dir),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    )
-    assert result.returncode == 0, result.stderr
+    assert main(["run", str(study_file), *sweep_args(storage, glue_dir, tmp_path / "cache")]) == 0
     trials = optuna.load_study(study_name="tiny/SST-2/alp", storage=storage).get_trials()
     trained = [t for t in trials if "duplicate_of" not in t.user_attrs]
     assert len(trained) == 3 and all(t.state.name == "COMPLETE" for t in trained)

@@ -48,8 +48,9 @@ def swept(tmp_path_factory, tiny_bert, glue_dir):
     )
     storage = f"sqlite:///{folder / 'export.db'}"
     cache = folder / "cache"
-    done = run_cli("run", str(study_file), *sweep_args(storage, glue_dir, cache))
-    assert done.returncode == 0, done.stderr
+    from harness.cli import main
+
+    assert main(["run", str(study_file), *sweep_args(storage, glue_dir, cache)]) == 0  # in this process
     return folder, storage, cache
 
 

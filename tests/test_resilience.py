@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from harness.cli import main
 
-from conftest import REPO, run_cli, run_command, sweep_args, write_study
+from conftest import REPO, run_cli, run_command, run_here, sweep_args, write_study
 
 KILL_STUDY = {
     "methods": ["nkd", "alp"],
@@ -204,7 +204,8 @@ def test_reused_name_with_other_setup_and_corrupt_checkpoint_are_one_line(tmp_pa
     assert "is corrupt" in err and "lr=5e-05" in err and err.count("\n") == 1
 
 
-def test_reproduce_a_stored_trial(tmp_path, tiny_bert, glue_dir):
+def test_reproduce_a_stored_trial(tmp_path, tiny_bert, glue_dir, capsys):
+    """The sweep runs in this process; ``reproduce`` in a fresh one, from the database alone."""
     storage = f"sqlite:///{tmp_path / 'r.db'}"
     study_file = write_study(
         tmp_path / "r.yaml",
@@ -219,19 +220,7 @@ def test_reproduce_a_stored_trial(tmp_path, tiny_bert, glue_dir):
         },
         search={"lr": [1e-4], "eta": [0.5], "lambda": [0.2]},
     )
-    assert (
-        run_cli(
-            "run",
-            str(study_file),
-            "--storage",
-            storage,
-            "--data-dir",
-            str(glue_dir),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ).returncode
-        == 0
-    )
+    assert main(["run", str(study_file), *sweep_args(storage, glue_dir, tmp_path / "cache")]) == 0
     trial = optuna.load_study(study_name="tiny/SST-2/alp", storage=storage).best_trial
     result = subprocess.run(
         [
@@ -253,7 +242,7 @@ def test_reproduce_a_stored_trial(tmp_path, tiny_bert, glue_dir):
     )
     assert result.returncode == 0, result.stderr
     assert f"stored {trial.value}, reproduced {trial.value:.6f} (difference +0.00e+00)" in result.stdout
-    missing = run_cli("reproduce", "999", "--storage", storage)
+    missing = run_here(capsys, "reproduce", "999", "--storage", storage)
     assert missing.returncode == 2 and "no trial with trial_id 999" in missing.stderr
 
 

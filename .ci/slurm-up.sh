@@ -21,9 +21,9 @@ if [ -e "$CONF" ] && ! head -1 "$CONF" | grep -qF "$MARK"; then
   echo "slurm-up: $CONF exists and is not ours; not touching this machine's SLURM" >&2
   exit 1
 fi
-if [ -s "$STATE/pids" ]; then
-  echo "slurm-up: a cluster of ours seems to run ($STATE/pids); run .ci/slurm-down.sh first" >&2
-  exit 1
+if [ -s "$STATE/pids" ]; then  # left by a run that was killed before its trap: stop what of it still runs
+  echo "slurm-up: stopping the daemons an earlier run left ($STATE/pids)" >&2
+  bash "$(dirname "$0")/slurm-down.sh"
 fi
 install -d -m 0755 "$STATE" /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
 

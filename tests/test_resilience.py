@@ -114,7 +114,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, tiny_bert, glue_dir, sa
 def _duplicate_free_sweep(
     storage: str, workers: int, tmp_path: Path, tiny_bert: Path, glue_dir: Path, sampler: str = "grid"
 ) -> None:
-    lrs = [1e-4, 9e-5, 8e-5, 7e-5, 6e-5, 5e-5]
+    lrs = [1e-4, 8e-5, 6e-5, 5e-5]  # 8 points over 2 methods: enough for every worker to claim and race
     study_file = write_study(
         tmp_path / "par.yaml",
         tiny_bert,

@@ -92,6 +92,7 @@ class Teacher:
         self._signal: TeacherSignal | None = None
         self._dev_cls: np.ndarray | None = None
         self._weights: str | None = None
+        self._prepared_weights: str | None = None
 
     def key(self) -> str:
         """The teacher's identity. Fine-tuned here: its source, task, recipe, data, ``max_seq_length`` and seed.
@@ -125,6 +126,15 @@ class Teacher:
         if self._weights is None:
             self._weights = weights_sha256(self.pretrained)
         return self._weights
+
+    def prepared_weights_sha256(self) -> str:
+        """The sha256 of the weights the students are distilled from: the fine-tuned folder's, or the as-is
+        checkpoint's (:meth:`weights_sha256`); hashed once per process, however many studies record it."""
+        if self._prepared_weights is None:
+            teacher = self.prepare()
+            finetuned = self.config.fixed.teacher.finetune
+            self._prepared_weights = weights_sha256(str(teacher.path)) if finetuned else self.weights_sha256()
+        return self._prepared_weights
 
     def folder(self) -> Path:
         """Where the fine-tuned teacher is cached (complete once it holds :data:`TEACHER_INFO`)."""

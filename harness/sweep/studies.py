@@ -121,9 +121,7 @@ def record_teacher(study: optuna.Study, experiment: Experiment) -> None:
     another node, with another GPU or library version, would silently mix two teachers in one sweep)."""
     check_teacher(study, experiment)
     teacher = experiment.teacher.prepare()
-    from harness.distill.models import weights_sha256  # here: opening a study (reports) needs no torch
-
-    weights = weights_sha256(str(teacher.path))
+    weights = experiment.teacher.prepared_weights_sha256()
     stored = study.user_attrs.get("teacher")
     if stored is None:
         study.set_user_attr(

@@ -91,6 +91,34 @@ def test_a_worker_whose_fine_tuned_teacher_differs_is_refused(tmp_path, tiny_ber
     assert str(weights.parent) in err
 
 
+def test_a_worker_whose_teacher_outputs_differ_is_refused(tmp_path, tiny_bert, glue_dir, capsys):
+    """The same fine-tuned teacher, its output cache computed again elsewhere (another GPU's kernels): refused, where
+    a copy of the study's own cache is accepted."""
+    import json
+
+    import numpy as np
+
+    from harness.util.hashing import sha256_file
+
+    study_file = write_study(tmp_path / "t.yaml", tiny_bert, name="outputs", **{**ONE_POINT, "methods": ["kd"]})
+    storage = f"sqlite:///{tmp_path / 'outputs.db'}"
+    assert main(["run", str(study_file), *sweep_args(storage, glue_dir, tmp_path / "cache")]) == 0
+    shutil.copytree(tmp_path / "cache", tmp_path / "copy")
+    assert main(["run", str(study_file), *sweep_args(storage, glue_dir, tmp_path / "copy")]) == 0  # the same bytes
+    (folder,) = [p for p in (tmp_path / "copy" / "teacher_outputs").iterdir() if (p / "logits.npy").is_file()
+                 and "-dev-" not in p.name]  # fmt: skip
+    logits = np.load(folder / "logits.npy")
+    np.save(folder / "logits.npy", logits + 1e-4)  # computed again: other bytes, a valid cache all the same
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["logits"]["sha256"] = sha256_file(folder / "logits.npy")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["run", str(study_file), *sweep_args(storage, glue_dir, tmp_path / "copy")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: study 'outputs/SST-2/kd' was run with teacher outputs (cache) sha256")
+    assert err.count("\n") == 1 and str(folder) in err
+
+
 def test_sqlite_on_a_network_filesystem_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(urls, "filesystem_type", lambda path: "nfs4")
     assert main(["status", "--storage", f"sqlite:///{tmp_path / 'x.db'}"]) == 2

@@ -93,6 +93,7 @@ class Teacher:
         self._dev_cls: np.ndarray | None = None
         self._weights: str | None = None
         self._prepared_weights: str | None = None
+        self._outputs: str | None = None
 
     def key(self) -> str:
         """The teacher's identity. Fine-tuned here: its source, task, recipe, data, ``max_seq_length`` and seed.
@@ -135,6 +136,18 @@ class Teacher:
             finetuned = self.config.fixed.teacher.finetune
             self._prepared_weights = weights_sha256(str(teacher.path)) if finetuned else self.weights_sha256()
         return self._prepared_weights
+
+    def outputs_sha256(self) -> str:
+        """The identity of the teacher-output cache the students read: the sha256 of its files' sha256s (their
+        manifest, which every read checks the files against); the cache is built here if it is not yet."""
+        if self._outputs is None:
+            self.signal(live=False)
+            manifest = json.loads((self.outputs_dir() / "manifest.json").read_text())
+            digest = hashlib.sha256()
+            for name in ("logits", "cls"):
+                digest.update(f"{name}:{manifest[name]['sha256']};".encode())
+            self._outputs = digest.hexdigest()
+        return self._outputs
 
     def folder(self) -> Path:
         """Where the fine-tuned teacher is cached (complete once it holds :data:`TEACHER_INFO`)."""

@@ -2,8 +2,9 @@
 
 A study's user attributes hold the study file's fingerprint and config (a name reused with another set-up
 is refused) and the fine-tuned teacher it was run with (its checkpoint key, dev scores and the data files'
-hashes, the sha256 of its fine-tuned weights): a worker whose teacher recipe or data differ is refused before
-any fine-tuning, one whose fine-tuned weights differ (fine-tuned again on another node) before any training.
+hashes, the sha256 of its fine-tuned weights and of the teacher-output cache its students read): a worker whose
+teacher recipe or data differ is refused before any fine-tuning, one whose fine-tuned weights or cached outputs
+differ (fine-tuned or computed again on another node) before any training.
 A plug-in method's study also holds its declaration (``method_spec``, which a report reads instead of
 importing the plug-in) and its plug-in module, file and the file's sha256 (``plugin``); a worker whose
 plug-in file has another sha256 is refused the same way (:func:`check_plugin`).
@@ -19,6 +20,7 @@ import optuna
 from harness.spec.config import StudyConfig, grid_points
 from harness.spec.methods import MethodSpec, get_method
 from harness.store.storage import Storage
+from harness.sweep.sharing import uses_live_teacher
 from harness.util.errors import HarnessError
 
 if TYPE_CHECKING:  # annotations only: opening a study (reports, benchmarks) needs no torch
@@ -116,12 +118,16 @@ def check_teacher(study: optuna.Study, experiment: Experiment) -> None:
 
 
 def record_teacher(study: optuna.Study, experiment: Experiment) -> None:
-    """Store the fine-tuned teacher (checkpoint id, sha256 of its weights, dev scores, data hashes) with a new
-    study; refuse a worker whose fine-tuned weights differ from the study's (a teacher fine-tuned again on
-    another node, with another GPU or library version, would silently mix two teachers in one sweep)."""
+    """Store the fine-tuned teacher (checkpoint id, sha256 of its weights and, for a method that reads them, of its
+    output cache; dev scores, data hashes) with a new study; refuse a worker whose fine-tuned weights or teacher
+    outputs differ from the study's (a teacher fine-tuned again, or its outputs computed again, on another node,
+    with another GPU or library version, would silently mix two teachers in one sweep)."""
     check_teacher(study, experiment)
     teacher = experiment.teacher.prepare()
-    weights = experiment.teacher.prepared_weights_sha256()
+    found = {"weights": experiment.teacher.prepared_weights_sha256()}
+    method = study.user_attrs.get("method")
+    if method is not None and get_method(method).searches_eta and not uses_live_teacher(experiment.config, method):
+        found["outputs"] = experiment.teacher.outputs_sha256()
     stored = study.user_attrs.get("teacher")
     if stored is None:
         study.set_user_attr(
@@ -131,17 +137,25 @@ def record_teacher(study: optuna.Study, experiment: Experiment) -> None:
                 "value": teacher.value,
                 "metrics": teacher.dev_metrics,
                 "data": experiment.data_hashes,
-                "weights": weights,
+                **found,
             },
         )
-    elif stored.get("weights") is None:  # a study from before the weights were recorded
-        study.set_user_attr("teacher", {**stored, "weights": weights})
-    elif stored["weights"] != weights:
-        raise HarnessError(
-            f"study '{study.study_name}' was run with teacher weights sha256 {stored['weights'][:16]}, this worker's "
-            f"fine-tuned teacher in {teacher.path} has {weights[:16]}; share one --cache-dir between all workers "
-            "(or run 'prepare' once and copy its cache) so that every worker uses the same teacher"
-        )
+        return
+    where = {
+        "weights": f"fine-tuned teacher in {teacher.path}",
+        "outputs": f"teacher-output cache in {experiment.teacher.outputs_dir()}",
+    }
+    for name, sha in found.items():
+        if stored.get(name) is not None and stored[name] != sha:
+            what = "weights" if name == "weights" else "outputs (cache)"
+            raise HarnessError(
+                f"study '{study.study_name}' was run with teacher {what} sha256 {stored[name][:16]}, this worker's "
+                f"{where[name]} has {sha[:16]}; share one --cache-dir between all workers (or run 'prepare' once and "
+                "copy its cache) so that every worker uses the same teacher"
+            )
+    missing = {name: sha for name, sha in found.items() if stored.get(name) is None}
+    if missing:  # a study from before these were recorded
+        study.set_user_attr("teacher", {**stored, **missing})
 
 
 def _short(hashes: dict | None) -> str:

@@ -141,6 +141,13 @@ def _sweep_parsers(commands) -> None:
         default=None,
         help="also check first that this database is reachable from here (the slurm launcher's prepare job does)",
     )
+    prepare.add_argument(
+        "--time-limit",
+        metavar="TIME",
+        default=None,
+        help="the workers' SLURM --time: refuse, before any fine-tuning, when one epoch of a study file does not fit "
+        "in it less the stop signal's lead, by plan's estimate on this node (the slurm launcher's prepare job does)",
+    )
 
     slurm = commands.add_parser(
         "slurm",
@@ -151,9 +158,10 @@ def _sweep_parsers(commands) -> None:
         "and are requeued; the requeued worker resumes from the epoch checkpoint.",
     )
     _study_files_arg(slurm)
-    slurm.add_argument("--workers", type=_positive_int, required=True, help="array tasks, one worker each")
-    slurm.add_argument("--gpus-per-worker", type=int, default=1, help="GPUs per worker (0: CPU workers)")
-    slurm.add_argument("--cpus-per-worker", type=int, default=4)
+    # every flag's default is None: a flag given overrides the study files' slurm: block, which overrides the default
+    slurm.add_argument("--workers", type=_positive_int, default=None, help="array tasks, one worker each")
+    slurm.add_argument("--gpus-per-worker", type=int, default=None, help="GPUs per worker (0: CPU workers; default 1)")
+    slurm.add_argument("--cpus-per-worker", type=int, default=None, help="default 4")
     slurm.add_argument("--mem", default=None, help="sbatch --mem per worker, e.g. 32G")
     for flag in ("partition", "time", "account", "qos", "constraint", "nodelist"):
         slurm.add_argument(f"--{flag}", default=None, help=f"sbatch --{flag} of both jobs")
@@ -470,6 +478,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     placed = assign_devices(max(args.workers, 1), visible, devices)
     loaded = _experiments(args, torch.device(placed[0]))
+    if args.time_limit is not None:  # on the workers' kind of node, before any fine-tuning
+        from harness.tools.plan import check_time_limit
+
+        for study_file, config, data_dir, experiment in loaded:
+            print(check_time_limit(study_file, config, data_dir, experiment, args.time_limit))
     if args.workers == 1 or len(loaded) == 1:
         for study_file, config, _, experiment in loaded:
             experiment.prepare_shared()
@@ -486,27 +499,19 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_slurm(args: argparse.Namespace) -> int:
     from harness.spec.config import load_study
-    from harness.sweep import slurm
-
-    options = slurm.SlurmOptions(
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
-        cpus_per_worker=args.cpus_per_worker,
-        partition=args.partition,
-        time=args.time,
-        account=args.account,
-        qos=args.qos,
-        constraint=args.constraint,
-        nodelist=args.nodelist,
-        mem=args.mem,
-        sbatch_options=tuple(args.sbatch),
-        confirm=None if args.confirm is None else tuple(args.confirm),
-    )
     from harness.store.urls import default_storage
+    from harness.sweep import slurm
 
     url = args.storage or default_storage(REPO_ROOT)
     cache_dir = args.cache_dir or _default_cache()
     configs = [load_study(path) for path in args.study_files]  # a bad study file fails before anything is sent
+    flags = {field: getattr(args, field, None) for field in ("workers", "gpus_per_worker", "cpus_per_worker", "mem")}
+    flags.update({flag: getattr(args, flag) for flag in ("partition", "time", "account", "qos", "constraint")})
+    flags.update(
+        nodelist=args.nodelist, sbatch=args.sbatch, confirm=None if args.confirm is None else tuple(args.confirm)
+    )
+    blocks = [(str(path), config.slurm) for path, config in zip(args.study_files, configs)]
+    options = slurm.options_from(blocks, flags)
     names = sorted({config.name for config in configs})
     if args.confirm is not None and len(names) > 1:
         raise HarnessError(f"--confirm needs study files of one name (confirm --name N); these have {', '.join(names)}")
@@ -530,7 +535,7 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     jobs = slurm.submit(submission)
     prepare, workers = jobs[:2]
     print(
-        f"submitted prepare job {prepare} and worker array {workers} (0-{args.workers - 1}, after {prepare})"
+        f"submitted prepare job {prepare} and worker array {workers} (0-{options.workers - 1}, after {prepare})"
         + (f", confirmation array {jobs[2]} (after {workers})" if len(jobs) > 2 else "")
     )
     print(f"logs in {folder}; follow the sweep with:\n  squeue -j {','.join(jobs)}\n  " + "\n  ".join(follow))

@@ -160,6 +160,7 @@ def test_dry_run_prints_both_jobs_and_submits_nothing(tmp_path, tiny_bert, glue_
     assert "--dependency=afterok:<prepare job>" in out
     prepare, workers = out.split("# workers.sbatch")
     assert f"prepare {files[0].resolve()} {files[1].resolve()} --storage" in prepare
+    assert prepare.rstrip().endswith("--time-limit 2:00:00")  # the prepare job checks an epoch fits in --time
     assert f"exec {sys.executable} {REPO / 'run_study.py'} run {files[0].resolve()} {files[1].resolve()}" in workers
     assert "export HARNESS_SLURM_REQUEUE=1" in workers
     assert "run_study.py status --storage" in out and "report --name multi" in out
@@ -171,6 +172,60 @@ def test_dry_run_prints_both_jobs_and_submits_nothing(tmp_path, tiny_bert, glue_
     confirm = capsys.readouterr().out.split("# confirm.sbatch")[1]
     assert "--dependency=afterok:<worker array>" in confirm and "#SBATCH --requeue" in confirm
     assert "run_study.py confirm --name multi --top 1 --seeds 5 --storage" in confirm
+
+
+def test_a_slurm_block_in_the_study_files_sets_what_the_flags_do_not(tmp_path, tiny_bert, glue_dir, capsys):
+    block = {"workers": 3, "partition": "gpu", "time": "4:00:00", "gpus_per_worker": 2, "sbatch": ["--exclusive"]}
+    files = [
+        write_study(tmp_path / "a.yaml", tiny_bert, name="multi", slurm=block, **ONE_POINT),
+        write_study(tmp_path / "b.yaml", tiny_bert, name="multi", task="MRPC", **ONE_POINT),  # no block: agrees
+    ]
+    where = sweep_args("postgresql://u@127.0.0.1/db", glue_dir, REPO / ".cache")
+    assert main(["slurm", *map(str, files), *where, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --array=0-2" in out and "#SBATCH --partition=gpu" in out and "#SBATCH --time=4:00:00" in out
+    assert "#SBATCH --gres=gpu:2" in out and "#SBATCH --exclusive" in out and "#SBATCH --cpus-per-task=4" in out
+    assert main(["slurm", *map(str, files), *where, "--workers", "5", "--time", "1:00:00", "--dry-run"]) == 0
+    out = capsys.readouterr().out  # a flag given wins over the block
+    assert "#SBATCH --array=0-4" in out and "#SBATCH --time=1:00:00" in out and "#SBATCH --partition=gpu" in out
+    # where a study's result is computed is not part of it: the block leaves the study's fingerprint alone
+    from harness.spec.config import load_study
+
+    with_block, without = load_study(files[0]), load_study(write_study(tmp_path / "c.yaml", tiny_bert, name="multi",
+                                                                       **ONE_POINT))  # fmt: skip
+    assert with_block.fingerprint("kd") == without.fingerprint("kd")
+    other = write_study(tmp_path / "d.yaml", tiny_bert, name="multi", task="MRPC", slurm={"partition": "cpu"},
+                        **ONE_POINT)  # fmt: skip
+    assert main(["slurm", str(files[0]), str(other), *where, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: slurm.partition: {files[0]} sets 'gpu', {other} sets 'cpu'; make them agree or give "
+                   "--partition on the command line\n")  # fmt: skip
+    assert main(["slurm", str(files[1]), *where, "--dry-run"]) == 2
+    assert "--workers: not given, and no study file's slurm: block sets workers" in capsys.readouterr().err
+    bad = write_study(tmp_path / "e.yaml", tiny_bert, slurm={"wokers": 2}, **ONE_POINT)
+    assert main(["slurm", str(bad), *where, "--dry-run"]) == 2
+    assert capsys.readouterr().err == f"error: {bad}: slurm.wokers: unknown key (got 2)\n"
+
+
+def test_prepare_refuses_a_time_limit_shorter_than_one_epoch(tmp_path, tiny_bert, glue_dir, capsys, monkeypatch):
+    """The launcher's prepare job gets the workers' --time: by plan's micro-run on the node, one epoch must fit in it
+    before the stop signal, or nothing is fine-tuned (and the worker array, after it, never starts)."""
+    from harness.distill.train import Stepper
+
+    study_file = write_study(tmp_path / "t.yaml", tiny_bert, name="limit", **ONE_POINT)
+    where = ["--data-dir", str(glue_dir), "--cache-dir", str(tmp_path / "cache")]
+    timed = Stepper.timed
+    monkeypatch.setattr(Stepper, "timed", lambda self, *args, **kwargs: 100.0)  # a slow node: 100 s per step
+    assert main(["prepare", str(study_file), *where, "--time-limit", "5:00"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --time 5:00: a worker has 180 s before its stop signal, but one epoch of ")
+    assert "by plan's estimate here" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "cache" / "teachers").exists() or not any((tmp_path / "cache" / "teachers").iterdir())
+    monkeypatch.setattr(Stepper, "timed", timed)
+    assert main(["prepare", str(study_file), *where, "--time-limit", "5:00"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"one epoch ≈ \d+ s on cpu by plan's estimate, within --time 5:00 less the 120 s", out), out
+    assert "prepared 1 study file(s)" in out
 
 
 @pytest.mark.parametrize(

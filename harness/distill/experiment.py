@@ -33,8 +33,8 @@ from harness.distill.models import (
 from harness.distill.teacher import Teacher
 from harness.distill.teacher_checks import check_head
 from harness.distill.train import History, Hyper, LossTerms, TeacherSignal, fit
-from harness.spec.config import StudyConfig
-from harness.spec.methods import get_method, needs_live_teacher
+from harness.spec.config import StudyConfig, uses_live_teacher
+from harness.spec.methods import get_method
 from harness.spec.tasks import get_task, subsample
 from harness.util.errors import HarnessError
 from harness.util.files import atomic_folder
@@ -148,6 +148,24 @@ class Experiment:
         return probe
 
     # ------------------------------------------------------------------ trials
+    def method_loss(self, method: str, point: dict, teacher_config, student_hidden: int) -> MethodLoss | None:
+        """The method's own loss term at ``point`` (its extra searched value, if any), between a teacher of
+        ``teacher_config``'s shape and a student of ``student_hidden``; ``None`` for a method without one."""
+        spec, fixed = get_method(method), self.config.fixed
+        if not spec.searches_eta or spec.loss is None:
+            return None
+        context = MethodContext(
+            method,
+            teacher_config.num_hidden_layers,
+            self.config.student_layers,
+            student_hidden,
+            teacher_config.hidden_size,
+            alp_scale=_scale_text(point.get("alp_scale", fixed.alp_scale)),  # ALP's extra axis, if searched
+            alp_tokens=fixed.alp_tokens,
+            extra=_extra_value(spec, point, fixed),
+        )
+        return MethodLoss(spec, context)
+
     def hyper(self, point: dict[str, float], seed: int) -> Hyper:
         """A student run's values at one grid point: the point's lr, η, λ and the study file's fixed set-up."""
         fixed = self.config.fixed
@@ -195,23 +213,8 @@ class Experiment:
         student = build_student(
             self.student_source, self.config.student_layers, self.task.num_labels, fixed.student_init, seed
         )
-        inter = None
-        signal = None
-        if spec.searches_eta:
-            if spec.loss is not None:
-                context = MethodContext(
-                    method,
-                    teacher_config.num_hidden_layers,
-                    self.config.student_layers,
-                    student.config.hidden_size,
-                    teacher_config.hidden_size,
-                    alp_scale=_scale_text(point.get("alp_scale", fixed.alp_scale)),  # ALP's extra axis, if searched
-                    alp_tokens=fixed.alp_tokens,
-                    extra=_extra_value(spec, point, fixed),
-                )
-                inter = MethodLoss(spec, context)
-            live = fixed.teacher_outputs == "live" or needs_live_teacher(spec, fixed.alp_tokens)
-            signal = self.teacher.signal(live=live)
+        inter = self.method_loss(method, point, teacher_config, student.config.hidden_size)
+        signal = self.teacher.signal(live=uses_live_teacher(self.config, method)) if spec.searches_eta else None
         hyper = self.hyper(point, seed)
         probe = self.alpha_probe(inter) if inter is not None and spec.inter == "alp" else None
         if not self.task.is_regression:

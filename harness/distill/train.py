@@ -299,35 +299,15 @@ def fit(
     ``stop_after`` ends the run after that epoch (the schedule still spans ``hyper.epochs``).
     """
     device = device or pick_device()
-    model.to(device)
     inter = MethodLoss.around(inter)  # a built-in's InterLayerLoss passed directly (tests, benchmarks)
-    if inter is not None and inter.needs_attentions:  # sdpa/flash attention return no attention probabilities
-        for net in (model, teacher.live if teacher is not None else None):
-            if net is not None:
-                eager_attention(net)
-    if inter is not None:
-        inter.to(device)
-    if teacher is not None and teacher.live is not None:
-        teacher.live.to(device).eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if inter is not None:
-        params += [p for p in inter.parameters() if p.requires_grad]
-    # fused AdamW: the same update in one pass per tensor (profiled: 5 ms instead of 57 ms per step on
-    # CPU, most of it the 30k x H word embedding and its moments); see README, "Where the time goes".
-    optimizer = torch.optim.AdamW(
-        params, lr=hyper.lr, weight_decay=hyper.weight_decay, fused=device.type in ("cpu", "cuda")
-    )
     steps_per_epoch = math.ceil(len(train) / hyper.batch_size)
-    total_steps = steps_per_epoch * hyper.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(hyper.warmup_ratio * total_steps), total_steps)
-    amp, amp_dtype = autocast_for(device, hyper.precision)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    losses = LossTerms(task, hyper, inter, teacher, device)
-    forward = torch.compile(model) if compile_model else model
+    step = Stepper(model, task, hyper, inter, teacher, device, steps_per_epoch * hyper.epochs)
+    if compile_model:
+        step.forward = torch.compile(model)
     history = History()
     start_epoch = 0
 
-    trained = (model, inter, optimizer, scheduler, scaler)
+    trained = (model, inter, step.optimizer, step.scheduler, step.scaler)
     state = load_checkpoint(checkpoint) if checkpoint is not None else None
     if state is not None:
         history = _restore(state, *trained)
@@ -355,10 +335,7 @@ def fit(
         )
         for index, batch in bar:
             signals.check()  # SIGTERM or a lost claim: stop at this step (harness.util.signals)
-            with amp:
-                terms = losses(forward, batch, index)
-                loss = losses.total(terms)
-            norm, lr = _step(loss, params, optimizer, scheduler, scaler, hyper.max_grad_norm)
+            terms, loss, norm, lr = step(batch, index)
             if log.add(terms, loss, epoch + 1, lr=lr, grad_norm=norm):
                 bar.set_postfix(loss=f"{log.last:.4f}", refresh=False)
         log.flush(epoch + 1)
@@ -390,6 +367,72 @@ def fit(
         if on_epoch is not None:
             on_epoch(record)
     return history
+
+
+class Stepper:
+    """What one training step of :func:`fit` needs, set up once: the model (and a live teacher) on ``device``,
+    eager attention where the method reads attention maps, the trained parameters (the model's and the inter-layer
+    loss's), fused AdamW, the linear schedule over ``total_steps``, autocast and, for fp16, a gradient scaler.
+    ``fit`` runs its steps through it, and so does ``plan``'s micro-run (:meth:`timed`), so the step that is timed
+    is the step the sweep runs."""
+
+    def __init__(self, model, task: TaskSpec, hyper: Hyper, inter, teacher, device: torch.device, total_steps: int):
+        model.to(device)
+        if inter is not None and inter.needs_attentions:  # sdpa/flash attention return no attention probabilities
+            for net in (model, teacher.live if teacher is not None else None):
+                if net is not None:
+                    eager_attention(net)
+        if inter is not None:
+            inter.to(device)
+        if teacher is not None and teacher.live is not None:
+            teacher.live.to(device).eval()
+        self.model, self.hyper, self.device = model, hyper, device
+        self.forward = model  # fit's torch.compile'd model, with fixed.compile
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if inter is not None:
+            self.params += [p for p in inter.parameters() if p.requires_grad]
+        # fused AdamW: the same update in one pass per tensor (profiled: 5 ms instead of 57 ms per step on
+        # CPU, most of it the 30k x H word embedding and its moments); see README, "Where the time goes".
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=hyper.lr, weight_decay=hyper.weight_decay, fused=device.type in ("cpu", "cuda")
+        )
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, int(hyper.warmup_ratio * total_steps), total_steps
+        )
+        self.amp, amp_dtype = autocast_for(device, hyper.precision)
+        self.scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+        self.losses = LossTerms(task, hyper, inter, teacher, device)
+
+    def __call__(
+        self, batch: dict, index: np.ndarray
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, float]:
+        """One step on ``batch``: the loss terms, the loss, the gradient norm and the learning rate it used."""
+        with self.amp:
+            terms = self.losses(self.forward, batch, index)
+            loss = self.losses.total(terms)
+        norm, lr = _step(loss, self.params, self.optimizer, self.scheduler, self.scaler, self.hyper.max_grad_norm)
+        return terms, loss, norm, lr
+
+    def timed(self, data: EncodedSplit, pad_token_id: int, steps: int, warmup: int = 2) -> float:
+        """Seconds per step (batch collation included, synchronised on CUDA) over ``steps`` steps on real batches
+        of ``data``, after ``warmup`` untimed ones; a small training set is cycled."""
+        batches = train_batches(token_lengths(data), self.hyper.batch_size, 0, 0)
+        batches = (batches * (steps + warmup))[: steps + warmup]
+        self.model.train()
+        timed = []
+        for number, index in enumerate(batches):
+            _synchronize(self.device)
+            started = time.perf_counter()
+            self(to_batch(data, index, pad_token_id, self.device), index)
+            _synchronize(self.device)
+            if number >= warmup:
+                timed.append(time.perf_counter() - started)
+        return sum(timed) / len(timed)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _step(loss, params, optimizer, scheduler, scaler, max_grad_norm: float) -> tuple[torch.Tensor, float]:

@@ -39,7 +39,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness.spec.methods import get_method
+from harness.spec.methods import get_method, needs_live_teacher
 from harness.spec.plugins import load_plugins
 from harness.spec.tasks import get_task
 from harness.util.errors import HarnessError
@@ -175,6 +175,25 @@ class Search(_Strict):
         return values
 
 
+class SlurmBlock(_Strict):
+    """A study file's ``slurm:`` block: the launcher's defaults (``run_study.py slurm``), each overridden by the
+    command-line flag of the same name. Where a sweep runs changes no result: the block is not in the study's
+    fingerprint. Several files given to one ``slurm`` command may each have a block; a key two of them set
+    differently is refused (:func:`harness.sweep.slurm.options_from`)."""
+
+    workers: int | None = Field(None, ge=1)
+    gpus_per_worker: int | None = Field(None, ge=0)
+    cpus_per_worker: int | None = Field(None, ge=1)
+    mem: str | None = None
+    partition: str | None = None
+    time: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    nodelist: str | None = None
+    sbatch: tuple[str, ...] = ()  # extra sbatch options, e.g. ["--exclusive"]
+
+
 class StudyConfig(_Strict):
     """One study file: one task, one teacher, one student depth, several methods."""
 
@@ -190,6 +209,7 @@ class StudyConfig(_Strict):
     data_dir: str | None = None
     fixed: Fixed = Fixed()
     search: Search = Search()
+    slurm: SlurmBlock | None = None
 
     @field_validator("task")
     @classmethod
@@ -224,7 +244,9 @@ class StudyConfig(_Strict):
 
         Stored with the study, so that reusing a study name with a different set-up is refused.
         """
-        payload = self.model_dump(mode="json", by_alias=True, exclude={"methods", "data_dir", "plugins", "label"})
+        payload = self.model_dump(
+            mode="json", by_alias=True, exclude={"methods", "data_dir", "plugins", "label", "slurm"}
+        )
         payload["method"] = method
         if payload["student_from"] is None:  # studies made before student_from keep their hash
             payload.pop("student_from")
@@ -340,6 +362,13 @@ def grid_points(config: StudyConfig, method: str) -> list[dict[str, float]]:
 
 
 WEIGHT_KEYS = ("lr", "eta", "lambda", "seed")
+
+
+def uses_live_teacher(config: StudyConfig, method: str) -> bool:
+    """Whether ``method``'s trials read the live teacher (``fixed.teacher_outputs: live``, or states the cache does
+    not hold) rather than the cached teacher outputs."""
+    spec = get_method(method)
+    return config.fixed.teacher_outputs == "live" or needs_live_teacher(spec, config.fixed.alp_tokens)
 
 
 def extra_values(point: dict) -> dict:

@@ -17,16 +17,10 @@ cached teacher outputs at η > 0 (the two agree to 1e-5, not bit for bit).
 
 from __future__ import annotations
 
-from harness.spec.config import StudyConfig, extra_values, grid_points, point_key
-from harness.spec.methods import get_method, needs_live_teacher
+from harness.spec.config import StudyConfig, extra_values, grid_points, point_key, uses_live_teacher
+from harness.spec.methods import get_method
 
 _CANONICAL_FIRST = ("nkd", "kd")
-
-
-def uses_live_teacher(config: StudyConfig, method: str) -> bool:
-    """Whether ``method``'s trials read the live teacher rather than the cached teacher outputs."""
-    spec = get_method(method)
-    return config.fixed.teacher_outputs == "live" or needs_live_teacher(spec, config.fixed.alp_tokens)
 
 
 def computation(config: StudyConfig, method: str, point: dict) -> tuple:

@@ -3,7 +3,9 @@
 It submits two jobs with plain ``sbatch`` (no Python client on the login node):
 
 1. a **prepare job** (``run_study.py prepare``): first checks that the database is reachable from a compute node
-   (before any training), then fine-tunes every teacher and writes every teacher-output cache, up to one per GPU;
+   and, with ``--time``, that one epoch of every study file fits in it before the stop signal by ``plan``'s
+   micro-run on that node's device (both before any training; a failed prepare job cancels the worker array), then
+   fine-tunes every teacher and writes every teacher-output cache, up to one per GPU;
 2. a **worker job array** of ``--workers N`` tasks, ``--dependency=afterok`` on the prepare job: each task is one
    ``run_study.py run A.yaml B.yaml …`` on its own GPU(s), against the shared database and ``--cache-dir``. The
    claims (``harness_grid_points``) keep the N workers from ever training a point twice.
@@ -37,6 +39,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.spec.config import SlurmBlock
 from harness.store.claims import slurm_job
 from harness.store.urls import NODE_LOCAL_FILESYSTEMS, filesystem_type, mask_url, parse_url
 from harness.util.errors import HarnessError
@@ -69,6 +72,41 @@ class Submission:
     prepare: str
     workers: str
     confirm: str | None = None
+
+
+# SlurmOptions' defaults where neither a flag nor a study file's slurm: block gives a value
+_DEFAULTS = {"gpus_per_worker": 1, "cpus_per_worker": 4}
+
+
+def options_from(blocks: list[tuple[str, SlurmBlock | None]], flags: dict) -> SlurmOptions:
+    """The launcher's options: each command-line flag given (not ``None``, or a non-empty ``sbatch`` list), else
+    the value the study files' ``slurm:`` blocks set (``blocks``: each file's name and block), else the default.
+    Two files that set one key differently are refused in one line naming both, unless the flag decides it."""
+    chosen: dict = {}
+    for field in SlurmBlock.model_fields:
+        given = flags.get(field)
+        if given is not None and given != [] and given != ():
+            chosen[field] = tuple(given) if field == "sbatch" else given
+            continue
+        found = {}
+        for source, block in blocks:
+            value = None if block is None else getattr(block, field)
+            if value is not None and value != ():
+                found.setdefault(value, source)
+        if len(found) > 1:
+            (a, first), (b, second) = list(found.items())[:2]
+            raise HarnessError(
+                f"slurm.{field}: {first} sets {a!r}, {second} sets {b!r}; make them agree or give "
+                f"--{field.replace('_', '-')} on the command line"
+            )
+        if found:
+            chosen[field] = next(iter(found))
+        elif field in _DEFAULTS:
+            chosen[field] = _DEFAULTS[field]
+    if chosen.get("workers") is None:
+        raise HarnessError("--workers: not given, and no study file's slurm: block sets workers (allowed: N ≥ 1)")
+    sbatch = chosen.pop("sbatch", ())
+    return SlurmOptions(**chosen, sbatch_options=sbatch, confirm=flags.get("confirm"))
 
 
 def parse_time(text: str) -> int:
@@ -191,6 +229,8 @@ def build(
     env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"), "PYTHONUNBUFFERED": "1"}
     prepare_workers = str(max(1, options.gpus_per_worker))
     prepare = [python, run_study, "prepare", *files, "--storage", url, *common, "--workers", prepare_workers]
+    if options.time is not None:  # the prepare job refuses a --time in which an epoch cannot finish
+        prepare += ["--time-limit", options.time]
     prepare_lines = _directives(options, "alp-kd-prepare", str(folder / "prepare-%j.out"))
     worker_lines = _directives(options, "alp-kd-workers", str(folder / "worker-%A_%a.out"))
     worker_lines = [

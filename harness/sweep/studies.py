@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from harness.spec.config import StudyConfig, grid_points
+from harness.spec.config import StudyConfig, grid_points, uses_live_teacher
 from harness.spec.methods import MethodSpec, get_method
 from harness.store.storage import Storage
-from harness.sweep.sharing import uses_live_teacher
 from harness.util.errors import HarnessError
 
 if TYPE_CHECKING:  # annotations only: opening a study (reports, benchmarks) needs no torch

@@ -110,13 +110,17 @@ class RunResult:
         return self.samples / self.train_seconds
 
 
-def build_cache(experiment: Experiment) -> tuple[float, float]:
-    """Build the teacher-output cache of the experiment's training set: (seconds, peak MiB)."""
+def build_cache(experiment: Experiment) -> tuple[float, float, float]:
+    """Build what ``prepare`` builds for the trials, before them: the teacher-output cache of the training set and
+    the α probe's dev [CLS] states (both cached with the teacher). (outputs seconds, dev-states seconds, peak MiB):
+    a KD trial's first build is the first, an ALP trial's both."""
     with PeakMemory(experiment.device) as memory:
         started = time.perf_counter()
         experiment.teacher.signal(live=False)
-        seconds = time.perf_counter() - started
-    return seconds, memory.mib
+        outputs = time.perf_counter() - started
+        experiment.teacher.dev_cls()
+        dev = time.perf_counter() - started - outputs
+    return outputs, dev, memory.mib
 
 
 def run_ours(experiment: Experiment, method: str, point: dict[str, float], cache_seconds: float = 0.0) -> RunResult:

@@ -236,6 +236,7 @@ def test_prepare_refuses_a_time_limit_shorter_than_one_epoch(tmp_path, tiny_bert
         ("postgresql://u@127.0.0.1/db", "/dev/shm/alp-kd-cache", (), "is node-local (tmpfs)"),
         ("postgresql://u@127.0.0.1/db", "{repo}/.cache", ("--time", "1"), "give them more than that"),
         ("postgresql://u@127.0.0.1/db", "{repo}/.cache", ("--time", "soon"), "--time 'soon': expected minutes"),
+        ("postgresql://u@127.0.0.1/db", "{repo}/.cache", ("--gpus-per-worker", "-1"), "--gpus-per-worker -1: Input"),
     ],
 )
 def test_the_launcher_refuses_what_many_nodes_cannot_share(tmp_path, glue_dir, tiny_bert, capsys, storage, cache,

@@ -39,6 +39,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import Field, ValidationError
+
 from harness.spec.config import SlurmBlock
 from harness.store.claims import slurm_job
 from harness.store.urls import NODE_LOCAL_FILESYSTEMS, filesystem_type, mask_url, parse_url
@@ -48,19 +50,13 @@ SIGNAL_LEAD_SECONDS = 120  # USR1 this long before the time limit: enough to giv
 REQUEUE_ENV = "HARNESS_SLURM_REQUEUE"  # set in the worker jobs: USR1 there means "requeue me" (harness.cli)
 
 
-@dataclass(frozen=True)
-class SlurmOptions:
-    workers: int
-    gpus_per_worker: int = 1
-    cpus_per_worker: int = 4
-    partition: str | None = None
-    time: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    nodelist: str | None = None
-    sbatch_options: tuple[str, ...] = ()  # extra options, passed to every job as they are
-    mem: str | None = None
+class SlurmOptions(SlurmBlock):
+    """What the launcher submits: a study file's ``slurm:`` block's keys, each decided (:func:`options_from`), and
+    the seed confirmations to run after the sweep."""
+
+    workers: int = Field(ge=1)
+    gpus_per_worker: int = Field(1, ge=0)
+    cpus_per_worker: int = Field(4, ge=1)
     confirm: tuple[int, int] | None = None  # (top K, seeds S): a confirmation array after the workers
 
 
@@ -74,14 +70,11 @@ class Submission:
     confirm: str | None = None
 
 
-# SlurmOptions' defaults where neither a flag nor a study file's slurm: block gives a value
-_DEFAULTS = {"gpus_per_worker": 1, "cpus_per_worker": 4}
-
-
 def options_from(blocks: list[tuple[str, SlurmBlock | None]], flags: dict) -> SlurmOptions:
     """The launcher's options: each command-line flag given (not ``None``, or a non-empty ``sbatch`` list), else
     the value the study files' ``slurm:`` blocks set (``blocks``: each file's name and block), else the default.
-    Two files that set one key differently are refused in one line naming both, unless the flag decides it."""
+    Two files that set one key differently are refused in one line naming both, unless the flag decides it; a
+    value the launcher cannot use (``--gpus-per-worker -1``) is refused in one line too."""
     chosen: dict = {}
     for field in SlurmBlock.model_fields:
         given = flags.get(field)
@@ -101,12 +94,14 @@ def options_from(blocks: list[tuple[str, SlurmBlock | None]], flags: dict) -> Sl
             )
         if found:
             chosen[field] = next(iter(found))
-        elif field in _DEFAULTS:
-            chosen[field] = _DEFAULTS[field]
     if chosen.get("workers") is None:
         raise HarnessError("--workers: not given, and no study file's slurm: block sets workers (allowed: N ≥ 1)")
-    sbatch = chosen.pop("sbatch", ())
-    return SlurmOptions(**chosen, sbatch_options=sbatch, confirm=flags.get("confirm"))
+    try:
+        return SlurmOptions(**chosen, confirm=flags.get("confirm"))
+    except ValidationError as error:
+        first = error.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-")
+        raise HarnessError(f"{flag} {first.get('input')!r}: {first['msg']}") from None
 
 
 def parse_time(text: str) -> int:
@@ -132,13 +127,6 @@ def single_node(nodelist: str | None) -> bool:
 
 def check_setup(url: str, cache_dir: Path, options: SlurmOptions, dry_run: bool) -> None:
     """Every check that needs no compute node; a one-line :class:`HarnessError` for the first that fails."""
-    if options.workers < 1:
-        raise HarnessError(f"--workers must be at least 1, got {options.workers}")
-    if options.gpus_per_worker < 0 or options.cpus_per_worker < 1:
-        raise HarnessError(
-            f"--gpus-per-worker must be ≥ 0 and --cpus-per-worker ≥ 1, got "
-            f"{options.gpus_per_worker} and {options.cpus_per_worker}"
-        )
     if options.time is not None and parse_time(options.time) <= SIGNAL_LEAD_SECONDS:
         raise HarnessError(
             f"--time {options.time}: the workers are told to stop {SIGNAL_LEAD_SECONDS} s before their time "
@@ -196,7 +184,7 @@ def _directives(options: SlurmOptions, name: str, log: str) -> list[str]:
     ):
         if value is not None:
             lines.append(f"--{flag}={value}")
-    lines.extend(options.sbatch_options)
+    lines.extend(options.sbatch)
     return lines
 
 

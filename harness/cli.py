@@ -670,7 +670,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
         try:
             while postgres.is_running(server):
-                time.sleep(5)
+                time.sleep(1)
             print(f"the server in {folder} stopped", file=sys.stderr)
             return 1
         finally:

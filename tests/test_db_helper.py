@@ -9,8 +9,11 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ import sqlalchemy as sa
 
 from harness.store import postgres as db_server
 from harness.util.errors import HarnessError
+from harness.util.signals import EXIT_TERMINATED
 
 from conftest import _CLUSTERS, RUN_AS, _stop_cluster, run_cli, run_here
 
@@ -60,8 +64,8 @@ def _refused(capsys, *args: str) -> str:
     return result.stderr
 
 
-def _url(capsys, folder: Path) -> str:
-    return _db(capsys, "url", str(folder)).strip()
+def _url(folder: Path) -> str:
+    return db_server.load(folder).url()
 
 
 def _answers(url: str) -> bool:
@@ -77,7 +81,8 @@ def _answers(url: str) -> bool:
 
 def test_start_status_start_again_stop_start_after_stop(folder, capsys):
     started = _db(capsys, "start", str(folder), "--host", "127.0.0.1")
-    url = _url(capsys, folder)
+    url = _db(capsys, "url", str(folder)).strip()
+    assert url == _url(folder)
     password = (folder / "password").read_text().strip()
     assert url.startswith("postgresql://") and f":{password}@127.0.0.1:" in url and url.endswith("/sweeps")
     assert (folder / "password").stat().st_mode & 0o777 == 0o600
@@ -91,7 +96,7 @@ def test_start_status_start_again_stop_start_after_stop(folder, capsys):
 
     again = _db(capsys, "start", str(folder), "--host", "127.0.0.1")
     assert "already running:" in again
-    assert _url(capsys, folder) == url
+    assert _url(folder) == url
 
     assert "stopped" in _db(capsys, "stop", str(folder))
     assert not _answers(url)
@@ -99,7 +104,7 @@ def test_start_status_start_again_stop_start_after_stop(folder, capsys):
 
     restarted = _db(capsys, "start", str(folder), "--host", "127.0.0.1")
     assert restarted.startswith("started PostgreSQL")
-    assert _url(capsys, folder) == url and _answers(url)  # the same cluster, port and password
+    assert _url(folder) == url and _answers(url)  # the same cluster, port and password
     _db(capsys, "stop", str(folder))
 
 
@@ -155,3 +160,21 @@ def test_a_folder_with_other_files_a_port_in_use_and_no_cluster_are_refused(fold
     for action in ("stop", "url"):
         said = _refused(capsys, action, str(folder))
         assert f"no cluster in '{folder}'" in said and "db start" in said
+
+
+def test_wait_stops_the_server_on_sigterm(folder, capsys):
+    """``db start DIR --wait``, the SLURM job of its own: SIGTERM (scancel, the time limit) stops the server."""
+
+    def terminate_once_it_answers():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not ((folder / "server.json").is_file() and _answers(_url(folder))):
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    helper = threading.Thread(target=terminate_once_it_answers)
+    helper.start()
+    result = run_here(capsys, "db", "start", str(folder), "--host", "127.0.0.1", "--wait")
+    helper.join()
+    assert result.returncode == EXIT_TERMINATED and "made and started PostgreSQL" in result.stdout
+    assert "terminated (SIGTERM)" in result.stderr
+    assert not db_server.is_running(db_server.load(folder))

@@ -10,6 +10,7 @@
 ``confirm``    re-run the best configurations with fresh seeds
 ``reproduce``  re-run one stored trial from its stored config alone and compare
 ``export``     a trial's student as a Hugging Face folder (and GLUE submission files)
+``db``         ``db start|stop|url DIR``: a PostgreSQL server of one's own in DIR, for ``--storage``
 =============  ==================================================================================
 
 Every user error (a :class:`~harness.util.errors.HarnessError`) is printed as one line,
@@ -76,11 +77,12 @@ def build_parser(prog: str = "run_study.py") -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"alp-kd {__version__}")
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{run,prepare,plan,slurm,report,status,confirm,reproduce,export}"
+        dest="command", required=True, metavar="{run,prepare,plan,slurm,report,status,confirm,reproduce,export,db}"
     )
 
     _sweep_parsers(commands)
     _result_parsers(commands)
+    _db_parsers(commands)
     return parser
 
 
@@ -300,6 +302,43 @@ def _result_parsers(commands) -> None:
     _storage_arg(export)
     _data_arg(export)
     _cache_arg(export)
+
+
+def _db_parsers(commands) -> None:
+    """``db start|stop|url DIR``: a user-space PostgreSQL server for people who have no database server."""
+    db = commands.add_parser(
+        "db",
+        help="a PostgreSQL server of your own in a folder (start, stop, url), for --storage",
+        description="Run a PostgreSQL server as yourself, its cluster in DIR (initdb and pg_ctl of the PostgreSQL "
+        "server package): password authentication (scram-sha-256) over TCP, the generated password only in "
+        "DIR/password (mode 0600), one database 'sweeps'. 'start' makes the cluster on first use and prints the "
+        "URL with the password masked; 'db url DIR' prints it whole, for --storage.",
+    )
+    actions = db.add_subparsers(dest="db_command", required=True, metavar="{start,stop,url}")
+    start = actions.add_parser(
+        "start",
+        help="make (first time) and start the server in DIR; already running: print its URL again",
+        description="Make the cluster in DIR (a new or empty folder) and start it, or start the cluster DIR holds; "
+        "if it runs already, only print its URL. --host and --port are remembered for the next start.",
+    )
+    start.add_argument("folder", type=Path, metavar="DIR")
+    start.add_argument(
+        "--host",
+        default=None,
+        metavar="ADDR",
+        help="the name or address it listens on and the URL names (default: this machine's hostname, so that "
+        "compute nodes reach it; 127.0.0.1 for this machine only)",
+    )
+    start.add_argument("--port", type=_positive_int, default=None, help="TCP port (default: a free one, remembered)")
+    start.add_argument(
+        "--wait",
+        action="store_true",
+        help="then stay in the foreground until SIGTERM or Ctrl-C and stop the server (a SLURM job of its own)",
+    )
+    stop = actions.add_parser("stop", help="stop the server in DIR (pg_ctl stop -m fast)")
+    stop.add_argument("folder", type=Path, metavar="DIR")
+    url = actions.add_parser("url", help='print the server\'s URL, password included: --storage "$(... db url DIR)"')
+    url.add_argument("folder", type=Path, metavar="DIR")
 
 
 def _open_storage(url: str | None, create: bool = False, with_optuna: bool = True):
@@ -612,6 +651,38 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    from harness.store import postgres
+
+    folder = args.folder.absolute()
+    if args.db_command == "url":
+        print(postgres.load(folder).url())
+        return 0
+    if args.db_command == "stop":
+        stopped = postgres.stop(folder)
+        print(f"stopped the server in {folder}" if stopped else f"the server in {folder} was not running")
+        return 0
+    server, what = postgres.start(folder, args.host, args.port)
+    said = {"created": "made and started", "started": "started", "running": "already running:"}[what]
+    print(f"{said} PostgreSQL in {folder} on {server.host}:{server.port} (log {server.log})")
+    if postgres.loopback_only(server.host):
+        print(f"note: {server.host} is only a loopback address: no other machine can connect (--host to change)")
+    print(f"storage URL: {server.url(hide_password=True)} (password in {server.password_file}, mode 0600)")
+    here = shlex.quote(str(folder))
+    print(f'  use: --storage "$(python run_study.py db url {here})"; stop: python run_study.py db stop {here}')
+    if args.wait:
+        import time
+
+        try:
+            while postgres.is_running(server):
+                time.sleep(1)
+            print(f"the server in {folder} stopped", file=sys.stderr)
+            return 1
+        finally:
+            postgres.stop(folder)
+    return 0
+
+
 def console() -> None:
     """The ``alp-kd`` command (``pip install -e .``): the same sub-commands as ``run_study.py``."""
     sys.exit(main(prog="alp-kd"))
@@ -677,6 +748,7 @@ def main(argv: list[str] | None = None, prog: str = "run_study.py") -> int:
                 "plan": cmd_plan,
                 "prepare": cmd_prepare,
                 "slurm": cmd_slurm,
+                "db": cmd_db,
             }[args.command](args)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 import yaml
+
+from harness.store import postgres as db_server
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -165,15 +165,28 @@ class Postgres:
         )
 
 
-# Clusters started by the ``postgres`` fixture and not yet stopped: ``pg_ctl`` daemonises the server, so it is
-# no descendant of pytest and the session's clean-up below stops it from here.
-_CLUSTERS: dict[Path, list[str]] = {}
+# Clusters started by the ``postgres`` fixture (or a test, through :func:`started_cluster`) and not yet stopped,
+# folder -> the user they run as: ``pg_ctl`` daemonises the server, so it is no descendant of pytest and the
+# session's clean-up below stops it from here.
+_CLUSTERS: dict[Path, str | None] = {}
+RUN_AS = "postgres" if os.geteuid() == 0 else None  # initdb refuses root; CI runs the tests as root
 
 
-def _stop_cluster(data: Path) -> None:
-    as_user = _CLUSTERS.pop(data, None)
-    if as_user is not None:
-        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+def _stop_cluster(folder: Path) -> None:
+    if folder in _CLUSTERS:
+        run_as = _CLUSTERS.pop(folder)
+        with contextlib.suppress(Exception):  # clean-up: a cluster that is gone already is fine
+            db_server.stop(folder, run_as=run_as, mode="immediate")
+
+
+@contextlib.contextmanager
+def started_cluster(folder: Path, host: str = "127.0.0.1", **options):
+    """:func:`harness.store.postgres.start` (as ``RUN_AS``), stopped on the way out whatever happens."""
+    _CLUSTERS[folder] = RUN_AS
+    try:
+        yield db_server.start(folder, host, run_as=RUN_AS, **options)[0]
+    finally:
+        _stop_cluster(folder)
 
 
 def _descendants(root: int) -> list[int]:
@@ -215,42 +228,12 @@ def postgres():
     """A throwaway PostgreSQL cluster on 127.0.0.1 in a temp dir (as the postgres user when run as root)."""
     if shutil.which("initdb") is None:
         pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    folder = Path(tempfile.mkdtemp(prefix="harness-pg-"))
-    if as_user:
-        shutil.chown(folder, "postgres", "postgres")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    data = folder / "data"
-    subprocess.run(
-        [*as_user, "initdb", "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True
-    )
-    subprocess.run(
-        [
-            *as_user,
-            "pg_ctl",
-            "-D",
-            str(data),
-            "-l",
-            str(folder / "log"),
-            "-w",
-            "-o",
-            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    _CLUSTERS[data] = as_user
+    folder = Path(tempfile.mkdtemp(prefix="harness-pg-"))  # not tmp_path: the postgres user must reach it
     try:
-        admin = sa.create_engine(f"postgresql://postgres@127.0.0.1:{port}/postgres", isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(sa.text("CREATE DATABASE sweeps"))
-        admin.dispose()
-        yield Postgres(f"postgresql://postgres:not-shown@127.0.0.1:{port}/sweeps", data, folder / "log", as_user)
+        with started_cluster(folder, trust=True, user="postgres") as server:
+            url = f"postgresql://postgres:not-shown@127.0.0.1:{server.port}/sweeps"
+            yield Postgres(url, server.data, server.log, db_server.as_user(RUN_AS))
     finally:
-        _stop_cluster(data)
         shutil.rmtree(folder, ignore_errors=True)
 
 

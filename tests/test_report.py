@@ -17,6 +17,7 @@ from scipy import stats
 from harness.report import figures, render
 from harness.report.document import load, markdown_report, write_report
 from harness.report.reference import load_reference
+from harness.report.runs import runs_report
 from harness.report.seed_stats import Seeds
 from harness.spec.config import parse_study
 from harness.store.storage import Storage
@@ -194,6 +195,7 @@ def reports(tmp_path_factory):
         "first": first.parent,
         "second": second.parent,
         "text": first.read_text(),
+        "runs": (first.parent / "runs.md").read_text(),
         "n_trials": n_trials,
         "folder": folder,
         "storage": storage,
@@ -236,13 +238,17 @@ def test_comparison_table_matches_hand_built_expectation(reports):
 
 
 def test_several_study_files_in_one_database(reports):
-    text = markdown_report(load(reports["storage"]), COMMAND)  # every study file; no figures
+    snapshot = load(reports["storage"])  # every study file; no figures
+    text = markdown_report(snapshot, COMMAND)
     assert _table(text, "## Comparison")[4] == "| kd | 87.00‡ | 84.00/80.00 | 84.50 |"
     assert "‡ kd on SST-2: best over the study files syn, syn2 (pass --name to compare one study file)." in text
     assert "‡ SST-2: the studies used different teachers; the teacher of syn/SST-2/alp is shown." in text
     assert _table(text, "### syn2 / SST-2")[2:] == [
-        "| teacher | 93.00 |" + " |" * 12,
-        "| kd | 87.00 | 1e-05 | 0.5 | 0 | 0 | 1 | 0 | 0 | 0 | 0 | 0.017 | 0.000 | 0.017 |",
+        "| teacher | 93.00 |" + " |" * 8,
+        "| kd | 87.00 | 1e-05 | 0.5 | 0 | 1 | 0 | 0 | 0 | 0 |",
+    ]
+    assert _table(runs_report(snapshot, COMMAND), "### syn2 / SST-2")[2:] == [
+        f"| kd | 0 | {KD_POINT} | 1 | 0 | 0 | 0 | 0 | 0 | 1 | 0.017 | 0.000 | 0.017 |"
     ]
     assert "syn2" not in reports["text"]  # --name syn leaves the other study file out
     assert "not-a-harness-study" not in text
@@ -260,15 +266,27 @@ def test_every_table_is_followed_by_its_command(reports):
 
 def test_study_tables(reports):
     sst2 = _table(reports["text"], "### syn / SST-2")
-    assert sst2[0].startswith("| method | best dev | lr | η | λ | trial | complete | failed | pruned | running |")
-    assert sst2[2] == "| teacher | 92.00 |" + " |" * 12
-    # kd: CPU = 3600 s + 900 s (failed: its finished epoch) + 3 × 10 s (seeds); GPU = the pruned 900 s.
-    assert sst2[4] == "| kd | 85.00 | 1e-05 | 0.5 | 0 | 0 | 1 | 1 | 1 | 0 | 3 | 1.258 | 0.250 | 1.000 |"
-    # alp: best is trial 1; time to best = trials 0 and 1 (3600 + 7200 s); the RUNNING trial counts its epoch.
-    assert sst2[5] == "| alp | 88.00 | 5e-05 | 0.5 | 0.2 | 1 | 2 | 0 | 0 | 1 | 5 | 2.467 | 1.000 | 3.000 |"
+    assert sst2[0] == "| method | best dev | lr | η | λ | complete | failed | pruned | running | seeds |"
+    assert sst2[2] == "| teacher | 92.00 |" + " |" * 8
+    assert sst2[4] == "| kd | 85.00 | 1e-05 | 0.5 | 0 | 1 | 1 | 1 | 0 | 3 |"
+    assert sst2[5] == "| alp | 88.00 | 5e-05 | 0.5 | 0.2 | 2 | 0 | 0 | 1 | 5 |"
     mrpc = _table(reports["text"], "### syn / MRPC")
-    assert mrpc[3] == "| nkd | 80.00 | 1e-05 | 0 | 0 | 0 | 2 | 0 | 0 | 0 | 0 | 0.033 | 0.000 | 0.017 |"
+    assert mrpc[3] == "| nkd | 80.00 | 1e-05 | 0 | 0 | 2 | 0 | 0 | 0 | 0 |"
     assert len(mrpc) == 5
+    # How the sweep ran, in runs.md: the best trial's number, interrupted trials, workers, hours, time to best.
+    assert "[runs.md](runs.md)" in reports["text"] and "[README.md](README.md)" in reports["runs"]
+    runs = _table(reports["runs"], "### syn / SST-2")
+    assert runs[0] == (
+        "| method | best trial | its point | complete | failed | interrupted | pruned | running | seeds | workers | "
+        "CPU h | GPU h | time to best (h) |"
+    )
+    # kd: CPU = 3600 s + 900 s (failed: its finished epoch) + 3 × 10 s (seeds); GPU = the pruned 900 s.
+    assert runs[3] == f"| kd | 0 | {KD_POINT} | 1 | 1 | 0 | 1 | 0 | 3 | 1 | 1.258 | 0.250 | 1.000 |"
+    # alp: best is trial 1; time to best = trials 0 and 1 (3600 + 7200 s); the RUNNING trial counts its epoch.
+    assert runs[4] == f"| alp | 1 | {ALP_POINT} | 2 | 0 | 0 | 0 | 1 | 5 | 1 | 2.467 | 1.000 | 3.000 |"
+    runs = _table(reports["runs"], "### syn / MRPC")
+    assert runs[2] == "| nkd | 0 | lr=1e-05,eta=0,lambda=0 | 2 | 0 | 0 | 0 | 0 | 0 | 1 | 0.033 | 0.000 | 0.017 |"
+    assert "5 studies, 22 trials: 18 complete, 2 failed, 0 interrupted, 1 pruned, 1 running." in reports["runs"]
 
 
 def test_seed_statistics_and_paired_tests_with_holm(reports):
@@ -334,14 +352,17 @@ def test_figures_exist_are_linked_and_regenerate_byte_identically(reports):
     names = {"bars.png", "heatmap__syn__SST-2.png", "budget__SST-2.png", "budget__MRPC.png"} | {
         f"{kind}__syn__{task}.png" for kind in ("lr", "history", "epochs") for task in ("SST-2", "MRPC")
     }
+    history = {f"history__syn__{task}.png" for task in ("SST-2", "MRPC")}  # how the sweep ran: in runs.md
     first, second = reports["first"], reports["second"]
     assert {p.name for p in (first / "figures").iterdir()} == names
     for name in names:
         data = (first / "figures" / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 5000
         assert data == (second / "figures" / name).read_bytes(), name
-        assert f"](figures/{name})" in reports["text"]
+        assert f"](figures/{name})" in (reports["runs"] if name in history else reports["text"])
+        assert f"](figures/{name})" not in (reports["text"] if name in history else reports["runs"])
     assert (second / "README.md").read_text() == reports["text"]
+    assert (second / "runs.md").read_text() == reports["runs"]
     assert (second / "trials.csv").read_bytes() == (first / "trials.csv").read_bytes()
 
 
@@ -438,7 +459,9 @@ def test_database_still_being_written(tmp_path):
     study.add_trial(create_trial(state=TrialState.RUNNING))
     text = write_report(storage, tmp_path / "out", None, COMMAND).read_text()
     assert "1 studies, 1 trials: 0 complete, 0 failed, 0 pruned, 1 running." in text
-    assert _table(text, "### live / SST-2")[2] == "| alp | – | – | – | – | – | 0 | 0 | 0 | 1 | 0 | 0.000 | 0.000 | – |"
+    assert _table(text, "### live / SST-2")[2] == "| alp | – | – | – | – | 0 | 0 | 0 | 1 | 0 |"
+    runs = (tmp_path / "out" / "runs.md").read_text()
+    assert _table(runs, "### live / SST-2")[2] == "| alp | – | – | 0 | 0 | 0 | 0 | 1 | 0 | 0 | 0.000 | 0.000 | – |"
     assert (tmp_path / "out" / "figures" / "heatmap__live__SST-2.png").stat().st_size > 0
 
 

@@ -2,6 +2,7 @@
 
 ==================  ==============================================================
 ``document``        ``write_report``: the markdown document and its sections
+``runs``            ``runs.md``: how the sweep ran (trial numbers, interrupted trials, hours)
 ``frame``           the database flattened into one DataFrame
 ``comparison``      the methods × tasks table
 ``honest``          protocol, equal budget, chance, α: the honest sections

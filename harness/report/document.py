@@ -1,6 +1,10 @@
-"""Reports: a pure function of the database (``README.md``, ``trials.csv``, ``figures/``).
+"""Reports: a pure function of the database (``README.md``, ``runs.md``, ``trials.csv``, ``figures/``).
 
-Re-running the report on the same database gives identical files. The data are loaded by
+Re-running the report on the same database gives identical files. ``README.md`` is a function of the results
+alone (the points, seeds, values, epochs and predictions of the trials that are results, the studies'
+configuration and teacher): two runs of the same sweep, scheduled in any way, interrupted and resumed or not, give
+the same text but for the storage URL in its commands. How the sweep ran is :mod:`harness.report.runs`
+(``runs.md``). The data are loaded by
 :mod:`harness.report.frame`; the comparison table is :mod:`harness.report.comparison`; the honest part (protocol,
 equal budget, paired tests, chance, ALP attention) is :mod:`harness.report.honest`; seed statistics
 are :mod:`harness.report.seed_stats`; published rows come from :func:`harness.report.reference.load_reference`; the
@@ -19,8 +23,9 @@ import pandas as pd
 from harness.report import honest, paired
 from harness.report.comparison import comparison_table
 from harness.report.figures import draw_all
-from harness.report.frame import Snapshot, best_per_study, best_trials, load
+from harness.report.frame import Snapshot, best_per_study, best_trials, interrupted, load, results
 from harness.report.reference import load_reference
+from harness.report.runs import LINK, runs_report, state_counts
 from harness.report.seed_stats import confirmations, seed_groups, seeds_tables
 from harness.spec.methods import METHODS
 from harness.spec.tasks import TASKS
@@ -29,6 +34,12 @@ from harness.util.files import atomic_write
 
 __all__ = ["load", "markdown_report", "write_report"]
 
+TIE_BREAK = (
+    "Ties, in every selection of this report (best of grid, the equal-budget curves, the paired tests, the α "
+    "section, the figures): grid order, the first point by ascending lr, then η, then λ, then the method's extra "
+    "searched value, then the seed; it does not depend on the order in which the sweep ran its trials."
+)
+
 
 # --------------------------------------------------------------------------- document
 def _num(value, fmt: str, scale: float = 1.0) -> str:
@@ -36,14 +47,15 @@ def _num(value, fmt: str, scale: float = 1.0) -> str:
 
 
 def study_table(snapshot: Snapshot, section: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
-    """One study file × task: per method the best grid point and its counts. Every score names its split:
-    under ``selection: holdout`` the selecting holdout value and the dev score read at it, side by side."""
+    """One study file × task: per method the best grid point and its counts (failed: real failures; the
+    interrupted trials, trial numbers and compute are in ``runs.md``). Every score names its split: under
+    ``selection: holdout`` the selecting holdout value and the dev score read at it, side by side."""
     holdout = (section["selection"].fillna("dev") == "holdout").any()
     lines = [
         "| method | "
         + ("best holdout (selects) | dev at it" if holdout else "best dev")
-        + " | lr | η | λ | trial | complete | failed | pruned | running | seeds | CPU h | GPU h | time to best (h) |",
-        "|---|" + "---:|" * (14 if holdout else 13),
+        + " | lr | η | λ | complete | failed | pruned | running | seeds |",
+        "|---|" + "---:|" * (10 if holdout else 9),
     ]
     teacher = next(
         (snapshot.studies[s]["teacher"] for s in sorted(set(section["study"])) if "teacher" in snapshot.studies[s]),
@@ -51,15 +63,13 @@ def study_table(snapshot: Snapshot, section: pd.DataFrame, summary: pd.DataFrame
     )
     if teacher is not None:  # the teacher's value is its dev score: it is not selected on the holdout
         value = _num(teacher.get("value"), ".2f", 100)
-        lines.append(f"| teacher | {'– | ' if holdout else ''}{value} |" + " |" * 12)
+        lines.append(f"| teacher | {'– | ' if holdout else ''}{value} |" + " |" * 8)
     order = {m: i for i, m in enumerate(METHODS)}
     for row in sorted(summary.itertuples(), key=lambda r: order[r.method]):
         scores = _num(row.value, ".2f", 100) + (f" | {_num(row.score, '.2f', 100)}" if holdout else "")
         lines.append(
             f"| {row.method} | {scores} | {_num(row.lr, 'g')} | {_num(row.eta, 'g')} | "
-            f"{_num(row.lam, 'g')} | {_num(row.number, '.0f')} | {row.complete} | {row.failed} | {row.pruned} | "
-            f"{row.running} | {row.seeds} | {row.cpu_hours:.3f} | {row.gpu_hours:.3f} | "
-            f"{_num(row.time_to_best, '.3f', 1 / 3600)} |"
+            f"{_num(row.lam, 'g')} | {row.complete} | {row.failed} | {row.pruned} | {row.running} | {row.seeds} |"
         )
     return lines
 
@@ -76,25 +86,20 @@ def markdown_report(
 ) -> str:
     """The README text; ``reference`` as :func:`~harness.report.reference.load_reference` returns it, ``figures`` as
     :func:`harness.report.figures.draw_all` does, ``budget`` the equal budget n (default: the smallest grid), ``equal``
-    the equal-budget section if already computed (:func:`harness.report.honest.equal_budget`)."""
+    the equal-budget section if already computed (:func:`harness.report.honest.equal_budget`).
+
+    A function of the results alone: its trial counts leave the interrupted trials out (they are no results:
+    another trial ran their point), and nothing in it depends on trial numbers, finishing order, workers or
+    wall times (those are :func:`harness.report.runs.runs_report`'s)."""
     frame, reference, figures = snapshot.frame, reference or [], figures or {}
     lines = ["# Sweep report", ""]
     if frame.empty:
         return "\n".join(lines + ["No trials in this database yet.", ""])
-    counts = frame["state"].value_counts()
+    kept = results(frame)
     lines += [
-        f"{len(snapshot.studies)} studies, {len(frame)} trials: "
-        + ", ".join(
-            f"{int(counts.get(state, 0))} {word}"
-            for state, word in (
-                ("COMPLETE", "complete"),
-                ("FAIL", "failed"),
-                ("PRUNED", "pruned"),
-                ("RUNNING", "running"),
-            )
-        )
-        + "."
-        + _shared_note(frame),
+        f"{len(snapshot.studies)} studies, {len(kept)} trials: {state_counts(kept)}.{_shared_note(kept)}",
+        "",
+        LINK,
         "",
     ]
     lines += honest.protocol_lines(snapshot)
@@ -124,11 +129,9 @@ def markdown_report(
     lines += [
         "## Studies",
         "",
-        "Per study: the best grid point (ties: the earliest trial, the one tie-break of every selection in this "
-        "report), its score on the split that selected it (under `selection: holdout` the holdout value, with "
-        "the dev score read at it beside), trial counts, compute (CPU/GPU hours from each "
-        "trial's wall time and device) and time to best (cumulative trial time, in trial-number order, up "
-        "to and including the best trial).",
+        "Per study: the best grid point, its score on the split that selected it (under `selection: holdout` "
+        "the holdout value, with the dev score read at it beside) and the trial counts (failed: real failures; "
+        "interrupted trials, whose points other trials ran, are counted in [runs.md](runs.md)). " + TIE_BREAK,
         "",
     ]
     summary = best_per_study(frame)
@@ -174,9 +177,12 @@ def _runtime_notes(section: pd.DataFrame) -> list[str]:
     """A note for each study whose trained trials ran on more than one device kind or precision (workers on
     different nodes, a resumed sweep on other hardware): their scores are not one computation's, and without
     ``fixed.deterministic`` not even one kernel's. Copies of shared trials and trials recorded before the
-    device was stored are left out."""
+    device was stored are left out, and so are interrupted trials that finished no epoch; one that did counts,
+    since the trial that resumed its checkpoint carries its epochs on (so on uniform hardware this note, like the
+    rest of the document, does not depend on how the sweep was scheduled)."""
     lines = []
-    trained = section[section["device"].notna() & section["equivalent_of"].isna()]
+    stopped = interrupted(section) & (section["n_epochs"].fillna(0) == 0)
+    trained = section[section["device"].notna() & section["equivalent_of"].isna() & ~stopped]
     for study, rows in trained.groupby("study", sort=True):
         kinds = rows.groupby([rows["device"], rows["precision"].fillna("?")]).size()
         if len(kinds) > 1:
@@ -222,7 +228,7 @@ def write_report(
     focus: tuple[str, ...] | None = None,
     family: str | None = None,
 ) -> Path:
-    """Write ``README.md``, ``trials.csv`` and ``figures/*.png`` into ``out``; returns the README path.
+    """Write ``README.md``, ``runs.md``, ``trials.csv`` and ``figures/*.png`` into ``out``; returns the README path.
 
     ``workers``: processes drawing the figures (see :func:`harness.report.render.render`); ``budget``: the equal
     budget n (default: the smallest grid); ``focus``/``family``: the paired comparisons' focus methods (default
@@ -258,4 +264,6 @@ def _write_report(
     atomic_write(out / "trials.csv", lambda stream: stream.write(csv), durable=False)
     text = markdown_report(snapshot, command, published, figures, budget, equal, focus, family).encode()
     atomic_write(out / "README.md", lambda stream: stream.write(text), durable=False)
+    runs = runs_report(snapshot, command, figures).encode()
+    atomic_write(out / "runs.md", lambda stream: stream.write(runs), durable=False)
     return out / "README.md"

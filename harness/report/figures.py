@@ -23,7 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from harness.report.frame import best_trials, grid_done, reported_score
+from harness.report.frame import best_trials, grid_done, ranked, reported_score
 from harness.report.render import Job, render, slug
 from harness.report.render import remove_stale as _remove_stale
 from harness.spec.methods import METHODS, get_method
@@ -151,7 +151,9 @@ def heatmaps(title: str, rows: pd.DataFrame, searches: list[dict], metric: str) 
 
 LR_COLUMNS = ["method", "state", "confirmation", "value", "lr"]
 HISTORY_COLUMNS = ["method", "number", "state", "confirmation", "value", "seconds"]
-EPOCH_COLUMNS = ["method", "number", "state", "confirmation", "value", "lr", "eta", "lambda", "epochs"]
+EPOCH_COLUMNS = [
+    "study", "method", "number", "state", "confirmation", "value", "lr", "eta", "lambda", "point", "seed", "epochs"
+]  # fmt: skip
 
 
 def score_vs_lr(title: str, section: pd.DataFrame, metric: str) -> Figure:
@@ -181,7 +183,8 @@ def decorate(ax, xlabel: str, ylabel: str, title: str) -> None:
 
 
 def history(title: str, section: pd.DataFrame, metric: str) -> Figure:
-    """Best-so-far dev score against the cumulative compute of the grid trials, per method."""
+    """Best-so-far dev score against the cumulative compute of the grid trials, per method, in the order this sweep
+    ran them: a picture of the run, not of the results (``runs.md``)."""
     fig, ax = legend_right_figure()
     for method in _methods(section):
         rows = section[(section["method"] == method) & ~section["confirmation"]].sort_values("number")
@@ -201,7 +204,8 @@ def history(title: str, section: pd.DataFrame, metric: str) -> Figure:
 
 
 def epoch_curves(title: str, section: pd.DataFrame, metric: str, top: int = 3) -> Figure:
-    """Per-epoch dev curves of the top trials of each study (one panel per method)."""
+    """Per-epoch dev curves of the top trials of each study (one panel per method; equal values in grid order, the
+    report's one tie-break: :func:`harness.report.frame.grid_order`), each named by its point."""
     methods = _methods(section)
     cols = min(4, len(methods))
     rows_n = math.ceil(len(methods) / cols)
@@ -209,14 +213,14 @@ def epoch_curves(title: str, section: pd.DataFrame, metric: str, top: int = 3) -
     axes = fig.subplots(rows_n, cols, squeeze=False, sharex=True, sharey=True).ravel()
     done = grid_done(section)
     for ax, method in zip(axes, methods):
-        best = done[done["method"] == method].sort_values(["value", "number"], ascending=[False, True]).head(top)
+        best = ranked(done[done["method"] == method]).head(top)
         for trial in best.to_dict("records"):
             epochs = [e for e in trial["epochs"] if e.get("value") is not None]
             ax.plot(
                 [e["epoch"] for e in epochs],
                 [100 * e["value"] for e in epochs],
                 marker="o",
-                label=f"#{trial['number']} ({trial['lr']:g}, {trial['eta']:g}, {trial['lambda']:g})",
+                label=f"({trial['lr']:g}, {trial['eta']:g}, {trial['lambda']:g}{_extra_label(trial['point'])})",
             )
         ax.set_title(method, fontsize=9, y=1.0)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
@@ -231,7 +235,7 @@ def epoch_curves(title: str, section: pd.DataFrame, metric: str, top: int = 3) -
     for ax in axes[::cols]:
         ax.set_ylabel(f"{metric} × 100")
     fig.suptitle(
-        f"{title}: {metric.split()[0]} curves of the top-{top} trials per method (legend: trial #, (lr, η, λ))",
+        f"{title}: {metric.split()[0]} curves of the top-{top} trials per method (legend: (lr, η, λ))",
         fontsize=10,
     )
     fig.subplots_adjust(
@@ -245,8 +249,16 @@ def epoch_curves(title: str, section: pd.DataFrame, metric: str, top: int = 3) -
     return fig
 
 
+def _extra_label(point) -> str:
+    """``, temperature=2`` for a point with an extra searched value, else nothing."""
+    extra = str(point).split(",", 3)[3:] if isinstance(point, str) else []
+    return f", {extra[0]}" if extra else ""
+
+
 # --------------------------------------------------------------------------- comparison
-BAR_COLUMNS = ["study", "task", "method", "number", "state", "confirmation", "value", "score"]
+BAR_COLUMNS = [
+    "study", "task", "method", "number", "state", "confirmation", "value", "score", "lr", "eta", "lambda", "point", "seed"
+]  # fmt: skip
 
 
 def bars(frame: pd.DataFrame, teachers: dict[str, float], seeds: dict[str, list[float]]) -> Figure:
@@ -310,8 +322,9 @@ def draw_all(
     extra: dict[str, list[tuple[str, Job]]] | None = None,
 ) -> dict:
     """Draw every figure into ``out/figures`` (see :func:`render` for ``workers``); returns
-    ``{"": comparison figures, (file, task): section figures, **extra's keys}``, each a list of
-    (title, relative path). ``extra``: more figures, as (title, :class:`Job`) lists by where they go."""
+    ``{"": comparison figures, (file, task): section figures, ("runs", file, task): the section's figures of how
+    the sweep ran (for ``runs.md``), **extra's keys}``, each a list of (title, relative path). ``extra``: more
+    figures, as (title, :class:`Job`) lists by where they go."""
     out, frame, studies = Path(out), snapshot.frame, snapshot.studies
     teachers = {}
     for study in sorted(studies):
@@ -329,7 +342,6 @@ def draw_all(
         )
         figs = [
             ("score vs learning rate", Job(f"lr__{name}.png", score_vs_lr, (title, section[LR_COLUMNS], metric))),
-            ("optimisation history", Job(f"history__{name}.png", history, (title, section[HISTORY_COLUMNS], metric))),
             ("per-epoch dev curves", Job(f"epochs__{name}.png", epoch_curves, (title, section[EPOCH_COLUMNS], metric))),
         ]
         inter = [s for s in sorted(set(section["study"])) if get_method(studies[s]["method"]).searches_lambda]
@@ -343,6 +355,9 @@ def draw_all(
                 )
             )
         made[(study_file, task)] = figs
+        made[("runs", study_file, task)] = [
+            ("optimisation history", Job(f"history__{name}.png", history, (title, section[HISTORY_COLUMNS], metric)))
+        ]
     made.update(extra or {})
     jobs = [job for figs in made.values() for _, job in figs]
     render(out, jobs, workers)

@@ -176,7 +176,7 @@ def trials_frame(storage: Storage, name: str | None = None) -> pd.DataFrame:
     return load(storage, name).frame
 
 
-# --------------------------------------------------------------------------- per study
+# --------------------------------------------------------------------------- selection
 def grid_done(frame: pd.DataFrame) -> pd.DataFrame:
     """COMPLETE grid trials (confirmation re-runs left out)."""
     return frame[(frame["state"] == "COMPLETE") & ~frame["confirmation"]]
@@ -188,28 +188,100 @@ def reported_score(frame: pd.DataFrame) -> pd.Series:
     return frame["score"].fillna(frame["value"])
 
 
+# --------------------------------------------------------------------------- the one tie-break
+def grid_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` in **grid order**, the one tie-break of every selection in the report.
+
+    Rows sorted by study name, then ascending lr, η, λ, then the method's extra searched value (numbers
+    before texts, each ascending; ``temperature=2`` before ``temperature=10``), then the seed; a value not
+    recorded sorts last. Grid order depends on the results alone (the points and seeds that were run), not
+    on the order in which workers ran them, so a sweep on a cluster and one local worker select the same
+    trial. Only two COMPLETE trials of the same point and seed (the same computation run twice) fall back to
+    the trial number.
+    """
+    if frame.empty:
+        return frame
+    keys = [
+        (
+            study,
+            *(_number_key(v) for v in (lr, eta, lam)),
+            _extra_key(point),
+            _number_key(seed),
+            _number_key(number),
+        )
+        for study, lr, eta, lam, point, seed, number in zip(
+            frame["study"], frame["lr"], frame["eta"], frame["lambda"], frame["point"], frame["seed"], frame["number"]
+        )
+    ]
+    return frame.iloc[sorted(range(len(keys)), key=keys.__getitem__)]
+
+
+def ranked(frame: pd.DataFrame, by: str = "value") -> pd.DataFrame:
+    """``frame`` from the highest ``by`` down, equal values in :func:`grid_order`."""
+    ordered = grid_order(frame)
+    return ordered.sort_values(by, ascending=False, kind="stable")
+
+
+def _number_key(value) -> tuple:
+    missing = value is None or pd.isna(value)
+    return (1, 0.0) if missing else (0, float(value))
+
+
+def _extra_key(point) -> tuple:
+    """The extra searched value of a point key (``lr=…,eta=…,lambda=…,temperature=2``): numbers first."""
+    extra = str(point).split(",", 3)[3:] if isinstance(point, str) else []
+    if not extra:
+        return (0, 0.0, "")
+    text = extra[0].split("=", 1)[-1]
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
+
+
 def best_trials(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """The best COMPLETE grid trial per group of ``by`` (ties: the first study, then the earliest trial),
-    indexed by ``by``."""
-    ranked = grid_done(frame).sort_values(["value", "study", "number"], ascending=[False, True, True], kind="stable")
-    return ranked.drop_duplicates(by).set_index(by, drop=False).sort_index()
+    """The best COMPLETE grid trial per group of ``by`` (ties: :func:`grid_order`), indexed by ``by``."""
+    return ranked(grid_done(frame)).drop_duplicates(by).set_index(by, drop=False).sort_index()
 
 
+# --------------------------------------------------------------------------- operations, not results
+INTERRUPTED = "interrupted"  # sweep/driver.py: Ctrl-C, SIGTERM, a SLURM preemption or time limit
+WORKER_DIED = "worker died"  # sweep/settle.py: how the trials of a killed worker (or a lost claim) are failed
+
+
+def interrupted(frame: pd.DataFrame) -> pd.Series:
+    """FAIL trials that the sweep's operation ended, not their point: interrupted (Ctrl-C, SIGTERM, a SLURM
+    preemption or time limit) or of a worker that died (killed, its claim taken over). Their point went back
+    to the grid and another trial ran it (resuming from the checkpoint), so they are not results: the main
+    document leaves them out, ``runs.md`` counts them."""
+    reason = frame["fail_reason"].fillna("").astype(str)
+    return (frame["state"] == "FAIL") & ((reason == INTERRUPTED) | reason.str.startswith(WORKER_DIED))
+
+
+def results(frame: pd.DataFrame) -> pd.DataFrame:
+    """The trials that are results: every trial but the :func:`interrupted` ones."""
+    return frame[~interrupted(frame)]
+
+
+# --------------------------------------------------------------------------- per study
 def best_per_study(frame: pd.DataFrame) -> pd.DataFrame:
     """Per study: the best grid trial, trial counts, CPU/GPU hours and time to best.
 
-    Counts are of grid trials (``seeds``: COMPLETE confirmation trials). Hours come from each trial's
-    wall time (``seconds``, or its finished epochs while it runs) on a ``cuda:`` device (GPU) or any
-    other (CPU). Time to best: the seconds of every trial numbered up to the best one.
+    Counts are of grid trials (``seeds``: COMPLETE confirmation trials); ``failed`` counts real failures,
+    ``interrupted`` the :func:`interrupted` trials. Hours come from each trial's wall time (``seconds``, or
+    its finished epochs while it runs) on a ``cuda:`` device (GPU) or any other (CPU). Time to best: the
+    seconds of every trial numbered up to the best one (in the order this sweep happened to run them).
     """
     state, grid = frame["state"], ~frame["confirmation"]
+    stopped = interrupted(frame)
     seconds = frame["seconds"].fillna(0.0).astype(float)
     gpu = frame["device"].fillna("").astype(str).str.startswith("cuda")
     flags = pd.DataFrame(
         {
             "study": frame["study"],
             "complete": grid & (state == "COMPLETE"),
-            "failed": grid & (state == "FAIL"),
+            "failed": grid & (state == "FAIL") & ~stopped,
+            "interrupted": stopped,
             "pruned": grid & (state == "PRUNED"),
             "running": grid & state.isin(["RUNNING", "WAITING"]),
             "seeds": ~grid & (state == "COMPLETE"),
@@ -219,7 +291,7 @@ def best_per_study(frame: pd.DataFrame) -> pd.DataFrame:
         }
     )
     summary = flags.groupby("study", sort=True).sum()
-    counts = ["complete", "failed", "pruned", "running", "seeds"]
+    counts = ["complete", "failed", "interrupted", "pruned", "running", "seeds"]
     summary[counts] = summary[counts].astype(int)
     best = best_trials(frame, ["study"]).set_index("study")
     limit = frame["study"].map(best["number"])
@@ -227,7 +299,7 @@ def best_per_study(frame: pd.DataFrame) -> pd.DataFrame:
     summary.loc[~summary.index.isin(best.index), "time_to_best"] = math.nan
     first = frame.groupby("study", sort=True)[["study_file", "task", "method"]].first()
     best = best.assign(score=reported_score(best))
-    picked = best[["value", "score", "lr", "eta", "lambda", "number"]].rename(columns={"lambda": "lam"})
+    picked = best[["value", "score", "lr", "eta", "lambda", "point", "number"]].rename(columns={"lambda": "lam"})
     return first.join(summary).join(picked).reset_index()
 
 

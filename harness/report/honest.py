@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from harness.report import figures_honest, paired, render, statistics
-from harness.report.frame import best_trials, grid_done, reported_score, task_labels
+from harness.report.frame import best_trials, grid_done, grid_order, reported_score, task_labels
 from harness.report.seed_stats import Seeds, is_alp
 from harness.spec.methods import METHODS, get_method
 from harness.spec.metrics import compute_metrics
@@ -129,8 +129,9 @@ def near_chance(snapshot, spec: TaskSpec, trial_id) -> bool | None:
 # --------------------------------------------------------------------------- equal budget
 def budget_curves(frame: pd.DataFrame) -> dict[tuple[str, str], dict]:
     """(task, method) → the expected reported dev score of the selected trial among n random grid trials,
-    for n = 1 … grid size: ``{"n", "mean", "sd"}`` (selection by the trial value, reporting ``score``)."""
-    done = grid_done(frame)
+    for n = 1 … grid size: ``{"n", "mean", "sd"}`` (selection by the trial value, reporting ``score``; equal
+    values: the first in :func:`~harness.report.frame.grid_order`, as in best of grid)."""
+    done = grid_order(grid_done(frame))
     curves = {}
     for (task, method), group in done.groupby(["task", "method"], sort=True):
         means, sds = statistics.expected_selected_curve(

@@ -113,7 +113,8 @@ def expected_max_curve(
 
 def _selection_order(keys: np.ndarray) -> np.ndarray:
     """Positions sorted from the least to the most preferred trial: by key, and among equal keys the earlier
-    position is preferred (ranked last), the one tie-break of every selection in the report."""
+    position is preferred (ranked last); passed in :func:`harness.report.frame.grid_order`, this is the one
+    tie-break of every selection in the report."""
     return np.lexsort((-np.arange(keys.size), keys))
 
 
@@ -126,7 +127,7 @@ def expected_selected(
     ``selection: holdout``: ranked by the holdout score, reporting dev at the chosen epoch). The chosen trial
     of n draws is the top-ranked drawn one, with the probabilities of :func:`expected_max`; with
     ``keys == reported`` this is :func:`expected_max`. Ties in ``keys``: the *earlier* position wins (the
-    tie-break of :func:`harness.report.frame.best_trials`, the earliest trial; pass trials in trial order).
+    tie-break of :func:`harness.report.frame.best_trials`: pass trials in :func:`harness.report.frame.grid_order`).
     """
     keys, reported = _as_float_array(keys).reshape(-1), _as_float_array(reported).reshape(-1)
     if keys.shape != reported.shape:

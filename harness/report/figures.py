@@ -149,11 +149,10 @@ def heatmaps(title: str, rows: pd.DataFrame, searches: list[dict], metric: str) 
     )
 
 
+SELECTION_COLUMNS = ["study", "lr", "eta", "lambda", "point", "seed", "number"]  # what grid_order reads
 LR_COLUMNS = ["method", "state", "confirmation", "value", "lr"]
 HISTORY_COLUMNS = ["method", "number", "state", "confirmation", "value", "seconds"]
-EPOCH_COLUMNS = [
-    "study", "method", "number", "state", "confirmation", "value", "lr", "eta", "lambda", "point", "seed", "epochs"
-]  # fmt: skip
+EPOCH_COLUMNS = ["method", "state", "confirmation", "value", "epochs", *SELECTION_COLUMNS]
 
 
 def score_vs_lr(title: str, section: pd.DataFrame, metric: str) -> Figure:
@@ -256,9 +255,7 @@ def _extra_label(point) -> str:
 
 
 # --------------------------------------------------------------------------- comparison
-BAR_COLUMNS = [
-    "study", "task", "method", "number", "state", "confirmation", "value", "score", "lr", "eta", "lambda", "point", "seed"
-]  # fmt: skip
+BAR_COLUMNS = ["task", "method", "state", "confirmation", "value", "score", *SELECTION_COLUMNS]
 
 
 def bars(frame: pd.DataFrame, teachers: dict[str, float], seeds: dict[str, list[float]]) -> Figure:

@@ -304,7 +304,8 @@ def test_a_best_point_that_is_nkd_gains_what_nkd_gains(tmp_path):
 
 # --------------------------------------------------------------------------- 7. one tie-break
 def test_the_budget_curve_breaks_ties_like_best_of_grid():
-    # Two trials tie on the selection value; best of grid takes the earliest. Old: the curve let the later win.
+    # Two trials tie on the selection value; best of grid takes the first in grid order (here: the first position,
+    # as honest.budget_curves passes them). Old: the curve let the later win.
     keys, reported = [0.8, 0.8, 0.7], [0.74, 0.70, 0.60]
     mean, sd = statistics.expected_selected(keys, reported, 3)
     assert (mean, sd) == (0.74, 0.0)

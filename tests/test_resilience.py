@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from harness.cli import main
 
-from conftest import REPO, run_cli, run_command, run_here, sweep_args, write_study
+from conftest import REPO, report_readme, run_cli, run_command, run_here, sweep_args, write_study
 
 KILL_STUDY = {
     "methods": ["nkd", "alp"],
@@ -64,16 +64,17 @@ def _wait_then_kill(process: subprocess.Popen, ready, limit: float) -> bool:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_kill_sweep(tmp_path_factory, tiny_bert, glue_dir) -> dict[str, float]:
-    """The best value of each study of :data:`KILL_STUDY` run once without interruption, in this process, with
-    its own cache (its own teacher fine-tuning). Shared by the grid and the TPE kill tests: TPE's budget is every
-    valid point here (2 per method), and a trial is a function of its point and seed alone, so an uninterrupted
-    TPE sweep has exactly these best values."""
+def uninterrupted_kill_sweep(tmp_path_factory, tiny_bert, glue_dir) -> dict:
+    """The reference sweep: :data:`KILL_STUDY` run once without interruption, in this process, with its own cache
+    (its own teacher fine-tuning); ``best`` the best value of each study, ``readme`` its report's main document
+    (:func:`conftest.report_readme`). Shared by the grid and the TPE kill tests: TPE's budget is every valid point
+    here (2 per method), and a trial is a function of its point and seed alone, so an uninterrupted TPE sweep has
+    exactly these best values."""
     folder = tmp_path_factory.mktemp("uninterrupted")
     study_file = write_study(folder / "kill.yaml", tiny_bert, **KILL_STUDY)
     storage = f"sqlite:///{folder / 'clean.db'}"
     assert main(["run", str(study_file), *sweep_args(storage, glue_dir, folder / "cache")]) == 0
-    return best_values(storage)
+    return {"best": best_values(storage), "readme": report_readme(storage, folder / "report")}
 
 
 @pytest.mark.parametrize("sampler", ["grid", "tpe"])
@@ -108,7 +109,10 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, tiny_bert, glue_dir, sa
     assert final.returncode == 0, final.stderr
     check_one_complete_per_point(storage, expected_points=2)
 
-    assert best_values(storage) == uninterrupted_kill_sweep
+    assert best_values(storage) == uninterrupted_kill_sweep["best"]
+    if sampler == "grid":  # the same study file: the report of the killed and resumed sweep is the same text (its
+        # dead workers' trials, trial numbers and wall times are in runs.md); a TPE study file is another study file
+        assert report_readme(storage, tmp_path / "report") == uninterrupted_kill_sweep["readme"]
 
 
 def _duplicate_free_sweep(

@@ -7,7 +7,6 @@ times and workers): their README.md must be the same text, their runs.md not.
 
 from __future__ import annotations
 
-import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import TrialState, create_trial
@@ -15,9 +14,8 @@ from optuna.trial import TrialState, create_trial
 from harness.report.document import load, markdown_report, write_report
 from harness.report.frame import best_trials, grid_order
 from harness.store.storage import Storage
-from harness.sweep.studies import open_study
 
-from test_report_statistics import LABELS, _config, _table, correct_first, noisy
+from test_report_statistics import _table, build, correct_first, noisy
 
 KD_LOW, KD_HIGH = "lr=1e-05,eta=0.5,lambda=0", "lr=5e-05,eta=0.5,lambda=0"
 ALP, NKD = "lr=1e-05,eta=0.5,lambda=0.5", "lr=1e-05,eta=0,lambda=0"
@@ -82,16 +80,7 @@ def _as_a_cluster_ran_it(rows: list) -> list:
 
 
 def _build(url: str, rows: dict) -> Storage:
-    storage, config = Storage(url), _config("SST-2", list(rows), "holdout")
-    for method, trials in rows.items():
-        study = open_study(storage, config, method)
-        study.set_user_attr("teacher", {"key": "t", "value": 0.9, "metrics": {"dev": {"accuracy": 0.9}}})
-        study.add_trials([t for t, _ in trials])
-        storage.save_labels(study.study_name, {"dev": LABELS})
-        for trial, predicted in zip(study.get_trials(), [p for _, p in trials]):
-            if predicted is not None:
-                storage.save_predictions(trial._trial_id, 2, {"dev": np.eye(2)[predicted].astype(np.float32)})
-    return storage
+    return build(url, rows, selection="holdout", epoch=2)  # predictions at the reported (last) epoch
 
 
 def test_the_main_document_depends_on_the_results_alone_and_runs_md_on_the_run(tmp_path):

@@ -75,8 +75,10 @@ def _config(task: str, methods: list[str], selection: str = "dev"):
     )
 
 
-def build(url: str, rows: dict, task: str = "SST-2", selection: str = "dev", storage: Storage | None = None):
-    """``rows``: method → [(trial, predictions or None)]; labels are :data:`LABELS`."""
+def build(
+    url: str, rows: dict, task: str = "SST-2", selection: str = "dev", storage: Storage | None = None, epoch: int = 1
+):
+    """``rows``: method → [(trial, predictions or None at ``epoch``)]; labels are :data:`LABELS`."""
     storage = storage or Storage(url)
     config = _config(task, list(rows), selection)
     for method, trials in rows.items():
@@ -86,7 +88,7 @@ def build(url: str, rows: dict, task: str = "SST-2", selection: str = "dev", sto
         storage.save_labels(study.study_name, {"dev": LABELS})
         for trial, predicted in zip(study.get_trials(), [p for _, p in trials]):
             if predicted is not None:
-                storage.save_predictions(trial._trial_id, 1, {"dev": np.eye(2)[predicted].astype(np.float32)})
+                storage.save_predictions(trial._trial_id, epoch, {"dev": np.eye(2)[predicted].astype(np.float32)})
     return storage
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 from harness.report import honest, paired
 from harness.report.comparison import comparison_table
 from harness.report.figures import draw_all
-from harness.report.frame import Snapshot, best_per_study, best_trials, interrupted, load, results
+from harness.report.frame import Snapshot, best_per_study, best_trials, interrupted, load, number_cell, results
 from harness.report.reference import load_reference
 from harness.report.runs import LINK, runs_report, state_counts
 from harness.report.seed_stats import confirmations, seed_groups, seeds_tables
@@ -42,8 +42,6 @@ TIE_BREAK = (
 
 
 # --------------------------------------------------------------------------- document
-def _num(value, fmt: str, scale: float = 1.0) -> str:
-    return "–" if value is None or pd.isna(value) else format(scale * value, fmt)
 
 
 def study_table(snapshot: Snapshot, section: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
@@ -62,14 +60,15 @@ def study_table(snapshot: Snapshot, section: pd.DataFrame, summary: pd.DataFrame
         None,
     )
     if teacher is not None:  # the teacher's value is its dev score: it is not selected on the holdout
-        value = _num(teacher.get("value"), ".2f", 100)
+        value = number_cell(teacher.get("value"), ".2f", 100)
         lines.append(f"| teacher | {'– | ' if holdout else ''}{value} |" + " |" * 8)
     order = {m: i for i, m in enumerate(METHODS)}
     for row in sorted(summary.itertuples(), key=lambda r: order[r.method]):
-        scores = _num(row.value, ".2f", 100) + (f" | {_num(row.score, '.2f', 100)}" if holdout else "")
+        scores = number_cell(row.value, ".2f", 100) + (f" | {number_cell(row.score, '.2f', 100)}" if holdout else "")
         lines.append(
-            f"| {row.method} | {scores} | {_num(row.lr, 'g')} | {_num(row.eta, 'g')} | "
-            f"{_num(row.lam, 'g')} | {row.complete} | {row.failed} | {row.pruned} | {row.running} | {row.seeds} |"
+            f"| {row.method} | {scores} | {number_cell(row.lr, 'g')} | {number_cell(row.eta, 'g')} | "
+            f"{number_cell(row.lam, 'g')} | {row.complete} | {row.failed} | {row.pruned} | {row.running} | "
+            f"{row.seeds} |"
         )
     return lines
 

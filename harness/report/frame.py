@@ -303,6 +303,11 @@ def best_per_study(frame: pd.DataFrame) -> pd.DataFrame:
     return first.join(summary).join(picked).reset_index()
 
 
+def number_cell(value, fmt: str, scale: float = 1.0) -> str:
+    """A table cell: ``scale * value`` in ``fmt``, or "–" for a missing value."""
+    return "–" if value is None or pd.isna(value) else format(scale * value, fmt)
+
+
 def task_labels(snapshot: Snapshot, task: str) -> dict:
     """The eval labels stored with the first study of ``task`` that has them (``{}`` if none)."""
     for study in sorted(snapshot.studies):

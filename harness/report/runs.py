@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness.report.frame import Snapshot, best_per_study, interrupted
+from harness.report.frame import Snapshot, best_per_study, interrupted, number_cell
 from harness.spec.methods import METHODS
 from harness.spec.tasks import TASKS
 
@@ -72,11 +72,12 @@ def runs_report(snapshot: Snapshot, command: str, figures: dict | None = None) -
             "|---|---:|---|" + "---:|" * 10,
         ]
         for row in sorted(section.itertuples(), key=lambda r: order[r.method]):
+            point = row.point if isinstance(row.point, str) else "–"
             lines.append(
-                f"| {row.method} | {_num(row.number, '.0f')} | {row.point if isinstance(row.point, str) else '–'} | "
+                f"| {row.method} | {number_cell(row.number, '.0f')} | {point} | "
                 f"{row.complete} | {row.failed} | {row.interrupted} | {row.pruned} | {row.running} | {row.seeds} | "
                 f"{int(workers.get(row.study, 0))} | {row.cpu_hours:.3f} | {row.gpu_hours:.3f} | "
-                f"{_num(row.time_to_best, '.3f', 1 / 3600)} |"
+                f"{number_cell(row.time_to_best, '.3f', 1 / 3600)} |"
             )
         lines += ["", f"Reproduce: `{command}`", ""]
         lines += [f"![{title}]({path})" for title, path in figures.get(("runs", study_file, task), [])] + [""]
@@ -88,7 +89,3 @@ _ABOUT = (
     "(which worker ran which trial when, interruptions, wall times), so it differs between two runs of the same "
     "sweep where README.md does not. `trials.csv` has every trial of this run, one row each."
 )
-
-
-def _num(value, fmt: str, scale: float = 1.0) -> str:
-    return "–" if value is None or pd.isna(value) else format(scale * value, fmt)

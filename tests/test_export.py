@@ -13,6 +13,8 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from harness.spec.config import grid_rank
+
 from conftest import GLUE_DIR, run_cli, run_here, sweep_args, write_study
 
 
@@ -83,7 +85,7 @@ def test_a_student_that_was_not_kept_is_re_trained_to_the_same_weights(swept, gl
     folder, storage, _ = swept
     study = optuna.load_study(study_name="tiny/SST-2/nkd", storage=storage)
     complete = sorted((t for t in study.get_trials() if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-    best = max(complete, key=lambda t: (t.value, -t.number))  # keep_only_the_best's choice (ties: lower number)
+    best = min(complete, key=lambda t: (-t.value, grid_rank(t.user_attrs)))  # keep_only_the_best's (ties: grid order)
     worst = next(t for t in complete if t.number != best.number)  # not the best: its student was removed
     out = folder / "worst-nkd"
     result = _export(swept, glue_dir, out, str(worst._trial_id))

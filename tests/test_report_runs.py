@@ -15,7 +15,7 @@ from harness.report.document import load, markdown_report, write_report
 from harness.report.frame import best_trials, grid_order
 from harness.store.storage import Storage
 
-from test_report_statistics import _table, build, correct_first, noisy
+from test_report_statistics import _config, _table, build, correct_first, noisy
 
 KD_LOW, KD_HIGH = "lr=1e-05,eta=0.5,lambda=0", "lr=5e-05,eta=0.5,lambda=0"
 ALP, NKD = "lr=1e-05,eta=0.5,lambda=0.5", "lr=1e-05,eta=0,lambda=0"
@@ -109,12 +109,20 @@ def test_the_main_document_depends_on_the_results_alone_and_runs_md_on_the_run(t
 
 
 def test_a_tie_between_grid_points_goes_to_the_first_in_grid_order_whatever_the_trial_order(tmp_path):
-    # Old rule: the earliest trial, so the order the workers happened to finish in chose the grid point.
+    # Old rule: the earliest trial, so the order the workers happened to finish in chose the grid point. The
+    # selections outside the report (confirm --top, export --best, keep_students: best) break ties the same way.
+    from harness.sweep.confirm import confirmation_points
+    from harness.tools.export import _best
+
     tied = [(_trial(KD_HIGH, 0.8, 0.70), None), (_trial(KD_LOW, 0.8, 0.74), None)]
     cells = []
     for name, rows in (("forward", tied), ("backward", tied[::-1])):
-        snapshot = load(_build(f"sqlite:///{tmp_path / name}.db", {"kd": rows}))
+        storage = _build(f"sqlite:///{tmp_path / name}.db", {"kd": rows})
+        snapshot = load(storage)
         assert best_trials(snapshot.frame, ["task", "method"]).iloc[0]["point"] == KD_LOW
+        assert _best(storage, None, None, None)[0].user_attrs["point"] == KD_LOW
+        study = optuna.load_study(study_name="s/SST-2/kd", storage=storage.optuna)
+        assert list(confirmation_points(_config("SST-2", ["kd"], "holdout"), study, 1, 1)) == [f"{KD_LOW},seed=43"]
         text = markdown_report(snapshot, "python run_study.py report", budget=2)
         cells.append(({r[0]: r for r in _table(text, "## Comparison")}["kd"][1], _table(text, "## Equal budget")[2][1]))
     assert cells == [("74.00", "74.00 ± 0.00 (2)")] * 2

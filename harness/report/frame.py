@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import optuna
 import pandas as pd
 
+from harness.spec.config import grid_rank
 from harness.spec.methods import METHODS, declare_row
 from harness.spec.tasks import TASKS
 from harness.store.storage import Storage
@@ -190,53 +191,23 @@ def reported_score(frame: pd.DataFrame) -> pd.Series:
 
 # --------------------------------------------------------------------------- the one tie-break
 def grid_order(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` in **grid order**, the one tie-break of every selection in the report.
+    """``frame`` in **grid order**, the one tie-break of every selection in the report: by study name, then
+    :func:`harness.spec.config.grid_rank` (ascending lr, η, λ, the method's extra searched value, the seed).
 
-    Rows sorted by study name, then ascending lr, η, λ, then the method's extra searched value (numbers
-    before texts, each ascending; ``temperature=2`` before ``temperature=10``), then the seed; a value not
-    recorded sorts last. Grid order depends on the results alone (the points and seeds that were run), not
-    on the order in which workers ran them, so a sweep on a cluster and one local worker select the same
-    trial. Only two COMPLETE trials of the same point and seed (the same computation run twice) fall back to
-    the trial number.
+    Grid order depends on the results alone (the points and seeds that were run), not on the order in which
+    workers ran them, so a sweep on a cluster and one local worker select the same trial. Only two COMPLETE
+    trials of the same point and seed (the same computation run twice) fall back to the trial number.
     """
     if frame.empty:
         return frame
-    keys = [
-        (
-            study,
-            *(_number_key(v) for v in (lr, eta, lam)),
-            _extra_key(point),
-            _number_key(seed),
-            _number_key(number),
-        )
-        for study, lr, eta, lam, point, seed, number in zip(
-            frame["study"], frame["lr"], frame["eta"], frame["lambda"], frame["point"], frame["seed"], frame["number"]
-        )
-    ]
+    rows = frame[["study", "lr", "eta", "lambda", "point", "seed", "number"]].to_dict("records")
+    keys = [(row["study"], grid_rank(row), row["number"]) for row in rows]
     return frame.iloc[sorted(range(len(keys)), key=keys.__getitem__)]
 
 
 def ranked(frame: pd.DataFrame, by: str = "value") -> pd.DataFrame:
     """``frame`` from the highest ``by`` down, equal values in :func:`grid_order`."""
-    ordered = grid_order(frame)
-    return ordered.sort_values(by, ascending=False, kind="stable")
-
-
-def _number_key(value) -> tuple:
-    missing = value is None or pd.isna(value)
-    return (1, 0.0) if missing else (0, float(value))
-
-
-def _extra_key(point) -> tuple:
-    """The extra searched value of a point key (``lr=…,eta=…,lambda=…,temperature=2``): numbers first."""
-    extra = str(point).split(",", 3)[3:] if isinstance(point, str) else []
-    if not extra:
-        return (0, 0.0, "")
-    text = extra[0].split("=", 1)[-1]
-    try:
-        return (0, float(text), "")
-    except ValueError:
-        return (1, 0.0, text)
+    return grid_order(frame).sort_values(by, ascending=False, kind="stable")
 
 
 def best_trials(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:

@@ -33,6 +33,8 @@ is part of a study's fingerprint (a plug-in's file is checked by its sha256 inst
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -374,6 +376,33 @@ def uses_live_teacher(config: StudyConfig, method: str) -> bool:
 def extra_values(point: dict) -> dict:
     """The point's value of a method's extra axis (``{}`` without one), e.g. ``{"temperature": 2.0}``."""
     return {k: v for k, v in point.items() if k not in WEIGHT_KEYS}
+
+
+def grid_rank(attrs: Mapping) -> tuple:
+    """Where a trial's point stands in **grid order**, the one tie-break of every selection (the report's best of
+    grid, equal budget, paired tests and α; ``confirm --top``; ``export --best``; ``keep_students: best``).
+
+    ``attrs``: a trial's user attributes or a report row (``lr``, ``eta``, ``lambda``, ``point``, ``seed``).
+    Ascending lr, then η, then λ, then the method's extra searched value (read from the point key; numbers
+    before texts, each ascending: ``temperature=2`` before ``temperature=10``), then the seed; a value not
+    recorded sorts last. It depends on the points and seeds alone, not on the order the workers ran them in.
+    """
+    extra = str(attrs.get("point")).split(",", 3)[3:] if isinstance(attrs.get("point"), str) else []
+    text = extra[0].split("=", 1)[-1] if extra else ""
+    try:
+        extra_rank = (0, float(text), "") if text else (0, 0.0, "")
+    except ValueError:
+        extra_rank = (1, 0.0, text)
+    lr, eta, lam, seed = (_rank(attrs.get(key)) for key in ("lr", "eta", "lambda", "seed"))
+    return (lr, eta, lam, extra_rank, seed)
+
+
+def _rank(value) -> tuple:
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    try:
+        return (1, 0.0) if missing else (0, float(value))
+    except (TypeError, ValueError):  # pandas' NA, a stray text
+        return (1, 0.0)
 
 
 def point_key(point: dict[str, float]) -> str:

@@ -13,7 +13,7 @@ import torch
 from optuna.trial import TrialState
 
 from harness.distill.device import pick_device, reproduction_tolerance, runtime_info
-from harness.spec.config import StudyConfig, extra_values, point_key
+from harness.spec.config import StudyConfig, extra_values, grid_rank, point_key
 from harness.spec.methods import get_method
 from harness.store.claims import worker_id
 from harness.store.storage import Storage
@@ -272,11 +272,12 @@ def grid_trials(study: optuna.Study, states: tuple[TrialState, ...] | None = Non
 
 def keep_only_the_best(study: optuna.Study) -> None:
     """``keep_students: best``: remove the kept students of every trial of ``study`` but its best (highest
-    value; seed confirmations and TPE duplicates are never the best)."""
+    value, ties in grid order as the report breaks them: :func:`~harness.spec.config.grid_rank`; seed
+    confirmations and TPE duplicates are never the best)."""
     candidates = grid_trials(study, (TrialState.COMPLETE,))
     if not candidates:
         return
-    best = max(candidates, key=lambda t: (t.value, -t.number))
+    best = min(candidates, key=lambda t: (-t.value, grid_rank(t.user_attrs), t.number))
     for trial in study.get_trials(deepcopy=False):
         path = trial.user_attrs.get("student_path")
         if path and trial.number != best.number and "equivalent_of" not in trial.user_attrs:

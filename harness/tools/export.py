@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.spec.config import StudyConfig, parse_study
+from harness.spec.config import StudyConfig, grid_rank, parse_study
 from harness.store.storage import Storage
 from harness.sweep.studies import plugin_dirs
 from harness.sweep.trial import grid_trials
@@ -42,7 +42,8 @@ def choose_trial(
     storage: Storage, trial_id: int | None, name: str | None, task: str | None, method: str | None
 ) -> Chosen:
     """``trial_id``, or with ``None`` the best trial (highest value; no confirmation, no TPE duplicate) of
-    the studies that match ``name``/``task``/``method``, which must all be of one task."""
+    the studies that match ``name``/``task``/``method``, which must all be of one task; ties as the report's best
+    of grid: the first study, then grid order, :func:`~harness.spec.config.grid_rank`)."""
     if trial_id is not None:
         row = storage.result(trial_id)
         if row is None:
@@ -82,7 +83,8 @@ def _best(storage: Storage, name: str | None, task: str | None, method: str | No
     tasks = sorted({task_name for _, _, task_name in matching})
     if len(tasks) > 1:
         raise HarnessError(f"--best matches studies of several tasks ({', '.join(tasks)}); add --task")
-    trial, study_name, _ = max(matching, key=lambda m: (m[0].value, -m[0]._trial_id))
+    # ties as in the report's best of grid: the first study, then grid order (grid_rank)
+    trial, study_name, _ = min(matching, key=lambda m: (-m[0].value, m[1], grid_rank(m[0].user_attrs), m[0].number))
     return trial, study_name
 
 

@@ -36,8 +36,9 @@ __all__ = ["load", "markdown_report", "write_report"]
 
 TIE_BREAK = (
     "Ties, in every selection of this report (best of grid, the equal-budget curves, the paired tests, the α "
-    "section, the figures): grid order, the first point by ascending lr, then η, then λ, then the method's extra "
-    "searched value, then the seed; it does not depend on the order in which the sweep ran its trials."
+    "section, the figures): the first study, then grid order, the first point by ascending lr, then η, then λ, then "
+    "the method's extra searched value, then the seed; it does not depend on the order in which the sweep ran its "
+    "trials."
 )
 
 

@@ -109,7 +109,7 @@ def test_run_resume_and_report(tmp_path, tiny_bert, glue_dir, capsys):
         trials = optuna.load_study(study_name=f"tiny/SST-2/{method}", storage=storage).get_trials()
         grid = [t for t in trials if not t.user_attrs["confirmation"]]
         extra = [t for t in trials if t.user_attrs["confirmation"]]
-        best = max(grid, key=lambda t: t.value)
+        best = min(grid, key=lambda t: (-t.value, grid_rank(t.user_attrs)))  # ties (they happen here): grid order
         assert sorted(t.user_attrs["seed"] for t in extra) == [43, 44]
         assert {t.user_attrs["point"] for t in extra} == {best.user_attrs["point"]}
         assert all(t.state.name == "COMPLETE" for t in extra)

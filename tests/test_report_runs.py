@@ -140,3 +140,14 @@ def test_grid_order_is_lr_eta_lambda_then_the_extra_value_then_the_seed():
         [{"study": "s", "point": p, **_params(p), "seed": seed, "number": n} for n, (p, seed) in enumerate(points)]
     )
     assert list(grid_order(frame)["number"]) == [4, 3, 2, 1, 0]
+
+
+def test_a_point_given_up_after_its_workers_died_stays_a_failure_in_the_main_document(tmp_path):
+    """Stopped trials are left out of the main document only when another trial finished their point: a point
+    whose worker was killed three times (the out-of-memory killer) and given up is a result, and says so."""
+    died = [(_trial(KD_HIGH, 0.0, state=TrialState.FAIL, fail_reason="worker died (claim taken over)"), None)] * 3
+    rows = {"kd": [(_trial(KD_LOW, 0.80, 0.74), correct_first(150)), *died]}
+    url = f"sqlite:///{tmp_path / 'oom.db'}"
+    readme = write_report(_build(url, rows), tmp_path / "oom", None, "python run_study.py report", workers=1)
+    assert "1 studies, 4 trials: 1 complete, 3 failed, 0 pruned, 0 running." in readme.read_text()
+    assert "1 complete, 3 failed, 0 interrupted" in (readme.parent / "runs.md").read_text()

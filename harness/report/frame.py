@@ -222,11 +222,22 @@ WORKER_DIED = "worker died"  # sweep/settle.py: how the trials of a killed worke
 
 def interrupted(frame: pd.DataFrame) -> pd.Series:
     """FAIL trials that the sweep's operation ended, not their point: interrupted (Ctrl-C, SIGTERM, a SLURM
-    preemption or time limit) or of a worker that died (killed, its claim taken over). Their point went back
-    to the grid and another trial ran it (resuming from the checkpoint), so they are not results: the main
-    document leaves them out, ``runs.md`` counts them."""
+    preemption or time limit) or of a worker that died (killed, its claim taken over), **whose point another
+    trial then finished** (COMPLETE or PRUNED, same study, point, seed and kind), resuming from the checkpoint.
+    They are not results: the main document leaves them out, ``runs.md`` counts them. A stopped trial whose
+    point was not finished stays a failure in the main document: a point given up after its worker was killed
+    again and again (say, by the out-of-memory killer) is a result, and so is a sweep stopped half-way."""
     reason = frame["fail_reason"].fillna("").astype(str)
-    return (frame["state"] == "FAIL") & ((reason == INTERRUPTED) | reason.str.startswith(WORKER_DIED))
+    stopped = (frame["state"] == "FAIL") & ((reason == INTERRUPTED) | reason.str.startswith(WORKER_DIED))
+    if not stopped.any():
+        return stopped
+
+    def keys(rows: pd.DataFrame) -> pd.Series:
+        parts = [rows[c].astype(object).where(rows[c].notna(), None).astype(str) for c in ("study", "point", "seed")]
+        return parts[0] + "|" + parts[1] + "|" + parts[2] + "|" + rows["confirmation"].astype(str)
+
+    finished = set(keys(frame[frame["state"].isin(["COMPLETE", "PRUNED"])]))
+    return stopped & keys(frame).isin(finished)
 
 
 def results(frame: pd.DataFrame) -> pd.DataFrame:

@@ -78,6 +78,13 @@ def check_gpu_arch() -> None:
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def synchronize(device) -> None:
+    """Wait for the work queued on a CUDA ``device`` (a no-op elsewhere): a timing must not stop the clock while
+    the kernels still run."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def autocast_for(
     device: torch.device, precision: str = "auto"
 ) -> tuple[contextlib.AbstractContextManager, torch.dtype | None]:

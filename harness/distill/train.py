@@ -34,7 +34,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from harness.data.encoding import EncodedSplit
 from harness.distill.batches import eval_batches, prefetch, to_batch, to_device, token_lengths, train_batches
-from harness.distill.device import autocast_for, pick_device
+from harness.distill.device import autocast_for, pick_device, synchronize
 from harness.distill.losses import InterLayerLoss, kd_loss, regression_kd_loss
 from harness.distill.method_loss import MethodLoss, States, eager_attention
 from harness.distill.models import load_checkpoint
@@ -421,18 +421,13 @@ class Stepper:
         self.model.train()
         timed = []
         for number, index in enumerate(batches):
-            _synchronize(self.device)
+            synchronize(self.device)
             started = time.perf_counter()
             self(to_batch(data, index, pad_token_id, self.device), index)
-            _synchronize(self.device)
+            synchronize(self.device)
             if number >= warmup:
                 timed.append(time.perf_counter() - started)
         return sum(timed) / len(timed)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _step(loss, params, optimizer, scheduler, scaler, max_grad_norm: float) -> tuple[torch.Tensor, float]:

@@ -65,7 +65,7 @@ def _eval_seconds(model, data, batch_size: int, pad_token_id: int, device, preci
     import torch
 
     from harness.distill.batches import to_batch, token_lengths, train_batches
-    from harness.distill.device import autocast_for
+    from harness.distill.device import autocast_for, synchronize
 
     autocast, _ = autocast_for(torch.device(device), precision)
     batches = train_batches(token_lengths(data), batch_size, 0, 0)
@@ -74,15 +74,13 @@ def _eval_seconds(model, data, batch_size: int, pad_token_id: int, device, preci
     timed = []
     with torch.no_grad():
         for number, index in enumerate(batches):
-            if torch.device(device).type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             started = time.perf_counter()
             batch = to_batch(data, index, pad_token_id, device)
             batch.pop("labels")
             with autocast:
                 model(**batch)
-            if torch.device(device).type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             if number:
                 timed.append(time.perf_counter() - started)
     return sum(timed) / len(timed)

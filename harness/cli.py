@@ -544,11 +544,9 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     url = args.storage or default_storage(REPO_ROOT)
     cache_dir = args.cache_dir or _default_cache()
     configs = [load_study(path) for path in args.study_files]  # a bad study file fails before anything is sent
-    flags = {field: getattr(args, field, None) for field in ("workers", "gpus_per_worker", "cpus_per_worker", "mem")}
-    flags.update({flag: getattr(args, flag) for flag in ("partition", "time", "account", "qos", "constraint")})
-    flags.update(
-        nodelist=args.nodelist, sbatch=args.sbatch, confirm=None if args.confirm is None else tuple(args.confirm)
-    )
+    # each flag has the dest of the slurm: block key it overrides
+    flags = {field: getattr(args, field) for field in slurm.SlurmBlock.model_fields}
+    flags["confirm"] = None if args.confirm is None else tuple(args.confirm)
     blocks = [(str(path), config.slurm) for path, config in zip(args.study_files, configs)]
     options = slurm.options_from(blocks, flags)
     names = sorted({config.name for config in configs})

@@ -140,16 +140,16 @@ def record_teacher(study: optuna.Study, experiment: Experiment) -> None:
             },
         )
         return
-    where = {
-        "weights": f"fine-tuned teacher in {teacher.path}",
-        "outputs": f"teacher-output cache in {experiment.teacher.outputs_dir()}",
-    }
     for name, sha in found.items():
         if stored.get(name) is not None and stored[name] != sha:
-            what = "weights" if name == "weights" else "outputs (cache)"
+            what, where = (
+                ("weights", f"fine-tuned teacher in {teacher.path}")
+                if name == "weights"
+                else ("outputs (cache)", f"teacher-output cache in {experiment.teacher.outputs_dir()}")
+            )
             raise HarnessError(
                 f"study '{study.study_name}' was run with teacher {what} sha256 {stored[name][:16]}, this worker's "
-                f"{where[name]} has {sha[:16]}; share one --cache-dir between all workers (or run 'prepare' once and "
+                f"{where} has {sha[:16]}; share one --cache-dir between all workers (or run 'prepare' once and "
                 "copy its cache) so that every worker uses the same teacher"
             )
     missing = {name: sha for name, sha in found.items() if stored.get(name) is None}

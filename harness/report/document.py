@@ -23,7 +23,16 @@ import pandas as pd
 from harness.report import honest, paired
 from harness.report.comparison import comparison_table
 from harness.report.figures import draw_all
-from harness.report.frame import Snapshot, best_per_study, best_trials, interrupted, load, number_cell, results
+from harness.report.frame import (
+    Snapshot,
+    best_per_study,
+    best_trials,
+    interrupted,
+    load,
+    number_cell,
+    results,
+    sections,
+)
 from harness.report.reference import load_reference
 from harness.report.runs import LINK, runs_report, state_counts
 from harness.report.seed_stats import confirmations, seed_groups, seeds_tables
@@ -135,7 +144,7 @@ def markdown_report(
         "",
     ]
     summary = best_per_study(frame)
-    for (study_file, task), section in _sections(frame):
+    for (study_file, task), section in sections(frame):
         split = "selected on holdout, dev read at it" if (section["selection"] == "holdout").any() else "dev"
         lines += [f"### {study_file} / {task} ({split}, {TASKS[task].primary_metric} × 100)", ""]
         lines += study_table(snapshot, section, summary[summary["study"].isin(set(section["study"]))])
@@ -193,12 +202,6 @@ def _runtime_notes(section: pd.DataFrame) -> list[str]:
                 "",
             ]
     return lines
-
-
-def _sections(frame: pd.DataFrame):
-    order = {t: i for i, t in enumerate(TASKS)}
-    keys = sorted({(f, t) for f, t in zip(frame["study_file"], frame["task"])}, key=lambda k: (k[0], order[k[1]]))
-    return [(key, frame[(frame["study_file"] == key[0]) & (frame["task"] == key[1])]) for key in keys]
 
 
 @contextlib.contextmanager
@@ -259,7 +262,7 @@ def _write_report(
     if not snapshot.frame.empty:
         equal = honest.equal_budget(snapshot, budget, command)
         extra = honest.figure_jobs(equal[1], honest.alpha_panels(snapshot.frame))
-        figures = draw_all(snapshot, _sections(snapshot.frame), groups, out, workers, extra)
+        figures = draw_all(snapshot, sections(snapshot.frame), groups, out, workers, extra)
     csv = snapshot.frame.drop(columns=["epochs", "alpha"]).to_csv(index=False).encode()
     atomic_write(out / "trials.csv", lambda stream: stream.write(csv), durable=False)
     text = markdown_report(snapshot, command, published, figures, budget, equal, focus, family).encode()

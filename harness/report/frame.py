@@ -285,6 +285,13 @@ def best_per_study(frame: pd.DataFrame) -> pd.DataFrame:
     return first.join(summary).join(picked).reset_index()
 
 
+def sections(frame: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
+    """The report's sections: ``((study file, task), its rows)``, by study file, then in GLUE's task order."""
+    order = {t: i for i, t in enumerate(TASKS)}
+    keys = sorted({(f, t) for f, t in zip(frame["study_file"], frame["task"])}, key=lambda k: (k[0], order[k[1]]))
+    return [(key, frame[(frame["study_file"] == key[0]) & (frame["task"] == key[1])]) for key in keys]
+
+
 def number_cell(value, fmt: str, scale: float = 1.0) -> str:
     """A table cell: ``scale * value`` in ``fmt``, or "–" for a missing value."""
     return "–" if value is None or pd.isna(value) else format(scale * value, fmt)

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness.report.frame import Snapshot, best_per_study, interrupted, number_cell
+from harness.report.frame import Snapshot, best_per_study, interrupted, number_cell, sections
 from harness.spec.methods import METHODS
-from harness.spec.tasks import TASKS
 
 LINK = (
     "How this sweep ran (trial numbers, interrupted trials, workers, CPU/GPU hours, time to best, the optimisation "
@@ -60,10 +59,8 @@ def runs_report(snapshot: Snapshot, command: str, figures: dict | None = None) -
     summary = best_per_study(frame)
     workers = frame.groupby("study", sort=True)["worker"].nunique()
     order = {m: i for i, m in enumerate(METHODS)}
-    tasks = {t: i for i, t in enumerate(TASKS)}
-    keys = sorted({(f, t) for f, t in zip(summary["study_file"], summary["task"])}, key=lambda k: (k[0], tasks[k[1]]))
-    for study_file, task in keys:
-        section = summary[(summary["study_file"] == study_file) & (summary["task"] == task)]
+    for (study_file, task), rows in sections(frame):  # the same sections as README.md's, in its order
+        section = summary[summary["study"].isin(set(rows["study"]))]
         lines += [
             f"### {study_file} / {task}",
             "",

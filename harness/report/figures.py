@@ -26,6 +26,7 @@ from matplotlib.ticker import MaxNLocator
 from harness.report.frame import best_trials, grid_done, ranked, reported_score
 from harness.report.render import Job, render, slug
 from harness.report.render import remove_stale as _remove_stale
+from harness.spec.config import extra_part
 from harness.spec.methods import METHODS, get_method
 from harness.spec.tasks import TASKS
 
@@ -250,8 +251,8 @@ def epoch_curves(title: str, section: pd.DataFrame, metric: str, top: int = 3) -
 
 def _extra_label(point) -> str:
     """``, temperature=2`` for a point with an extra searched value, else nothing."""
-    extra = str(point).split(",", 3)[3:] if isinstance(point, str) else []
-    return f", {extra[0]}" if extra else ""
+    extra = extra_part(point)
+    return f", {extra}" if extra else ""
 
 
 # --------------------------------------------------------------------------- comparison

@@ -378,6 +378,13 @@ def extra_values(point: dict) -> dict:
     return {k: v for k, v in point.items() if k not in WEIGHT_KEYS}
 
 
+def extra_part(key) -> str:
+    """The ``name=value`` a :func:`point_key` ends with for a method's extra searched value (``temperature=2``),
+    or ``""`` (no extra axis, or no key)."""
+    extra = key.split(",", 3)[3:] if isinstance(key, str) else []
+    return extra[0] if extra else ""
+
+
 def grid_rank(attrs: Mapping) -> tuple:
     """Where a trial's point stands in **grid order**, the one tie-break of every selection (the report's best of
     grid, equal budget, paired tests and α; ``confirm --top``; ``export --best``; ``keep_students: best``).
@@ -387,8 +394,7 @@ def grid_rank(attrs: Mapping) -> tuple:
     before texts, each ascending: ``temperature=2`` before ``temperature=10``), then the seed; a value not
     recorded sorts last. It depends on the points and seeds alone, not on the order the workers ran them in.
     """
-    extra = str(attrs.get("point")).split(",", 3)[3:] if isinstance(attrs.get("point"), str) else []
-    text = extra[0].split("=", 1)[-1] if extra else ""
+    text = extra_part(attrs.get("point")).split("=", 1)[-1]
     try:
         extra_rank = (0, float(text), "") if text else (0, 0.0, "")
     except ValueError:

@@ -403,6 +403,12 @@ def grid_rank(attrs: Mapping) -> tuple:
     return (lr, eta, lam, extra_rank, seed)
 
 
+def best_first(trial) -> tuple:
+    """A sort key that puts a study's best trial first: highest value, equal values in :func:`grid_rank` order,
+    then (the same point and seed run twice) the earlier trial. ``trial``: an Optuna trial with a value."""
+    return (-trial.value, grid_rank(trial.user_attrs), trial.number)
+
+
 def _rank(value) -> tuple:
     missing = value is None or (isinstance(value, float) and math.isnan(value))
     try:

@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.distill.experiment import Experiment
-from harness.spec.config import StudyConfig, grid_rank
+from harness.spec.config import StudyConfig, best_first
 from harness.store.storage import Storage
 from harness.sweep.driver import Runner, RunOptions
 from harness.sweep.settle import fail_orphans
@@ -60,7 +60,7 @@ def confirmation_points(config: StudyConfig, study: optuna.Study, top: int, seed
     values in grid order, :func:`~harness.spec.config.grid_rank`, as the report ranks them)."""
     grid = grid_trials(study, (TrialState.COMPLETE,))
     points = {}
-    for trial in sorted(grid, key=lambda t: (-t.value, grid_rank(t.user_attrs), t.number))[:top]:
+    for trial in sorted(grid, key=best_first)[:top]:
         for offset in range(1, seeds + 1):
             seed = config.fixed.seed + offset
             points[f"{trial.user_attrs['point']},seed={seed}"] = {

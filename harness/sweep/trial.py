@@ -13,7 +13,7 @@ import torch
 from optuna.trial import TrialState
 
 from harness.distill.device import pick_device, reproduction_tolerance, runtime_info
-from harness.spec.config import StudyConfig, extra_values, grid_rank, point_key
+from harness.spec.config import StudyConfig, best_first, extra_values, point_key
 from harness.spec.methods import get_method
 from harness.store.claims import worker_id
 from harness.store.storage import Storage
@@ -277,7 +277,7 @@ def keep_only_the_best(study: optuna.Study) -> None:
     candidates = grid_trials(study, (TrialState.COMPLETE,))
     if not candidates:
         return
-    best = min(candidates, key=lambda t: (-t.value, grid_rank(t.user_attrs), t.number))
+    best = min(candidates, key=best_first)
     for trial in study.get_trials(deepcopy=False):
         path = trial.user_attrs.get("student_path")
         if path and trial.number != best.number and "equivalent_of" not in trial.user_attrs:

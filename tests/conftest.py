@@ -89,13 +89,7 @@ def write_study(path: Path, teacher: Path, **overrides) -> Path:
         "teacher": str(teacher),
         "student_layers": 2,
         "methods": ["nkd", "kd", "alp"],
-        "fixed": {
-            "epochs": 2,
-            "max_seq_length": 32,
-            "max_train_samples": 64,
-            "eval_batch_size": 256,
-            "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
-        },
+        "fixed": {**TINY_FIXED, "epochs": 2},
         "search": {"lr": [1e-4, 5e-5], "eta": [0.5], "lambda": [0.2, 0.7]},
     }
     study.update(overrides)

@@ -13,7 +13,7 @@ from harness.distill.experiment import Experiment
 from harness.spec.config import load_study
 from harness.spec.methods import METHODS, get_method
 
-from conftest import write_study
+from conftest import TINY_FIXED, write_study
 
 INTER = [m for m in METHODS if get_method(m).inter is not None]
 SHARED_TERMS = ("ce", "kd", "total")
@@ -26,13 +26,7 @@ def experiment(tmp_path_factory, tiny_bert, glue_dir):
         folder / "tiny.yaml",
         tiny_bert,
         methods=list(METHODS),
-        fixed={
-            "epochs": 2,
-            "max_seq_length": 32,
-            "max_train_samples": 64,
-            "eval_batch_size": 256,
-            "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
-        },
+        fixed={**TINY_FIXED, "epochs": 2},
     )
     return Experiment(load_study(path), glue_dir, folder / "cache", progress=False)
 

@@ -77,19 +77,12 @@ def precision_runs(tmp_path_factory, tiny_bert, glue_dir):
     from harness.distill.experiment import Experiment
     from harness.spec.config import load_study
 
-    from conftest import write_study
+    from conftest import TINY_FIXED, write_study
 
     folder = tmp_path_factory.mktemp("precision")
     runs = {}
     for precision in ("fp32", "bf16", "fp16"):
-        fixed = {
-            "epochs": 1,
-            "max_seq_length": 32,
-            "max_train_samples": 64,
-            "eval_batch_size": 256,
-            "precision": precision,
-            "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
-        }
+        fixed = {**TINY_FIXED, "precision": precision}
         path = write_study(folder / f"{precision}.yaml", tiny_bert, fixed=fixed)
         experiment = Experiment(load_study(path), glue_dir, folder / "cache", progress=False)
         history = experiment.run_trial("alp", {"lr": 5e-4, "eta": 0.5, "lambda": 0.2}, seed=3)

@@ -18,17 +18,11 @@ from optuna.trial import TrialState
 from harness.cli import main
 from harness.store import urls
 
-from conftest import REPO, report_readme, sweep_args, write_study
+from conftest import REPO, TINY_FIXED, report_readme, sweep_args, write_study
 
 ONE_POINT = {
     "methods": ["nkd", "kd"],
-    "fixed": {
-        "epochs": 2,
-        "max_seq_length": 32,
-        "max_train_samples": 64,
-        "eval_batch_size": 256,
-        "teacher": {"epochs": 1, "lr": 1e-4, "max_train_samples": 64},
-    },
+    "fixed": {**TINY_FIXED, "epochs": 2},
     "search": {"lr": [1e-4], "eta": [0.5], "lambda": [0.2]},
 }
 

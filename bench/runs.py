@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import math
 import os
 import resource
@@ -110,17 +111,41 @@ class RunResult:
         return self.samples / self.train_seconds
 
 
-def build_cache(experiment: Experiment) -> tuple[float, float, float]:
+@dataclass(frozen=True)
+class CacheBuild:
+    """The first build of what the trials read of the teacher, timed as ``prepare`` would build it."""
+
+    outputs_seconds: float  # the teacher-output cache of the training set
+    dev_seconds: float  # the α probe's dev [CLS] states (about 0 where they were in the teacher's folder)
+    dev_made_by: str | None  # what made the dev states found in the teacher's folder; None: built here
+    mib: float  # peak memory of the two
+
+    @property
+    def dev_kept(self) -> bool:
+        return self.dev_made_by is not None
+
+    def describe(self) -> str:
+        dev = (
+            f"the α probe's dev states were in the teacher's folder (made by {self.dev_made_by})"
+            if self.dev_kept
+            else f"the α probe's dev states built in {self.dev_seconds:.1f} s (a teacher cached without them)"
+        )
+        return f"teacher-output cache built in {self.outputs_seconds:.1f} s, {dev} (peak Δ {self.mib:.0f} MiB)"
+
+
+def build_cache(experiment: Experiment) -> CacheBuild:
     """Build what ``prepare`` builds for the trials, before them: the teacher-output cache of the training set and
-    the α probe's dev [CLS] states (both cached with the teacher). (outputs seconds, dev-states seconds, peak MiB):
-    a KD trial's first build is the first, an ALP trial's both."""
+    the α probe's dev [CLS] states (kept with the teacher). A KD trial's first build is the first, an ALP
+    trial's both."""
+    manifest = experiment.teacher.dev_states_dir() / "manifest.json"
+    made_by = json.loads(manifest.read_text()).get("made_by", "an older version") if manifest.is_file() else None
     with PeakMemory(experiment.device) as memory:
         started = time.perf_counter()
         experiment.teacher.signal(live=False)
         outputs = time.perf_counter() - started
         experiment.teacher.dev_cls()
         dev = time.perf_counter() - started - outputs
-    return outputs, dev, memory.mib
+    return CacheBuild(outputs, dev, made_by, memory.mib)
 
 
 def run_ours(experiment: Experiment, method: str, point: dict[str, float], cache_seconds: float = 0.0) -> RunResult:

@@ -9,8 +9,9 @@
   ``DataCollatorWithPadding``, ``adamw_torch_fused``, no decay on biases/LayerNorm. It evaluates every
   epoch (on the student alone), saves nothing and reports nowhere.
 * **nkd / kd / alp**: our trials (:meth:`Experiment.run_trial`); kd and alp read the memory-mapped
-  teacher-output cache (alp also its α probe's cached dev states), whose first build is timed on its own, as
-  ``prepare`` would build it, and reported with and without.
+  teacher-output cache (alp also its α probe's dev states, which the teacher's own dev scoring keeps in its
+  folder on the CPU), whose first build is timed on its own, as ``prepare`` would build it, and reported with
+  and without.
 
 Teacher fine-tuning is excluded from every timing (it is done once and cached, in the usual cache
 folder); teacher outputs, checkpoints and the sweep's SQLite database live in a temporary folder, so
@@ -281,11 +282,9 @@ def bench(settings: Settings, log=print) -> list[str]:
             f"teacher ready in {time.perf_counter() - teacher_started:.0f} s (excluded from timings): dev "
             f"{teacher.value:.4f}, key {teacher.key}"
         )
-        outputs_seconds, dev_seconds, cache_mib = build_cache(experiment)
-        log(
-            f"teacher-output cache built in {outputs_seconds:.1f} s, the α probe's dev states in {dev_seconds:.1f} s "
-            f"(peak Δ {cache_mib:.0f} MiB)"
-        )
+        cache = build_cache(experiment)
+        outputs_seconds, dev_seconds = cache.outputs_seconds, cache.dev_seconds
+        log(cache.describe())
         StudentSteps(experiment, "alp", settings.point("alp")).run(3)  # untimed: one-off kernel and allocator set-up
         results = []
         for method in ("nkd", "kd", "alp"):
@@ -307,7 +306,8 @@ def bench(settings: Settings, log=print) -> list[str]:
         "",
         *result_table(results, device),
         f"(+cache s: with the first build of what the trial reads of the teacher, cached once per teacher: its "
-        f"outputs, {outputs_seconds:.1f} s, and for ALP its dev states, {dev_seconds:.1f} s; dev: best "
+        f"outputs, {outputs_seconds:.1f} s, and for ALP its dev states, {dev_seconds:.1f} s"
+        f"{f' (made by {cache.dev_made_by})' if cache.dev_kept else ''}; dev: best "
         f"epoch's {experiment.task.primary_metric}; step ms: training time / steps, evaluation excluded)",
         f"ALP trial / reference: {(alp.seconds + alp.cache_seconds) / reference.seconds:.3f} with the cache "
         f"build, {alp.seconds / reference.seconds:.3f} without; steps {alp.step_ms / reference.step_ms:.3f}; "

@@ -17,14 +17,14 @@ from harness.spec.config import parse_study
 from harness.spec.methods import get_method
 
 
-def make_experiment(tiny_bert, glue_dir, cache, **fixed) -> Experiment:
+def make_experiment(tiny_bert, glue_dir, cache, methods=("alp",), **fixed) -> Experiment:
     config = parse_study(
         {
             "name": "cache",
             "task": "SST-2",
             "teacher": str(tiny_bert),
             "student_layers": 2,
-            "methods": ["alp"],
+            "methods": list(methods),
             "fixed": {
                 "epochs": 2,
                 "max_seq_length": 32,
@@ -123,14 +123,14 @@ def test_ckd_projections_are_saved_with_the_student(tiny_bert, glue_dir, experim
 
 
 def test_alpha_probe_reads_the_cached_dev_states(tiny_bert, glue_dir, experiment, monkeypatch):
-    """The α probe's dev [CLS] states are cached with the teacher outputs: a second process (a fresh
-    Experiment) runs no teacher pass for them, and gets the same states and the same α as live ones."""
+    """The α probe's dev [CLS] states are kept in the teacher's folder: a second process (a fresh Experiment)
+    runs no teacher pass for them, and gets the same states and the same α as live ones."""
     from harness.distill import teacher as teacher_module
     from harness.distill.train import predict
 
     states = experiment.teacher.dev_cls()
     folder = experiment.teacher.dev_states_dir()
-    assert (folder / "manifest.json").is_file() and folder.parent == experiment.teacher.outputs_dir().parent
+    assert (folder / "manifest.json").is_file() and folder.parent == experiment.teacher.folder()
     dev = experiment.evals["dev"]
     _, live = predict(
         experiment.teacher.load_model(), dev, 512, experiment.pad_token_id, torch.device("cpu"), True, "fp32"
@@ -153,3 +153,34 @@ def test_alpha_probe_reads_the_cached_dev_states(tiny_bert, glue_dir, experiment
     (folder / "cls.npy").write_bytes(b"broken")
     with pytest.raises(AssertionError, match="from the cache"):
         make_experiment(tiny_bert, glue_dir, experiment.cache_dir).teacher.dev_cls()
+
+
+def test_the_dev_states_come_from_the_teachers_dev_scoring(tiny_bert, glue_dir, tmp_path, monkeypatch):
+    """Fine-tuning a teacher for a study with ALP keeps the last epoch's dev [CLS] states (the pass that scores
+    it): the α probe then needs no teacher pass of its own, and the states equal a float32 pass over dev. A
+    KD-only study's teacher keeps none; an ALP study on that teacher builds them once, on first need."""
+    from harness.distill import teacher as teacher_module
+    from harness.distill.train import predict
+
+    def no_teacher_pass(*args, **kwargs):
+        raise AssertionError("the dev states should come from the teacher's dev scoring")
+
+    monkeypatch.setattr(teacher_module, "predict", no_teacher_pass)  # fit scores through train.predict
+    alp = make_experiment(tiny_bert, glue_dir, tmp_path / "alp")
+    states = alp.teacher.dev_cls()
+    _, live = predict(alp.teacher.load_model(), alp.evals["dev"], 512, alp.pad_token_id, torch.device("cpu"), True)
+    np.testing.assert_array_equal(states, live)
+    assert _made_by(alp) == teacher_module.SCORING
+
+    kd = make_experiment(tiny_bert, glue_dir, tmp_path / "kd", methods=("kd",))
+    kd.teacher.prepare()
+    assert not list(kd.teacher.folder().glob("dev_states-*"))
+    with pytest.raises(AssertionError, match="dev scoring"):
+        kd.teacher.dev_cls()  # the ALP study's first need: one pass (here refused, to show it is asked for)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(kd.teacher.dev_cls(), states)  # same teacher weights (same seed): same states
+    assert _made_by(kd) == teacher_module.OWN_PASS
+
+
+def _made_by(experiment: Experiment) -> str:
+    return json.loads((experiment.teacher.dev_states_dir() / "manifest.json").read_text())["made_by"]

@@ -33,7 +33,7 @@ from harness.distill.models import (
 from harness.distill.teacher import Teacher
 from harness.distill.teacher_checks import check_head
 from harness.distill.train import History, Hyper, LossTerms, TeacherSignal, fit
-from harness.spec.config import StudyConfig, uses_live_teacher
+from harness.spec.config import StudyConfig, probes_alpha, uses_live_teacher
 from harness.spec.methods import get_method
 from harness.spec.tasks import get_task, subsample
 from harness.util.errors import HarnessError
@@ -304,5 +304,5 @@ class Experiment:
         self.teacher.prepare()
         if any(get_method(m).searches_eta for m in self.config.methods):
             self.teacher.signal(live=False)  # KD's logits come from the cache even for a live-teacher method
-        if any(get_method(m).inter == "alp" for m in self.config.methods):
+        if probes_alpha(self.config):
             self.teacher.dev_cls()  # the α probe's dev states, cached once for every worker

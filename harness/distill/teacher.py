@@ -8,8 +8,14 @@ as ``.npy`` files, memory-mapped when read. A manifest with each file's sha256 i
 folder is published by an atomic rename, so a killed writer leaves nothing that is ever read; a cache
 whose files do not match their manifest is rebuilt. The teacher runs in eval mode, so cached and live
 outputs agree. ``fixed.teacher_cache_dtype`` stores the [CLS] vectors as float32 (default) or float16
-(half the disk and page cache; logits stay float32). The dev [CLS] states of ALP's α probe are cached the
-same way (always float32), under ``<cache>/teacher_outputs/<key>-dev-<dev encoding>-float32``.
+(half the disk and page cache; logits stay float32).
+
+The dev [CLS] states of ALP's α probe (float32) belong to the teacher, like its dev score: they are kept in its
+folder, ``<cache>/teachers/<key>/dev_states-<dev encoding>``, with a manifest like the outputs'. For a study
+with an ALP method they are taken from the pass that scores the teacher on dev (the last epoch's evaluation of
+its fine-tuning, or the one scoring of a ``finetune: false`` teacher) when that pass runs in float32 (the CPU,
+or ``precision: fp32``): no teacher pass of their own. Otherwise (a GPU's autocast, a teacher cached by a study
+without ALP or by an older version, a damaged copy) one float32 pass builds them on first need.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ from transformers import AutoModelForSequenceClassification
 
 from harness.data.encoding import EncodedSplit, encode_split
 from harness.distill.batches import eval_batches, to_batch, token_lengths
+from harness.distill.device import autocast_for
 from harness.distill.models import load_classifier, load_config, weights_sha256
 from harness.distill.teacher_checks import check_head, refuse_chance
 from harness.distill.train import Hyper, TeacherSignal, evaluate, fit, layer_cls, predict, primary_value
-from harness.spec.config import TEACHER_DEFAULTS, StudyConfig
+from harness.spec.config import TEACHER_DEFAULTS, StudyConfig, probes_alpha
 from harness.spec.tasks import GlueSplit, TaskSpec, subsample
 from harness.util import signals
 from harness.util.errors import HarnessError
@@ -46,6 +53,17 @@ class PreparedTeacher:
     path: Path
     dev_metrics: dict
     value: float
+
+
+class LastStates:
+    """An evaluation probe that keeps the last dev [CLS] states it is given (the teacher's, for ALP's α probe)."""
+
+    def __init__(self):
+        self.cls: np.ndarray | None = None
+
+    def __call__(self, cls: np.ndarray) -> dict:
+        self.cls = cls
+        return {}
 
 
 def encoding_hash(data: EncodedSplit) -> str:
@@ -174,7 +192,10 @@ class Teacher:
         check_head(load_config(self.pretrained), self.task, self.config.teacher)
         model = load_classifier(self.pretrained).to(self.device)
         fixed = self.config.fixed
-        metrics, _, _ = evaluate(model, self.task, self.evals, fixed.eval_batch_size, self.pad_token_id, self.device)
+        keep = self._dev_states_probe("auto")
+        metrics, _, _ = evaluate(
+            model, self.task, self.evals, fixed.eval_batch_size, self.pad_token_id, self.device, keep
+        )
         value = primary_value(self.task, metrics)
         dev = self.evals[self.task.eval_splits[0]]
         refuse_chance(self.task, value, dev.labels, self.config.teacher, fixed.teacher.allow_chance)
@@ -188,6 +209,7 @@ class Teacher:
                 "value": value,
                 "data": self.data_hashes,
             }
+            self._keep_dev_states(tmp, keep)
             (tmp / TEACHER_INFO).write_text(json.dumps(info, indent=2))
 
     def _fine_tune(self, final: Path) -> None:
@@ -211,6 +233,7 @@ class Teacher:
             max_grad_norm=fixed.max_grad_norm,
         )
         checkpoint = final.with_name(final.name + ".ckpt")
+        keep = self._dev_states_probe(hyper.precision)
         history = fit(
             model,
             self.task,
@@ -222,12 +245,14 @@ class Teacher:
             desc=f"teacher {self.config.teacher}",
             device=self.device,
             progress=self.progress,
+            probe=keep,
         )
         # The teacher used for distillation is the model after its last epoch (not the best epoch).
         last = history.epochs[-1]
         with atomic_folder(final) as tmp:
             model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
+            self._keep_dev_states(tmp, keep)  # the last epoch's: the teacher's
             (tmp / TEACHER_INFO).write_text(
                 json.dumps(
                     {
@@ -305,22 +330,38 @@ class Teacher:
             del logits, cls
             (tmp / "manifest.json").write_text(json.dumps(manifest))
 
+    def _dev_states_probe(self, precision: str) -> LastStates | None:
+        """The probe that keeps the dev states of the pass scoring the teacher, where the study runs the α probe
+        and that pass is float32 (the states are compared against float32 teacher states everywhere)."""
+        if not probes_alpha(self.config) or autocast_for(self.device, precision)[1] is not None:
+            return None
+        return LastStates()
+
+    def _keep_dev_states(self, folder: Path, keep: LastStates | None) -> None:
+        """Write the kept dev states into the teacher folder being published (``folder``), if there are any (a
+        fine-tuning resumed after its last epoch ran no evaluation)."""
+        if keep is not None and keep.cls is not None:
+            states = folder / self._dev_states_name()
+            states.mkdir()
+            write_states(states, keep.cls, SCORING)
+
+    def _dev_states_name(self) -> str:
+        return f"dev_states-{encoding_hash(self.evals[self.task.eval_splits[0]])}"
+
     def dev_states_dir(self) -> Path:
-        """Where the dev [CLS] states of :meth:`dev_cls` are cached, beside the teacher outputs."""
-        teacher = self.prepare()
-        data = self.evals[self.task.eval_splits[0]]
-        return self.cache_dir / "teacher_outputs" / f"{teacher.key}-dev-{encoding_hash(data)}-float32"
+        """Where the dev [CLS] states of :meth:`dev_cls` are kept: in the teacher's folder."""
+        self.prepare()
+        return self.folder() / self._dev_states_name()
 
     def dev_cls(self) -> np.ndarray:
         """The teacher's [CLS] vector of every layer on the first eval split, ``[n, N, H]``, float32.
 
-        Computed once per teacher and dev set and cached on disk like the teacher outputs (atomic folder,
-        manifest with sha256, rebuilt when it does not match), so ALP's α probe costs no teacher pass in
-        the processes after the first; read into memory once per process."""
+        Kept in the teacher's folder (from its dev scoring, or built here once by a float32 pass; a manifest with
+        sha256, rebuilt when it does not match), so ALP's α probe costs no teacher pass in the processes after
+        the first; read into memory once per process."""
         if self._dev_cls is None:
             data = self.evals[self.task.eval_splits[0]]
             final = self.dev_states_dir()
-            final.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(final) + ".lock"):
                 arrays = read_arrays(final, len(data), ("cls",))
                 if arrays is None:
@@ -343,9 +384,18 @@ class Teacher:
             precision="fp32",  # like the teacher-output cache: α is compared against float32 teacher states
         )
         with atomic_folder(final) as tmp:
-            np.save(tmp / "cls.npy", cls)
-            manifest = {"cls": {"shape": list(cls.shape), "sha256": sha256_file(tmp / "cls.npy")}}
-            (tmp / "manifest.json").write_text(json.dumps(manifest))
+            write_states(tmp, cls, OWN_PASS)
+
+
+SCORING, OWN_PASS = "the teacher's dev scoring", "a float32 pass of their own"
+
+
+def write_states(folder: Path, cls: np.ndarray, made_by: str) -> None:
+    """Dev [CLS] states into ``folder``: ``cls.npy`` and the manifest :func:`read_arrays` checks it against, which
+    also says what made them (:data:`SCORING` or :data:`OWN_PASS`)."""
+    np.save(folder / "cls.npy", cls)
+    manifest = {"cls": {"shape": list(cls.shape), "sha256": sha256_file(folder / "cls.npy")}, "made_by": made_by}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
 def output_cache_bytes(n: int, num_labels: int, cls_shape: tuple[int, int], dtype) -> int:

@@ -373,6 +373,12 @@ def uses_live_teacher(config: StudyConfig, method: str) -> bool:
     return config.fixed.teacher_outputs == "live" or needs_live_teacher(spec, config.fixed.alp_tokens)
 
 
+def probes_alpha(config: StudyConfig) -> bool:
+    """Whether the study runs ALP's α probe (a method with the ``alp`` inter-layer family), so that its teacher's
+    dev [CLS] states are kept."""
+    return any(get_method(m).inter == "alp" for m in config.methods)
+
+
 def extra_values(point: dict) -> dict:
     """The point's value of a method's extra axis (``{}`` without one), e.g. ``{"temperature": 2.0}``."""
     return {k: v for k, v in point.items() if k not in WEIGHT_KEYS}

@@ -20,6 +20,7 @@ without ALP or by an older version, a damaged copy) one float32 pass builds them
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -285,7 +286,7 @@ class Teacher:
     def outputs_dir(self) -> Path:
         teacher = self.prepare()
         dtype = self.config.fixed.teacher_cache_dtype
-        return self.cache_dir / "teacher_outputs" / f"{teacher.key}-{encoding_hash(self.train)}-{dtype}"
+        return self.cache_dir / "teacher_outputs" / f"{teacher.key}-{self._train_hash}-{dtype}"
 
     def _cached_outputs(self) -> TeacherSignal:
         final = self.outputs_dir()
@@ -346,7 +347,15 @@ class Teacher:
             write_states(states, keep.cls, SCORING)
 
     def _dev_states_name(self) -> str:
-        return f"dev_states-{encoding_hash(self.evals[self.task.eval_splits[0]])}"
+        return f"dev_states-{self._dev_hash}"
+
+    @functools.cached_property
+    def _train_hash(self) -> str:
+        return encoding_hash(self.train)  # hashed once per process: every token of the training set
+
+    @functools.cached_property
+    def _dev_hash(self) -> str:
+        return encoding_hash(self.evals[self.task.eval_splits[0]])
 
     def dev_states_dir(self) -> Path:
         """Where the dev [CLS] states of :meth:`dev_cls` are kept: in the teacher's folder."""

@@ -9,10 +9,11 @@ import json
 import math
 import os
 import resource
+import statistics
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -105,6 +106,14 @@ class RunResult:
     @property
     def step_ms(self) -> float:
         return 1000 * self.train_seconds / self.steps
+
+    @staticmethod
+    def median(runs: list[RunResult]) -> RunResult:
+        """The runs of one name (``--repeats``) as one: the median of every measured field."""
+        fields = ("seconds", "train_seconds", "peak_mib", "dev", "cpu_seconds")
+        first = runs[0]
+        medians = {name: statistics.median(getattr(r, name) for r in runs) for name in fields}
+        return replace(first, **medians)
 
     @property
     def samples_per_s(self) -> float:

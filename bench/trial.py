@@ -18,7 +18,10 @@ folder); teacher outputs, checkpoints and the sweep's SQLite database live in a 
 every run pays the cache build afresh. Then it measures the **sweep cost to reach the exhaustive
 grid's best score** (within ``--tolerance``): the full ALP grid is run for real, and TPE with median
 pruning is replayed on it ``--sweep-replays`` times (:mod:`bench.sweep`); the ratio is the
-mean share of the grid's compute a replay spends until a trial reaches the best. ``--profile``
+mean share of the grid's compute a replay spends until a trial reaches the best. ``--repeats N`` runs the four
+main runs in N rounds, one after another, and reports each run's median (the cache is built once, and
+charged to every round's trials); a single run's ratio moves by a few hundredths on a quiet 2-core
+machine. ``--profile``
 profiles one ALP student step. The last three lines are machine-readable::
 
     ratio alp_trial/reference = X
@@ -88,6 +91,7 @@ class Settings:
     cache_dir: Path = REPO_ROOT / ".cache"
     skip_sweep: bool = False
     profile: bool = False
+    repeats: int = 1  # rounds of the four main runs; the table and the ratios take each run's median
 
     def point(self, method: str) -> dict[str, float]:
         """The grid point a main run uses: NKD trains on labels only, KD has no inter-layer term."""
@@ -191,6 +195,13 @@ def parse_args(argv: list[str] | None) -> Settings:
         default=None,
         help="where the fine-tuned teacher is cached (default: $HARNESS_CACHE or .cache in the repo)",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=d.repeats,
+        help="rounds of the four main runs, one after another; the table and ratios take each run's median, and "
+        "each round's alp_trial/reference is printed (default: %(default)s)",
+    )
     parser.add_argument("--skip-sweep", action="store_true", help="skip the sweep-cost measurement")
     parser.add_argument("--profile", action="store_true", help="profile one ALP student step (torch.profiler)")
     args = parser.parse_args(argv)
@@ -202,6 +213,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         "sweep_samples",
         "sweep_epochs",
         "sweep_replays",
+        "repeats",
     ):
         if getattr(args, name) < 1:
             raise HarnessError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -231,6 +243,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         cache_dir=cache_dir.absolute(),
         skip_sweep=args.skip_sweep,
         profile=args.profile,
+        repeats=args.repeats,
     )
 
 
@@ -286,14 +299,22 @@ def bench(settings: Settings, log=print) -> list[str]:
         outputs_seconds, dev_seconds = cache.outputs_seconds, cache.dev_seconds
         log(cache.describe())
         StudentSteps(experiment, "alp", settings.point("alp")).run(3)  # untimed: one-off kernel and allocator set-up
-        results = []
-        for method in ("nkd", "kd", "alp"):
-            spec = get_method(method)  # the first build of what the trial reads: outputs (KD), and dev states (ALP)
-            first_build = (outputs_seconds if spec.searches_eta else 0.0) + (dev_seconds if spec.inter == "alp" else 0)
-            results.append(run_ours(experiment, method, settings.point(method), first_build))
-            log(f"  {results[-1].name}: {results[-1].seconds:.1f} s, dev {results[-1].dev:.4f}")
-        results.insert(0, run_reference(experiment, settings.point("alp"), work / "hf"))
-        log(f"  {results[0].name}: {results[0].seconds:.1f} s, dev {results[0].dev:.4f}")
+        rounds = []  # per round: reference, nkd, kd, alp
+        for number in range(settings.repeats):
+            if settings.repeats > 1:
+                log(f"round {number + 1} of {settings.repeats}:")
+            runs = []
+            for method in ("nkd", "kd", "alp"):
+                spec = get_method(method)  # the first build of what the trial reads: outputs (KD), dev states (ALP)
+                first_build = (outputs_seconds if spec.searches_eta else 0.0) + (
+                    dev_seconds if spec.inter == "alp" else 0
+                )
+                runs.append(run_ours(experiment, method, settings.point(method), first_build))
+                log(f"  {runs[-1].name}: {runs[-1].seconds:.1f} s, dev {runs[-1].dev:.4f}")
+            runs.insert(0, run_reference(experiment, settings.point("alp"), work / "hf"))
+            log(f"  {runs[0].name}: {runs[0].seconds:.1f} s, dev {runs[0].dev:.4f}")
+            rounds.append(runs)
+        results = [RunResult.median(list(runs)) for runs in zip(*rounds)]
         reference, nkd, alp = results[0], results[1], results[3]
 
         sweep = None
@@ -313,6 +334,13 @@ def bench(settings: Settings, log=print) -> list[str]:
         f"build, {alp.seconds / reference.seconds:.3f} without; steps {alp.step_ms / reference.step_ms:.3f}; "
         f"process CPU time (without the cache build) {alp.cpu_seconds / reference.cpu_seconds:.3f}",
     ]
+    if settings.repeats > 1:
+        per_round = ", ".join(f"{(r[3].seconds + r[3].cache_seconds) / r[0].seconds:.3f}" for r in rounds)
+        steps = ", ".join(f"{r[3].step_ms / r[1].step_ms:.3f}" for r in rounds)
+        summary.append(
+            f"medians of {settings.repeats} rounds (the table too); each round's alp_trial/reference with the "
+            f"cache build: {per_round}; alp_step/nkd_step: {steps}"
+        )
     sweep_ratio = math.nan
     if sweep is not None:
         sweep_ratio = sweep.ratio()

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from bench.runs import PeakMemory, reference_trainer_class
+from bench.runs import PeakMemory, RunResult, reference_trainer_class
 from bench.trial import Settings, bench, format_ratio, parse_args, study_config
 from harness.distill.batches import to_batch
 from harness.distill.experiment import Experiment
@@ -124,3 +124,18 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_bert, glue_dir, bench_cache):
     assert any("over 3 replays" in line for line in summary)
     assert len(list((bench_cache / "teachers").glob("*/config.json"))) == 1  # the teacher is cached, and reused
     assert not (bench_cache / "teacher_outputs").exists()  # teacher outputs and the sweep lived in a temporary folder
+
+
+def test_repeated_rounds_report_each_runs_median(tiny_bert, glue_dir, bench_cache):
+    summary = bench(tiny_settings(tiny_bert, glue_dir, bench_cache, skip_sweep=True, repeats=2), log=lambda _: None)
+    (line,) = [line for line in summary if line.startswith("medians of 2 rounds")]
+    per_round = re.search(r"with the cache build: (.*); alp_step/nkd_step: (.*)$", line)
+    assert len(per_round.group(1).split(", ")) == 2 and len(per_round.group(2).split(", ")) == 2
+    assert re.fullmatch(RATIO_LINES[0], summary[-3]) and summary[-1] == "ratio sweep_cost_to_best = nan"
+
+
+def test_the_median_of_runs_takes_every_measured_field():
+    runs = [RunResult("alp trial", s, s / 2, 10, 100, s * 10, 0.5, s, 1.0) for s in (3.0, 1.0, 2.0)]
+    median = RunResult.median(runs)
+    assert (median.seconds, median.train_seconds, median.peak_mib, median.cpu_seconds) == (2.0, 1.0, 20.0, 2.0)
+    assert (median.steps, median.cache_seconds, median.name) == (10, 1.0, "alp trial")

@@ -35,6 +35,7 @@ from transformers import AutoModelForSequenceClassification
 from harness.data.encoding import EncodedSplit, encode_split
 from harness.distill.batches import eval_batches, to_batch, token_lengths
 from harness.distill.device import autocast_for
+from harness.distill.last_layer import cls_only
 from harness.distill.models import load_classifier, load_config, weights_sha256
 from harness.distill.teacher_checks import check_head, refuse_chance
 from harness.distill.train import Hyper, TeacherSignal, evaluate, fit, layer_cls, predict, primary_value
@@ -321,7 +322,8 @@ class Teacher:
                 signals.check()
                 batch = to_batch(self.train, index, self.pad_token_id, self.device)
                 batch.pop("labels")
-                out = model(**batch, output_hidden_states=True)
+                with cls_only(model):  # the cache holds logits and [CLS] states: the top layer's [CLS] position
+                    out = model(**batch, output_hidden_states=True)
                 logits[index] = out.logits.float().cpu().numpy()
                 cls[index] = layer_cls(out.hidden_states).float().cpu().numpy()
             manifest = {}

@@ -35,6 +35,7 @@ from transformers import get_linear_schedule_with_warmup
 from harness.data.encoding import EncodedSplit
 from harness.distill.batches import eval_batches, prefetch, to_batch, to_device, token_lengths, train_batches
 from harness.distill.device import autocast_for, pick_device, synchronize
+from harness.distill.last_layer import cls_only
 from harness.distill.losses import InterLayerLoss, kd_loss, regression_kd_loss
 from harness.distill.method_loss import MethodLoss, States, eager_attention
 from harness.distill.models import load_checkpoint
@@ -136,7 +137,7 @@ def predict(
         signals.check()
         batch = to_batch(data, index, pad_token_id, device)
         batch.pop("labels")
-        with amp:
+        with amp, cls_only(model):  # logits and [CLS] states read the top layer's [CLS] position only
             output = model(**batch, output_hidden_states=states)
         out[index] = output.logits.float().cpu().numpy()
         if states:
@@ -195,6 +196,7 @@ class LossTerms:
         self.hidden = bool(wanted & {"cls", "tokens"})
         self.attentions = "attentions" in wanted
         self.wanted = wanted
+        self.top_cls_only = not wanted & {"tokens", "attentions"}  # harness.distill.last_layer
 
     def _states(self, outputs, batch: dict, logits: torch.Tensor) -> States:
         """The declared states of one forward pass (the model's ``output_hidden_states``/``output_attentions``)."""
@@ -218,7 +220,8 @@ class LossTerms:
     def _forward(self, model, batch: dict):
         if self.attentions:
             return model(**batch, output_hidden_states=self.hidden, output_attentions=True)
-        return model(**batch, output_hidden_states=self.hidden)
+        with cls_only(model, enabled=self.top_cls_only):
+            return model(**batch, output_hidden_states=self.hidden)
 
     def __call__(self, model, batch: dict, index: np.ndarray) -> dict[str, torch.Tensor]:
         labels = batch.pop("labels")

@@ -58,6 +58,21 @@ def test_the_cls_only_top_layer_gives_the_same_logits_and_cls_states(attention):
     torch.testing.assert_close(layer_cls(cut.hidden_states), layer_cls(full.hidden_states), atol=1e-5, rtol=1e-5)
 
 
+def test_cls_only_nests_and_restores_the_full_layer_after_an_error():
+    model = classifier().eval()
+    batch = padded_batch()
+    with torch.no_grad():
+        with cls_only(model):
+            with cls_only(model):
+                inner = model(**batch, output_hidden_states=True)
+            outer = model(**batch, output_hidden_states=True)  # still one position after the inner block
+        with pytest.raises(RuntimeError), cls_only(model):
+            raise RuntimeError("a failed step")
+        after = model(**batch, output_hidden_states=True)
+    assert inner.hidden_states[-1].shape[1] == outer.hidden_states[-1].shape[1] == 1
+    assert after.hidden_states[-1].shape[1] == batch["input_ids"].shape[1]
+
+
 def test_the_cls_only_top_layer_gives_the_same_gradients():
     """Training without dropout: the loss on logits and [CLS] states and every weight's gradient are the same."""
     batch = padded_batch()
@@ -73,6 +88,33 @@ def test_the_cls_only_top_layer_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_the_cls_only_top_layer_keeps_attention_dropout_in_training():
+    """One layer with attention dropout only: the [CLS] output varies between training passes and not in eval."""
+    model = classifier(layers=1)
+    model.config.hidden_dropout_prob = 0.0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model.bert.encoder.layer[0].attention.self.dropout.p = 0.5
+    batch = padded_batch()
+    outputs = {}
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        with torch.no_grad(), cls_only(model):
+            outputs[mode] = [model(**batch).logits for _ in range(2)]
+    assert not torch.allclose(outputs["train"][0], outputs["train"][1])
+    torch.testing.assert_close(outputs["eval"][0], outputs["eval"][1])
+
+
+def test_predict_runs_the_top_layer_for_cls_only():
+    model = classifier().eval()
+    seen = []
+    hook = model.bert.encoder.layer[-1].register_forward_hook(lambda module, args, out: seen.append(out.shape[1]))
+    predict(model, split(padded_batch()), 2, 0, torch.device("cpu"), states=True)
+    hook.remove()
+    assert seen == [1, 1, 1]  # three batches of at most 2
 
 
 def test_it_applies_only_where_it_is_the_same_function():

@@ -78,9 +78,10 @@ def _cls_forward(self: BertLayer, hidden_states, attention_mask=None, encoder_hi
 def cls_only(model, enabled: bool = True):
     """Within the block, ``model``'s top layer computes the [CLS] position only, where that is the same function
     (:func:`top_layer`); its ``hidden_states[-1]`` is then ``[B, 1, H]``. ``enabled=False``, or a model it does not
-    apply to: the full layer."""
+    apply to: the full layer. Nested on one model it stays on until the outer block ends. Ask for no attention maps
+    within it (the top layer would give none)."""
     layer = top_layer(model) if enabled else None
-    if layer is None:
+    if layer is None or "forward" in vars(layer):  # not applicable, or already inside cls_only (nested)
         yield
         return
     layer.forward = types.MethodType(_cls_forward, layer)

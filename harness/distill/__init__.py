@@ -4,6 +4,7 @@
 ``losses``       every loss as a pure tensor function; ``InterLayerLoss``
 ``method_loss``  a registered method's own term (built-in or plug-in) from its declaration; ``States``
 ``models``       teachers and students: where they come from, how they are built
+``last_layer``   the top layer computed for [CLS] only, where nothing reads its other positions
 ``device``       CUDA or CPU, autocast and precision, the GPU arch check, deterministic kernels
 ``batches``      length-grouped batches, dynamic padding, prefetching on a background thread
 ``steplog``      the step log: loss terms read once per window
